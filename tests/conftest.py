@@ -1,0 +1,19 @@
+"""Shared fixtures: the read-only reference corpora in ../shared/data, loaded by path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest_plugins: list[str] = ["tests.es_fixtures"]
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The shared corpora folder; tests that need it skip with a reason when it is absent."""
+    if not (SHARED_DATA / "attack" / "enterprise-attack.json").is_file():
+        pytest.skip(f"../shared/data not found at {SHARED_DATA}: the ATT&CK bundle and corpora are loaded by path")
+    return SHARED_DATA
