@@ -1,0 +1,74 @@
+"""The mapping cache key: SHA-256 over a canonical JSON of everything a mapping depends on.
+
+Volatile values (timestamps, IDs, GUIDs, hex blobs, PIDs, temp names, per-user profile
+paths) are normalised away for the key only, so the thousandth copy of the same attack
+from another host or minute hits the cache. Identity fields (user, host) are left out of
+the key: a mapping must not depend on them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+
+import orjson
+
+from mitre.models import AlertFeatures
+
+KEY_SCHEMA_VERSION = 1
+_EXCLUDED_FIELDS = frozenset({"user.name", "user.domain", "user.target.name", "host.name", "source.port"})
+
+_RULES: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:[.,]\d+)?(?:Z|[+-]\d{2}:?\d{2})?"), "<ts>"),
+    (re.compile(r"\{?[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\}?"), "<guid>"),
+    (re.compile(r"(?i)\b(?:0x)?[0-9a-f]{16,}\b"), "<hex>"),
+    (re.compile(r"(?i)(\\users\\|/users/|/home/)(?!public\b|default\b|all users\b|shared\b)[^\\/\s\"']+"), r"\1<user>"),
+    (re.compile(r"(?i)\b(tmp|temp)[._-]?[a-z0-9]{4,}(\.tmp)?\b"), r"\1<rand>"),
+    (re.compile(r"(?i)\b[a-z0-9]{8}\.tmp\b"), "<rand>.tmp"),
+    (re.compile(r"(?i)(\bpid[=: ]+|-p(?:id)? )\d+"), r"\1<n>"),
+    (re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}\b"), "<ip>"),
+)
+
+
+def normalise_volatile(value: str) -> str:
+    for pattern, replacement in _RULES:
+        value = pattern.sub(replacement, value)
+    return value
+
+
+def stable_features(features: AlertFeatures) -> dict[str, object]:
+    """The part of the features a mapping depends on, with volatile values normalised."""
+    return {
+        "rule_name": features.rule_name,
+        "rule_description": features.rule_description,
+        "rule_type": features.rule_type,
+        "rule_query": normalise_volatile(features.rule_query) if features.rule_query else None,
+        "platform": features.platform,
+        "fields": {
+            name: normalise_volatile(value)
+            for name, value in sorted(features.fields.items())
+            if name not in _EXCLUDED_FIELDS
+        },
+    }
+
+
+def cache_key(
+    features: AlertFeatures,
+    *,
+    catalog_version: str,
+    mapper: str,
+    model: str | None,
+    prompt_hash: str,
+    settings_hash: str = "",
+) -> str:
+    """SHA-256 hex of the canonical JSON described in the README ("Cache key")."""
+    payload = {
+        "v": KEY_SCHEMA_VERSION,
+        "catalog": catalog_version,
+        "mapper": mapper,
+        "model": model or "",
+        "prompt": prompt_hash,
+        "settings": settings_hash,
+        "features": stable_features(features),
+    }
+    return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()

@@ -1,0 +1,154 @@
+"""Configuration as data: `workflows.yaml` (what analysts edit) plus environment settings.
+
+The pydantic models here are the single source of the workflows schema; the JSON Schema
+shipped for editors and `attackmap workflows validate` is generated from them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class OptOuts(Section):
+    """Rules whose alerts are never mapped (noisy or deliberately untagged rules)."""
+
+    rule_ids: list[str] = Field(default_factory=list)
+    rule_name_patterns: list[str] = Field(
+        default_factory=list, description="fnmatch-style, case-insensitive, e.g. '*test rule*'"
+    )
+
+
+class TriggerMatch(Section):
+    risk_score_gte: float = Field(50, ge=0, le=100)
+    has_rule_mitre_tags: bool | None = Field(None, description="null matches both")
+
+
+class Trigger(Section):
+    event: str = "security.alert.high-risk"
+    match: TriggerMatch = Field(default_factory=TriggerMatch)
+
+
+class DecisionSettings(Section):
+    """The hybrid rule. gap-fill: map untagged only; hybrid: also extend on indicators; always: map all."""
+
+    mode: Literal["gap-fill", "hybrid", "always"] = "hybrid"
+    min_risk_score: float = Field(50, ge=0, le=100)
+    extend_min_confidence: float = Field(0.8, ge=0, le=1)
+    opt_outs: OptOuts = Field(default_factory=OptOuts)
+
+
+class MapperSettings(Section):
+    provider: str = Field("local", description="local | anthropic | openai | openai-compatible")
+    model: str | None = None
+    base_url: str | None = None
+    max_techniques: int = Field(3, ge=1, le=10)
+    confidence_floor: float = Field(0.3, ge=0, le=1)
+    knowledge_base: list[Path] = Field(
+        default_factory=list, description="JSONL files of already-tagged rules or alerts (Sigma rules.jsonl works)"
+    )
+
+
+class BudgetSettings(Section):
+    daily_usd: float | None = Field(None, ge=0)
+    monthly_usd: float | None = Field(None, ge=0)
+    soft_limit_ratio: float = Field(0.8, gt=0, le=1)
+
+
+class Outputs(Section):
+    ndjson: Path | None = None
+    elasticsearch_write_back: bool = False
+
+
+class Workflow(Section):
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
+    description: str = ""
+    enabled: bool = True
+    trigger: Trigger = Field(default_factory=Trigger)
+    decision: DecisionSettings = Field(default_factory=DecisionSettings)
+    mapper: MapperSettings = Field(default_factory=MapperSettings)
+    budget: BudgetSettings = Field(default_factory=BudgetSettings)
+    outputs: Outputs = Field(default_factory=Outputs)
+
+
+class CatalogSettings(Section):
+    path: Path | None = Field(None, description="official enterprise-attack.json; null: the active or bundled one")
+    crosswalks: list[Path] = Field(default_factory=list)
+
+
+class CacheSettings(Section):
+    directory: Path | None = Field(None, description="null: $ATTACKMAP_HOME/cache")
+    size_limit_mb: int = Field(512, ge=1)
+    ttl_days: float = Field(7, gt=0)
+
+
+class WorkflowsFile(Section):
+    version: Literal[1] = 1
+    catalog: CatalogSettings = Field(default_factory=CatalogSettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
+    workflows: list[Workflow] = Field(default_factory=lambda: [Workflow(name="default")])
+
+    def workflow(self, name: str | None = None) -> Workflow:
+        enabled = [w for w in self.workflows if w.enabled]
+        if name is None:
+            if not enabled:
+                raise ValueError("workflows.yaml has no enabled workflow")
+            return enabled[0]
+        for w in self.workflows:
+            if w.name == name:
+                return w
+        raise ValueError(f"no workflow named {name!r} (have: {', '.join(w.name for w in self.workflows)})")
+
+
+class Environment(BaseSettings):
+    """Process-level settings from ATTACKMAP_* environment variables; they override workflows.yaml."""
+
+    model_config = SettingsConfigDict(env_prefix="ATTACKMAP_", extra="ignore")
+
+    home: Path = Path.home() / ".local" / "share" / "attackmap"
+    workflows: Path | None = None
+    catalog: Path | None = None
+    cache_dir: Path | None = None
+    knowledge_base: Path | None = None
+
+
+def load_workflows(path: Path | None) -> WorkflowsFile:
+    """Parse a workflows file; a missing path means the built-in defaults."""
+    if path is None:
+        return WorkflowsFile()
+    raw = yaml.safe_load(path.read_text()) or {}
+    config = WorkflowsFile.model_validate(raw)
+    base = path.resolve().parent
+
+    def anchor(p: Path | None) -> Path | None:
+        return None if p is None else (p if p.is_absolute() else base / p).resolve()
+
+    catalog = config.catalog.model_copy(
+        update={"path": anchor(config.catalog.path), "crosswalks": [anchor(p) for p in config.catalog.crosswalks]}
+    )
+    cache = config.cache.model_copy(update={"directory": anchor(config.cache.directory)})
+    workflows = [
+        w.model_copy(
+            update={
+                "mapper": w.mapper.model_copy(update={"knowledge_base": [anchor(p) for p in w.mapper.knowledge_base]})
+            }
+        )
+        for w in config.workflows
+    ]
+    return config.model_copy(update={"catalog": catalog, "cache": cache, "workflows": workflows})
+
+
+def default_workflows_path(env: Environment) -> Path | None:
+    """ATTACKMAP_WORKFLOWS, else ./workflows.yaml when present, else built-in defaults."""
+    if env.workflows is not None:
+        return env.workflows
+    local = Path("workflows.yaml")
+    return local if local.is_file() else None

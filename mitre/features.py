@@ -1,0 +1,238 @@
+"""Extract a normalised AlertFeatures view from a Kibana alert, a legacy signal or a raw ECS event.
+
+Kibana writes `kibana.alert.*` as flat dotted keys beside nested ECS objects, and either
+form (or a mix, e.g. `{"process": {"parent.name": ...}}`) may hold any field, so every
+lookup goes through one flattened view of the document.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from mitre.models import AlertFeatures, ThreatRef
+
+MAX_FIELD_CHARS = 2048
+MAX_SCRIPT_CHARS = 8192
+TRUNCATION_MARKER = "…[truncated {n} chars]"
+
+# Observable ECS fields, in the order prompts and evidence list them.
+OBSERVABLE_FIELDS: tuple[str, ...] = (
+    "event.category",
+    "event.action",
+    "event.code",
+    "event.dataset",
+    "event.module",
+    "event.provider",
+    "process.name",
+    "process.executable",
+    "process.command_line",
+    "process.args",
+    "process.pe.original_file_name",
+    "process.parent.name",
+    "process.parent.executable",
+    "process.parent.command_line",
+    "process.Ext.api.name",
+    "file.path",
+    "file.name",
+    "file.extension",
+    "file.target_path",
+    "registry.path",
+    "registry.value",
+    "registry.data.strings",
+    "dll.name",
+    "dll.path",
+    "source.ip",
+    "source.port",
+    "destination.ip",
+    "destination.port",
+    "destination.domain",
+    "network.protocol",
+    "network.transport",
+    "network.direction",
+    "dns.question.name",
+    "url.full",
+    "url.original",
+    "url.domain",
+    "http.request.method",
+    "user_agent.original",
+    "user.name",
+    "user.domain",
+    "user.target.name",
+    "group.name",
+    "host.name",
+    "host.os.name",
+    "cloud.provider",
+    "cloud.service.name",
+    "service.name",
+    "winlog.event_id",
+    "powershell.file.script_block_text",
+    "message",
+)
+SCRIPT_FIELDS = frozenset({"powershell.file.script_block_text", "message"})
+
+_RULE_PREFIXES = ("kibana.alert.rule.", "signal.rule.")
+_PLATFORM_WORDS = {
+    "windows": "windows",
+    "linux": "linux",
+    "ubuntu": "linux",
+    "debian": "linux",
+    "rhel": "linux",
+    "centos": "linux",
+    "macos": "macos",
+    "darwin": "macos",
+    "mac os x": "macos",
+    "osx": "macos",
+}
+
+
+def flatten(doc: Mapping[str, Any], prefix: str = "", out: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One dotted-key view of a document; flat and nested forms of a key land on the same name."""
+    out = {} if out is None else out
+    for key, value in doc.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and value:
+            flatten(value, f"{name}.", out)
+        elif name not in out or out[name] in (None, "", []):
+            out[name] = value
+    return out
+
+
+def _text(value: Any) -> str | None:
+    if value is None or value == "" or value == []:
+        return None
+    if isinstance(value, list | tuple):
+        parts = [str(v) for v in value if v not in (None, "")]
+        return " ".join(parts) if parts else None
+    if isinstance(value, Mapping):
+        return None
+    return str(value)
+
+
+def truncate(name: str, value: str) -> tuple[str, bool]:
+    limit = MAX_SCRIPT_CHARS if name in SCRIPT_FIELDS else MAX_FIELD_CHARS
+    if len(value) <= limit:
+        return value, False
+    return value[:limit] + TRUNCATION_MARKER.format(n=len(value) - limit), True
+
+
+def _rule_value(flat: Mapping[str, Any], name: str) -> Any:
+    for prefix in _RULE_PREFIXES:
+        value = flat.get(prefix + name)
+        if value not in (None, "", []):
+            return value
+    return None
+
+
+def parse_rule_threat(entries: Any) -> tuple[ThreatRef, ...]:
+    """Flatten Kibana's nested tactic → technique → subtechnique mapping; tactic-only entries kept."""
+    refs: list[ThreatRef] = []
+    if not isinstance(entries, list):
+        return ()
+    for entry in entries:
+        if not isinstance(entry, Mapping):
+            continue
+        raw_tactic = entry.get("tactic")
+        tactic: Mapping[str, Any] = raw_tactic if isinstance(raw_tactic, Mapping) else {}
+        tactic_id = _text(tactic.get("id"))
+        tactic_name = _text(tactic.get("name"))
+        techniques = [t for t in entry.get("technique") or () if isinstance(t, Mapping)]
+        if not techniques and (tactic_id or tactic_name):
+            refs.append(ThreatRef(tactic_id=tactic_id, tactic_name=tactic_name))
+        for technique in techniques:
+            subs = [s for s in technique.get("subtechnique") or () if isinstance(s, Mapping) and s.get("id")]
+            if technique.get("id"):
+                refs.append(ThreatRef(tactic_id=tactic_id, tactic_name=tactic_name, technique_id=str(technique["id"])))
+            refs.extend(
+                ThreatRef(tactic_id=tactic_id, tactic_name=tactic_name, technique_id=str(s["id"])) for s in subs
+            )
+    return tuple(dict.fromkeys(refs))
+
+
+def _as_list(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, list | tuple):
+        return [str(v) for v in value if v not in (None, "")]
+    return [str(value)]
+
+
+def parse_ecs_threat(flat: Mapping[str, Any]) -> tuple[ThreatRef, ...]:
+    """ECS threat.* keyword arrays (already on the alert, e.g. from an analyst or an earlier run)."""
+    refs = [ThreatRef(technique_id=t) for t in _as_list(flat.get("threat.technique.id"))]
+    refs += [ThreatRef(technique_id=t) for t in _as_list(flat.get("threat.technique.subtechnique.id"))]
+    refs += [ThreatRef(tactic_id=t) for t in _as_list(flat.get("threat.tactic.id"))]
+    return tuple(dict.fromkeys(refs))
+
+
+def detect_platform(flat: Mapping[str, Any]) -> str | None:
+    for name in ("host.os.type", "host.os.platform", "host.os.family", "host.os.name", "agent.os"):
+        value = _text(flat.get(name))
+        if value:
+            lowered = value.lower()
+            for word, platform in _PLATFORM_WORDS.items():
+                if word in lowered:
+                    return platform
+    if flat.get("cloud.provider") or str(flat.get("event.module", "")).lower() in {
+        "aws",
+        "azure",
+        "gcp",
+        "o365",
+        "okta",
+    }:
+        return "cloud"
+    if (
+        flat.get("network.protocol")
+        or flat.get("dns.question.name")
+        or str(flat.get("event.category", "")) == "network"
+    ):
+        return "network"
+    return None
+
+
+def _float(value: Any) -> float | None:
+    try:
+        return None if value is None else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def extract_features(alert: Mapping[str, Any], fields: Iterable[str] = OBSERVABLE_FIELDS) -> AlertFeatures:
+    """Build the typed view. Raises ValueError when the document is not an alert at all."""
+    if not isinstance(alert, Mapping):
+        raise ValueError(f"alert must be a JSON object, got {type(alert).__name__}")
+    flat = flatten(alert)
+    observed: dict[str, str] = {}
+    truncated: list[str] = []
+    for name in fields:
+        text = _text(flat.get(name))
+        if text is None:
+            continue
+        text, cut = truncate(name, text)
+        observed[name] = text
+        if cut:
+            truncated.append(name)
+    rule_threat = parse_rule_threat(_rule_value(flat, "threat") or _rule_value(flat, "parameters.threat"))
+    rule_name = _text(_rule_value(flat, "name"))
+    if not observed and rule_name is None:
+        raise ValueError("no rule and no observable ECS field: not an alert")
+    return AlertFeatures(
+        alert_id=_text(flat.get("kibana.alert.uuid") or flat.get("_id") or flat.get("event.id") or flat.get("id")),
+        rule_id=_text(_rule_value(flat, "rule_id") or _rule_value(flat, "uuid") or _rule_value(flat, "id")),
+        rule_name=rule_name,
+        rule_description=_text(_rule_value(flat, "description")),
+        rule_type=_text(_rule_value(flat, "type")),
+        rule_query=truncate("rule.query", q)[0] if (q := _text(_rule_value(flat, "query"))) else None,
+        rule_tags=tuple(_as_list(_rule_value(flat, "tags"))),
+        rule_threat=rule_threat,
+        existing_threat=parse_ecs_threat(flat),
+        risk_score=_float(
+            flat.get("kibana.alert.risk_score") or _rule_value(flat, "risk_score") or flat.get("event.risk_score")
+        ),
+        severity=_text(
+            flat.get("kibana.alert.severity") or _rule_value(flat, "severity") or flat.get("event.severity")
+        ),
+        platform=detect_platform(flat),
+        fields=observed,
+        truncated_fields=tuple(truncated),
+    )

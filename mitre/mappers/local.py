@@ -1,0 +1,193 @@
+"""The local mapper: no LLM, no network. Combines three kinds of evidence into ranked techniques:
+
+1. indicators (high-confidence patterns from the indicator catalog),
+2. nearest neighbours among labelled examples (the optional knowledge base),
+3. BM25 retrieval over the catalog's technique text.
+
+Scores are combined with a noisy-or, so independent evidence adds up and no single weak
+source can reach a high confidence on its own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import orjson
+
+from mitre.catalog import Catalog
+from mitre.config import MapperSettings
+from mitre.indicators import IndicatorSet
+from mitre.knowledge import KnowledgeBase, Neighbour
+from mitre.models import AlertFeatures, Decision, Evidence, IndicatorHit, MappingResult, TechniqueScore
+from mitre.retrieval import CatalogRetriever
+from mitre.text import alert_text
+
+MAPPER_NAME = "local"
+
+
+@dataclass(frozen=True)
+class LocalWeights:
+    """Evidence weights; tuned on cross-validated Sigma and Atomic Red Team folds (see README)."""
+
+    neighbours: int = 10
+    knn_weight: float = 0.9
+    knn_reliable_similarity: float = 0.35
+    lexical_weight: float = 0.35
+    lexical_top: int = 5
+    parent_share: float = 0.5
+
+
+class LocalMapper:
+    name = MAPPER_NAME
+    model: str | None = None
+    prompt_hash = ""
+
+    def __init__(
+        self,
+        catalog: Catalog,
+        indicators: IndicatorSet,
+        settings: MapperSettings,
+        knowledge: KnowledgeBase | None = None,
+        retriever: CatalogRetriever | None = None,
+        weights: LocalWeights | None = None,
+        knowledge_fingerprint: str = "",
+    ) -> None:
+        self.catalog = catalog
+        self.indicators = indicators
+        self.settings = settings
+        self.knowledge = knowledge
+        self.retriever = retriever or CatalogRetriever(catalog)
+        self.weights = weights or LocalWeights()
+        self._knowledge_fingerprint = knowledge_fingerprint
+
+    def settings_hash(self) -> str:
+        payload = {
+            "max": self.settings.max_techniques,
+            "floor": self.settings.confidence_floor,
+            "weights": self.weights.__dict__,
+            "kb": self._knowledge_fingerprint,
+        }
+        return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+
+    def map(self, features: AlertFeatures, decision: Decision) -> MappingResult:
+        return self.map_many([features], [decision])[0]
+
+    def map_many(self, features: Sequence[AlertFeatures], decisions: Sequence[Decision]) -> list[MappingResult]:
+        texts = [alert_text(f) for f in features]
+        neighbours = self.knowledge.neighbours_many(texts, self.weights.neighbours) if self.knowledge else None
+        results = []
+        for i, (feat, decision) in enumerate(zip(features, decisions, strict=True)):
+            hits = decision.indicators or self.indicators.evaluate(feat)
+            results.append(self._rank(texts[i], hits, neighbours[i] if neighbours is not None else []))
+        return results
+
+    def _rank(self, text: str, hits: Sequence[IndicatorHit], neighbours: list[Neighbour]) -> MappingResult:
+        w = self.weights
+        misses: dict[str, float] = defaultdict(lambda: 1.0)  # product of (1 - p) per technique
+        evidence: dict[str, list[Evidence]] = defaultdict(list)
+        tactic_votes: dict[str, float] = defaultdict(float)
+
+        def add(tid: str, p: float, ev: Evidence) -> None:
+            misses[tid] *= 1.0 - min(max(p, 0.0), 0.999)
+            evidence[tid].append(ev)
+
+        for hit in hits:
+            for tid in hit.techniques:
+                add(
+                    tid,
+                    hit.confidence,
+                    Evidence(
+                        source="indicator",
+                        field=hit.field,
+                        detail=f"{hit.indicator_id}: {hit.matched}",
+                        score=hit.confidence,
+                    ),
+                )
+
+        if neighbours:
+            total = sum(n.similarity for n in neighbours)
+            reliability = min(1.0, neighbours[0].similarity / w.knn_reliable_similarity)
+            votes: dict[str, float] = defaultdict(float)
+            best: dict[str, Neighbour] = {}
+            for n in neighbours:
+                for tid in n.example.techniques:
+                    votes[tid] += n.similarity
+                    best.setdefault(tid, n)
+                for tactic_id in n.example.tactics:
+                    tactic_votes[tactic_id] += n.similarity / total
+            for tid, vote in votes.items():
+                share = vote / total
+                ex = best[tid]
+                add(
+                    tid,
+                    w.knn_weight * share * reliability,
+                    Evidence(
+                        source="knowledge_base",
+                        detail=f"{ex.example.source}:{ex.example.id} ({share:.0%} of neighbour vote)",
+                        score=round(share * reliability, 4),
+                    ),
+                )
+
+        lexical = self.retriever.search(text, w.lexical_top)
+        if lexical:
+            top_score = lexical[0][1]
+            for rank, (tid, score) in enumerate(lexical):
+                rel = score / top_score if top_score else 0.0
+                p = w.lexical_weight * rel / (1 + rank)
+                add(
+                    tid,
+                    p,
+                    Evidence(source="lexical", detail=f"BM25 rank {rank + 1} over catalog text", score=round(score, 3)),
+                )
+
+        # A sub-technique's evidence also supports its parent (for parent-level fallbacks).
+        for tid in list(misses):
+            tech = self.catalog.techniques.get(tid)
+            if tech is not None and tech.parent:
+                misses[tech.parent] *= 1.0 - (1.0 - misses[tid]) * w.parent_share
+
+        scored = []
+        for tid, miss in misses.items():
+            if tid not in self.catalog.techniques:
+                continue
+            scored.append(
+                TechniqueScore(
+                    technique_id=tid,
+                    confidence=round(1.0 - miss, 4),
+                    tactic_ids=self._tactics(tid, tactic_votes),
+                    evidence=tuple(evidence.get(tid, ())),
+                )
+            )
+        scored.sort(key=lambda s: (-s.confidence, s.technique_id))
+        chosen = self._choose(scored)
+        tactic_only: tuple[str, ...] = ()
+        if not chosen and tactic_votes:
+            best_tactic = max(tactic_votes.items(), key=lambda kv: kv[1])
+            if best_tactic[1] >= 0.5:
+                tactic_only = (best_tactic[0],)
+        return MappingResult(
+            mapper=MAPPER_NAME, techniques=tuple(chosen), tactic_ids=tactic_only, candidates=tuple(scored[:10])
+        )
+
+    def _choose(self, scored: list[TechniqueScore]) -> list[TechniqueScore]:
+        """Top techniques above the floor; a parent is dropped when its own sub-technique is chosen."""
+        chosen: list[TechniqueScore] = []
+        for cand in scored:
+            if cand.confidence < self.settings.confidence_floor or len(chosen) >= self.settings.max_techniques:
+                break
+            tech = self.catalog.techniques[cand.technique_id]
+            if any(c.technique_id == tech.parent for c in chosen):
+                continue  # more specific than an already-chosen parent would be a duplicate claim
+            if any(self.catalog.techniques[c.technique_id].parent == cand.technique_id for c in chosen):
+                continue
+            chosen.append(cand)
+        return chosen
+
+    def _tactics(self, tid: str, votes: dict[str, float]) -> tuple[str, ...]:
+        """The technique's tactics, narrowed to those the neighbours voted for when they did."""
+        own = [t.id for t in self.catalog.tactics_of(tid)]
+        voted = [t for t in own if votes.get(t, 0.0) > 0.0]
+        return tuple(voted or own)

@@ -1,0 +1,342 @@
+"""The engine: alert → features → decide → map (cache first) → validate → enrich.
+
+Plain classes, no orchestration: the CLI, Prefect flows and the webhook all call `Engine`.
+Every input ends as exactly one Outcome: enriched, skipped (with a reason) or dead-lettered.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from mitre.cache import DAY_SECONDS, MappingCache
+from mitre.cachekey import cache_key
+from mitre.catalog import Catalog, load_catalog
+from mitre.config import Environment, WorkflowsFile
+from mitre.decision import decide
+from mitre.enrich import enrich_alert, mark_skipped
+from mitre.features import extract_features
+from mitre.indicators import IndicatorSet, load_indicators
+from mitre.knowledge import KnowledgeBase, LabelReport, load_examples
+from mitre.mappers import default_registry
+from mitre.mappers.base import Mapper, MapperContext, MapperRegistry
+from mitre.mappers.local import LocalMapper
+from mitre.models import (
+    AlertFeatures,
+    Decision,
+    DecisionKind,
+    MappingResult,
+    Outcome,
+    OutcomeStatus,
+    ValidatedMapping,
+)
+from mitre.validate import validate_mapping
+
+
+@dataclass
+class RunSummary:
+    """Counts for one run; the CLI prints it and flows return it."""
+
+    enriched: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+    dead_letter: Counter[str] = field(default_factory=Counter)
+    decisions: Counter[str] = field(default_factory=Counter)
+    tactics: Counter[str] = field(default_factory=Counter)
+    techniques: Counter[str] = field(default_factory=Counter)
+    cache_hits: int = 0
+    cache_misses: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    def add(self, outcome: Outcome) -> None:
+        if outcome.decision is not None:
+            self.decisions[f"{outcome.decision.kind.value}:{outcome.decision.reason}"] += 1
+        if outcome.status is OutcomeStatus.ENRICHED:
+            self.enriched += 1
+            if outcome.cache_hit:
+                self.cache_hits += 1
+            else:
+                self.cache_misses += 1
+            if outcome.mapping is not None:
+                for t in outcome.mapping.result.techniques:
+                    self.techniques[t.technique_id] += 1
+                    for tactic in t.tactic_ids:
+                        self.tactics[tactic] += 1
+        elif outcome.status is OutcomeStatus.SKIPPED:
+            self.skipped[outcome.reason] += 1
+        else:
+            self.dead_letter[outcome.reason.split(":")[0]] += 1
+
+    @property
+    def total(self) -> int:
+        return self.enriched + sum(self.skipped.values()) + sum(self.dead_letter.values())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "total": self.total,
+            "enriched": self.enriched,
+            "skipped": dict(self.skipped),
+            "dead_letter": dict(self.dead_letter),
+            "decisions": dict(self.decisions),
+            "cache": {"hits": self.cache_hits, "misses": self.cache_misses},
+            "tactics": dict(self.tactics),
+            "warnings": self.warnings,
+        }
+
+
+@dataclass(frozen=True)
+class Explanation:
+    features: AlertFeatures
+    decision: Decision
+    mapping: ValidatedMapping | None
+    enriched: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class RawAlert:
+    """One input record: already-parsed JSON, or raw bytes from a line of NDJSON."""
+
+    line: int | None
+    raw: bytes | None = None
+    alert: Any = None
+
+
+class Engine:
+    def __init__(
+        self,
+        catalog: Catalog,
+        indicators: IndicatorSet,
+        config: WorkflowsFile,
+        workflow_name: str | None,
+        mapper: Mapper,
+        cache: MappingCache | None,
+        warnings: Sequence[str] = (),
+    ) -> None:
+        self.catalog = catalog
+        self.indicators = indicators
+        self.config = config
+        self.workflow = config.workflow(workflow_name)
+        self.mapper = mapper
+        self.cache = cache
+        self.warnings = list(warnings)
+        self._settings_hash = mapper.settings_hash()
+
+    # ------------------------------------------------------------ stages
+
+    def _prepare(self, item: RawAlert) -> tuple[dict[str, Any], AlertFeatures, Decision] | Outcome:
+        alert = item.alert
+        if item.raw is not None:
+            try:
+                alert = orjson.loads(item.raw)
+            except orjson.JSONDecodeError as exc:
+                return self._dead(item, f"invalid_json: {exc}")
+        if not isinstance(alert, dict):
+            return self._dead(item, f"not_an_object: expected a JSON object, got {type(alert).__name__}")
+        try:
+            features = extract_features(alert)
+        except ValueError as exc:
+            return self._dead(item, f"invalid_alert: {exc}")
+        hits = self.indicators.evaluate(features)
+        decision = decide(features, hits, self.workflow.decision, self.catalog)
+        if decision.kind is DecisionKind.SKIP:
+            return Outcome(
+                status=OutcomeStatus.SKIPPED,
+                reason=decision.reason,
+                alert=mark_skipped(alert, decision, self.catalog),
+                decision=decision,
+                line=item.line,
+            )
+        return alert, features, decision
+
+    def _dead(self, item: RawAlert, reason: str) -> Outcome:
+        raw = item.raw.decode("utf-8", "replace") if item.raw is not None else orjson.dumps(item.alert).decode()
+        return Outcome(status=OutcomeStatus.DEAD_LETTER, reason=reason, line=item.line, raw=raw)
+
+    def _key(self, features: AlertFeatures) -> str:
+        return cache_key(
+            features,
+            catalog_version=self.catalog.fingerprint,
+            mapper=self.mapper.name,
+            model=self.mapper.model,
+            prompt_hash=self.mapper.prompt_hash,
+            settings_hash=self._settings_hash,
+        )
+
+    def _map_uncached(self, features: Sequence[AlertFeatures], decisions: Sequence[Decision]) -> list[MappingResult]:
+        if isinstance(self.mapper, LocalMapper):
+            return self.mapper.map_many(features, decisions)
+        return [self.mapper.map(f, d) for f, d in zip(features, decisions, strict=True)]
+
+    def _map(self, prepared: list[tuple[dict[str, Any], AlertFeatures, Decision]]) -> list[tuple[MappingResult, bool]]:
+        """Cache first; misses of the same key within the batch are computed once."""
+        if self.cache is None:
+            results = self._map_uncached([p[1] for p in prepared], [p[2] for p in prepared])
+            return [(r, False) for r in results]
+        keys = [self._key(p[1]) for p in prepared]
+        found: dict[str, tuple[MappingResult, bool]] = {}
+        todo: dict[str, int] = {}
+        for i, key in enumerate(keys):
+            if key in found or key in todo:
+                continue
+            cached = self.cache.get(key)
+            if cached is not None:
+                found[key] = (cached, True)
+            else:
+                todo[key] = i
+        if isinstance(self.mapper, LocalMapper) and todo:
+            idx = list(todo.values())
+            fresh = self._map_uncached([prepared[i][1] for i in idx], [prepared[i][2] for i in idx])
+            for key, result in zip(todo, fresh, strict=True):
+                self.cache.put(key, result)
+                found[key] = (result, False)
+        else:
+            for key, i in todo.items():
+                _, feat, decision = prepared[i]
+
+                def compute(feat: AlertFeatures = feat, decision: Decision = decision) -> tuple[MappingResult, bool]:
+                    result = self.mapper.map(feat, decision)
+                    return result, result.fallback_reason is None
+
+                found[key] = self.cache.get_or_compute(key, compute)
+        out = []
+        seen: set[str] = set()
+        for key in keys:
+            result, hit = found[key]
+            # Within a batch the second copy of a key is served from the first: a cache hit.
+            out.append((result, hit or key in seen))
+            seen.add(key)
+        return out
+
+    # ------------------------------------------------------------ public
+
+    def process_batch(self, items: Sequence[RawAlert]) -> list[Outcome]:
+        outcomes: list[Outcome | None] = [None] * len(items)
+        prepared: list[tuple[dict[str, Any], AlertFeatures, Decision]] = []
+        where: list[int] = []
+        for i, item in enumerate(items):
+            result = self._prepare(item)
+            if isinstance(result, Outcome):
+                outcomes[i] = result
+            else:
+                prepared.append(result)
+                where.append(i)
+        if prepared:
+            mapped = self._map(prepared)
+            for i, (alert, features, decision), (mapped_result, hit) in zip(where, prepared, mapped, strict=True):
+                mapping = validate_mapping(mapped_result, self.catalog)
+                enriched = enrich_alert(
+                    alert, features, decision, mapping, self.catalog, cache_hit=hit, settings_hash=self._settings_hash
+                )
+                outcomes[i] = Outcome(
+                    status=OutcomeStatus.ENRICHED,
+                    reason=decision.reason,
+                    alert=enriched,
+                    decision=decision,
+                    mapping=mapping,
+                    cache_hit=hit,
+                    line=items[i].line,
+                )
+        return [o for o in outcomes if o is not None]
+
+    def process(self, alert: dict[str, Any]) -> Outcome:
+        return self.process_batch([RawAlert(line=None, alert=alert)])[0]
+
+    def explain(self, alert: dict[str, Any]) -> Explanation:
+        """Everything behind one alert's mapping, computed fresh (the cache is not consulted)."""
+        features = extract_features(alert)
+        hits = self.indicators.evaluate(features)
+        decision = decide(features, hits, self.workflow.decision, self.catalog)
+        # Explain maps even skipped alerts, so an analyst can see what a mapping would say.
+        shown = decision if decision.kind is not DecisionKind.SKIP else decision.model_copy(update={"indicators": hits})
+        result = self._map_uncached([features], [shown])[0]
+        mapping = validate_mapping(result, self.catalog)
+        enriched = None
+        if decision.kind is not DecisionKind.SKIP:
+            enriched = enrich_alert(
+                alert, features, decision, mapping, self.catalog, cache_hit=False, settings_hash=self._settings_hash
+            )
+        return Explanation(features=features, decision=decision, mapping=mapping, enriched=enriched)
+
+
+# ---------------------------------------------------------------- construction
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """Command-line overrides on top of workflows.yaml and the environment."""
+
+    workflow: str | None = None
+    mapper: str | None = None
+    catalog: Path | None = None
+    knowledge_base: tuple[Path, ...] | None = None
+    cache: bool = True
+    cache_dir: Path | None = None
+
+
+def resolve_catalog(config: WorkflowsFile, env: Environment, override: Path | None = None) -> Catalog:
+    """Explicit path → ATTACKMAP_CATALOG → workflows.yaml → installed active catalog → bundled package."""
+    path = override or env.catalog or config.catalog.path
+    if path is None and (env.home / "catalog.json").is_file():
+        path = env.home / "catalog.json"
+    return load_catalog(path, config.catalog.crosswalks)
+
+
+def load_knowledge(paths: Iterable[Path], catalog: Catalog) -> tuple[KnowledgeBase | None, str, list[str]]:
+    """(knowledge base or None, content fingerprint, warnings)."""
+    present = [p for p in paths if p.is_file()]
+    warnings = [f"knowledge base {p} not found: mapping without it" for p in paths if not p.is_file()]
+    if not present:
+        return None, "", warnings
+    examples, report = load_examples(present, catalog)
+    if report.unmapped:
+        warnings.append(f"knowledge base labels not in ATT&CK {catalog.version}: {_short(report)}")
+    fingerprint = orjson.dumps(sorted((str(p), p.stat().st_size, int(p.stat().st_mtime)) for p in present))
+    return (KnowledgeBase(examples) if examples else None), hashlib.sha256(fingerprint).hexdigest()[:16], warnings
+
+
+def _short(report: LabelReport) -> str:
+    items = sorted(report.unmapped.items(), key=lambda kv: -kv[1])[:8]
+    return ", ".join(f"{k}×{v}" for k, v in items)
+
+
+def build_engine(
+    config: WorkflowsFile,
+    env: Environment | None = None,
+    options: EngineOptions | None = None,
+    registry: MapperRegistry | None = None,
+) -> Engine:
+    env = env or Environment()
+    options = options or EngineOptions()
+    catalog = resolve_catalog(config, env, options.catalog)
+    indicators = load_indicators(catalog)
+    workflow = config.workflow(options.workflow)
+    settings = workflow.mapper
+    if options.mapper:
+        settings = settings.model_copy(update={"provider": options.mapper})
+    kb_paths: tuple[Path, ...] = (
+        options.knowledge_base
+        if options.knowledge_base is not None
+        else tuple(settings.knowledge_base) + ((env.knowledge_base,) if env.knowledge_base else ())
+    )
+    knowledge, kb_fingerprint, warnings = load_knowledge(kb_paths, catalog)
+    local = LocalMapper(catalog, indicators, settings, knowledge=knowledge, knowledge_fingerprint=kb_fingerprint)
+    registry = registry or default_registry()
+    mapper: Mapper = (
+        local
+        if settings.provider == local.name
+        else registry.create(settings.provider, MapperContext(catalog=catalog, settings=settings, local=local))
+    )
+    cache = None
+    if options.cache:
+        directory = options.cache_dir or env.cache_dir or config.cache.directory or env.home / "cache"
+        cache = MappingCache(
+            directory,
+            size_limit_bytes=config.cache.size_limit_mb * 2**20,
+            ttl_seconds=config.cache.ttl_days * DAY_SECONDS,
+        )
+    return Engine(catalog, indicators, config, options.workflow, mapper, cache, warnings)
