@@ -1,0 +1,217 @@
+"""`attackmap enrich` and `attackmap explain`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import orjson
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+from rich.table import Table
+
+from mitre.cli.common import (
+    EXIT_DEAD_LETTERS,
+    EXIT_OK,
+    CacheDirOpt,
+    CatalogOpt,
+    KnowledgeOpt,
+    MapperOpt,
+    NoCacheOpt,
+    WorkflowOpt,
+    WorkflowsOpt,
+    err,
+    fail,
+    make_engine,
+)
+from mitre.io.ndjson import alert_record, dead_letter_record, open_input, open_output, read_lines
+from mitre.models import OutcomeStatus
+from mitre.pipeline import Engine, RawAlert, RunSummary
+
+BATCH = 512
+
+
+def _summary_table(summary: RunSummary, engine: Engine) -> Table:
+    table = Table(title="attackmap enrich", show_header=False)
+    table.add_row("alerts", str(summary.total))
+    table.add_row("enriched", str(summary.enriched))
+    for reason, n in sorted(summary.skipped.items()):
+        table.add_row(f"skipped: {reason}", str(n))
+    for reason, n in sorted(summary.dead_letter.items()):
+        table.add_row(f"[red]dead-lettered: {reason}[/]", str(n))
+    table.add_row("cache hits / misses", f"{summary.cache_hits} / {summary.cache_misses}")
+    for tactic in engine.catalog.tactics:
+        if summary.tactics.get(tactic.id):
+            table.add_row(f"techniques in {tactic.name}", str(summary.tactics[tactic.id]))
+    table.add_row("mapper / catalog", f"{engine.mapper.name} / ATT&CK {engine.catalog.version}")
+    return table
+
+
+def run_enrich(
+    engine: Engine,
+    input_path: str,
+    output: str | None,
+    dead_letter: str,
+    keep_skipped: bool = True,
+    progress: bool = True,
+) -> RunSummary:
+    summary = RunSummary(warnings=list(engine.warnings))
+    total = Path(input_path).stat().st_size if input_path != "-" else None
+    show = progress and total is not None and err.is_terminal
+    bar = Progress(
+        TextColumn("enriching"),
+        BarColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        disable=not show,
+    )
+    dead_count = 0
+    with open_input(input_path) as src, open_output(output) as out, Path(dead_letter).open("wb") as dead, bar:
+        task = bar.add_task("enrich", total=total)
+        batch: list[RawAlert] = []
+
+        def flush() -> None:
+            nonlocal dead_count
+            for outcome in engine.process_batch(batch):
+                summary.add(outcome)
+                if outcome.status is OutcomeStatus.DEAD_LETTER:
+                    dead.write(dead_letter_record(outcome, input_path))
+                    dead_count += 1
+                elif out is not None and (keep_skipped or outcome.status is OutcomeStatus.ENRICHED):
+                    out.write(alert_record(outcome))
+            bar.update(task, advance=sum(len(b.raw or b"") + 1 for b in batch))
+            batch.clear()
+
+        for item in read_lines(src):
+            batch.append(item)
+            if len(batch) >= BATCH:
+                flush()
+        if batch:
+            flush()
+    if dead_count == 0:
+        Path(dead_letter).unlink(missing_ok=True)
+    return summary
+
+
+def enrich(
+    input_path: Annotated[str, typer.Argument(metavar="INPUT", help="NDJSON alerts, or - for stdin")],
+    output: Annotated[str | None, typer.Option("--output", "-o", help="enriched NDJSON, or - for stdout")] = "-",
+    dead_letter: Annotated[
+        str, typer.Option("--dead-letter", help="where rejected lines go, with line number and reason")
+    ] = "dead-letter.ndjson",
+    skipped: Annotated[str, typer.Option(help="keep: write skipped alerts with their reason; drop: omit")] = "keep",
+    summary_json: Annotated[Path | None, typer.Option("--summary-json", help="also write the summary as JSON")] = None,
+    workflows: WorkflowsOpt = None,
+    workflow: WorkflowOpt = None,
+    mapper: MapperOpt = None,
+    catalog: CatalogOpt = None,
+    knowledge_base: KnowledgeOpt = None,
+    no_cache: NoCacheOpt = False,
+    cache_dir: CacheDirOpt = None,
+) -> None:
+    """Enrich NDJSON alerts with ATT&CK techniques and tactics (ECS threat.*)."""
+    if input_path != "-" and not Path(input_path).is_file():
+        raise fail(f"{input_path}: no such file")
+    if skipped not in {"keep", "drop"}:
+        raise fail("--skipped must be keep or drop")
+    engine = make_engine(workflows, workflow, mapper, catalog, knowledge_base, no_cache, cache_dir)
+    summary = run_enrich(engine, input_path, output, dead_letter, keep_skipped=skipped == "keep")
+    err.print(_summary_table(summary, engine))
+    if summary_json:
+        summary_json.write_bytes(orjson.dumps(summary.as_dict(), option=orjson.OPT_INDENT_2))
+    if summary.dead_letter:
+        err.print(f"[red]{sum(summary.dead_letter.values())} line(s) dead-lettered to {dead_letter}[/]")
+        raise typer.Exit(EXIT_DEAD_LETTERS)
+    raise typer.Exit(EXIT_OK)
+
+
+def _load_one(path: str) -> dict[str, Any]:
+    raw = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        lines = [line for line in raw.splitlines() if line.strip()]
+        if not lines:
+            raise fail(f"{path}: empty") from None
+        try:
+            doc = orjson.loads(lines[0])
+        except orjson.JSONDecodeError as exc:
+            raise fail(f"{path}: not JSON ({exc})") from exc
+    if not isinstance(doc, dict):
+        raise fail(f"{path}: expected one JSON object")
+    return doc
+
+
+def explain(
+    alert_path: Annotated[str, typer.Argument(metavar="ALERT", help="one alert as JSON (or the first line of NDJSON)")],
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output")] = False,
+    workflows: WorkflowsOpt = None,
+    workflow: WorkflowOpt = None,
+    mapper: MapperOpt = None,
+    catalog: CatalogOpt = None,
+    knowledge_base: KnowledgeOpt = None,
+) -> None:
+    """Show features, the hybrid decision, candidate techniques and the evidence behind each."""
+    alert = _load_one(alert_path)
+    engine = make_engine(workflows, workflow, mapper, catalog, knowledge_base, True, None)
+    try:
+        explanation = engine.explain(alert)
+    except ValueError as exc:
+        raise fail(f"{alert_path}: {exc}") from exc
+    mapping = explanation.mapping.result if explanation.mapping else None
+    if as_json:
+        payload = {
+            "features": explanation.features.model_dump(),
+            "decision": explanation.decision.model_dump(),
+            "candidates": [c.model_dump() for c in mapping.candidates] if mapping else [],
+            "techniques": [t.model_dump() for t in mapping.techniques] if mapping else [],
+            "tactics_only": list(mapping.tactic_ids) if mapping else [],
+            "issues": [i.model_dump() for i in explanation.mapping.issues] if explanation.mapping else [],
+        }
+        sys.stdout.buffer.write(orjson.dumps(payload, option=orjson.OPT_INDENT_2) + b"\n")
+        return
+    from rich.console import Console
+
+    out = Console()
+    f = explanation.features
+    feats = Table(title="features", show_header=False)
+    for name, value in [
+        ("rule", f"{f.rule_name} ({f.rule_type or 'no type'})" if f.rule_name else "none (raw event)"),
+        ("rule tags", ", ".join(r.technique_id or f"{r.tactic_id} (tactic only)" for r in f.rule_threat) or "none"),
+        ("risk / severity", f"{f.risk_score} / {f.severity}"),
+        ("platform", str(f.platform)),
+        *[(k, v if len(v) < 200 else v[:200] + "…") for k, v in f.fields.items()],
+    ]:
+        feats.add_row(name, value)
+    out.print(feats)
+    d = explanation.decision
+    out.print(f"[bold]decision:[/] {d.kind.value} — {d.reason}: {d.detail}")
+    for hit in d.indicators:
+        out.print(
+            f"  indicator [cyan]{hit.indicator_id}[/] on {hit.field}: {hit.matched!r} → {', '.join(hit.techniques)}"
+        )
+    if mapping:
+        cands = Table(title="candidates")
+        for col in ("technique", "name", "confidence", "tactics", "chosen"):
+            cands.add_column(col)
+        chosen = {t.technique_id for t in mapping.techniques}
+        for c in mapping.candidates:
+            cands.add_row(
+                c.technique_id,
+                engine.catalog.techniques[c.technique_id].name,
+                f"{c.confidence:.2f}",
+                ", ".join(c.tactic_ids),
+                "✔" if c.technique_id in chosen else "",
+            )
+        out.print(cands)
+        for t in mapping.techniques:
+            out.print(
+                f"[bold]{t.technique_id}[/] {engine.catalog.techniques[t.technique_id].name} ({t.confidence:.2f})"
+            )
+            for e in t.evidence:
+                where = f" [{e.field}]" if e.field else ""
+                out.print(f"   {e.source}{where}: {e.detail} (score {e.score})")
+        if mapping.tactic_ids:
+            out.print(f"tactic only: {', '.join(mapping.tactic_ids)}")
