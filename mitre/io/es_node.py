@@ -126,9 +126,7 @@ def m2_repository() -> Path:
 
 
 def artifact_path(version: str) -> Path:
-    return (
-        m2_repository() / GROUP_ID.replace(".", "/") / ARTIFACT_ID / version / f"{ARTIFACT_ID}-{version}.zip"
-    )
+    return m2_repository() / GROUP_ID.replace(".", "/") / ARTIFACT_ID / version / f"{ARTIFACT_ID}-{version}.zip"
 
 
 def download(version: str) -> Path:
@@ -138,13 +136,13 @@ def download(version: str) -> Path:
         return path
     mvn = shutil.which("mvn")
     if mvn is None:
-        raise NodeError(
-            "mvn not found: it is needed to fetch the Elasticsearch distribution from Maven Central"
-        )
+        raise NodeError("mvn not found: it is needed to fetch the Elasticsearch distribution from Maven Central")
     cmd = [
         mvn,
         "-B",
         "-q",
+        "-U",
+        "-Dstyle.color=never",
         f"{DEPENDENCY_PLUGIN}:get",
         f"-Dartifact={GROUP_ID}:{ARTIFACT_ID}:{version}:zip",
         "-Dtransitive=false",
@@ -153,8 +151,11 @@ def download(version: str) -> Path:
         cmd.append(f"-Dmaven.repo.local={os.environ['MAVEN_REPO_LOCAL']}")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
     if proc.returncode != 0 or not path.is_file():
-        tail = (proc.stdout + proc.stderr).strip().splitlines()[-15:]
-        raise NodeError(f"mvn could not fetch Elasticsearch {version}:\n" + "\n".join(tail))
+        lines = (proc.stdout + proc.stderr).strip().splitlines()
+        errors = [line for line in lines if "[ERROR]" in line and len(line.split("[ERROR]", 1)[1].strip()) > 40]
+        errors = errors[:2]
+        detail = "\n".join(errors or lines[-10:])
+        raise NodeError(f"mvn could not fetch Elasticsearch {version} from Maven Central:\n{detail}")
     return path
 
 
@@ -441,9 +442,7 @@ def start(
             _kill_group(launcher.pid)
             raise NodeError(f"Elasticsearch {version} not ready within {timeout:.0f}s:\n{_tail(console)}")
         pid = int(pid_file.read_text().strip())
-        info = NodeInfo(
-            url=url, pid=pid, version=version, home=str(home), port=port, java_home=str(java_home)
-        )
+        info = NodeInfo(url=url, pid=pid, version=version, home=str(home), port=port, java_home=str(java_home))
         (work_dir / STATE_FILE).write_text(info.to_json() + "\n")
         return info
 
