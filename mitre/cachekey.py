@@ -30,9 +30,19 @@ _RULES: tuple[tuple[re.Pattern[str], str], ...] = (
 )
 
 
-def normalise_volatile(value: str) -> str:
+# In command lines and scripts a bare number is a PID, size or counter; elsewhere (event.code,
+# destination.port) numbers carry meaning and are kept.
+_BARE_NUMBER = re.compile(r"(?<![\w.-])\d{3,}(?![\w.-])")
+_COMMAND_FIELDS = frozenset(
+    {"process.command_line", "process.parent.command_line", "process.args", "powershell.file.script_block_text"}
+)
+
+
+def normalise_volatile(value: str, command: bool = False) -> str:
     for pattern, replacement in _RULES:
         value = pattern.sub(replacement, value)
+    if command:
+        value = _BARE_NUMBER.sub("<n>", value)
     return value
 
 
@@ -45,7 +55,7 @@ def stable_features(features: AlertFeatures) -> dict[str, object]:
         "rule_query": normalise_volatile(features.rule_query) if features.rule_query else None,
         "platform": features.platform,
         "fields": {
-            name: normalise_volatile(value)
+            name: normalise_volatile(value, command=name in _COMMAND_FIELDS)
             for name, value in sorted(features.fields.items())
             if name not in _EXCLUDED_FIELDS
         },

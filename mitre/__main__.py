@@ -1,0 +1,3 @@
+from mitre.cli import main
+
+main()
