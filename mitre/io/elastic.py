@@ -444,6 +444,7 @@ class ElasticSink:
             docs=[{"_index": item.index, "_id": item.doc_id} for item in pending],
             source_includes=list(ENGINE_FIELDS),
             realtime=True,
+            filter_path=["docs.found", "docs._seq_no", "docs._primary_term", "docs._source", "docs.error"],
         )
         keep: list[_Pending] = []
         for item, doc in zip(pending, resp["docs"], strict=True):
@@ -485,7 +486,11 @@ class ElasticSink:
         if self.refresh:
             kwargs["refresh"] = self.refresh
         try:
-            resp = self.client.bulk(operations=operations, **kwargs)
+            resp = self.client.bulk(
+                operations=operations,
+                filter_path=["errors", "items.*.status", "items.*.result", "items.*.error"],
+                **kwargs,
+            )
         except Exception as exc:  # whole request failed (connection, 5xx): retry everything, bounded
             status = getattr(exc, "status_code", None) or getattr(getattr(exc, "meta", None), "status", None)
             if last_attempt or (isinstance(status, int) and status not in _RETRYABLE_STATUS and status < 500):
