@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -337,3 +339,29 @@ def test_sink_retries_only_failed_items(es_client: Any, es_index: str) -> None:
     assert flaky.bulk_calls == [6, 3]  # second call only carries the 3 rejected items
     for a in read:
         assert es_client.get(index=es_index, id=a.doc_id)["_source"]["attackmap"]["provenance_hash"] == HASH_V1
+
+
+@pytestmark_es
+def test_source_reads_kibana_alias_over_hidden_backing_index(es_client: Any) -> None:
+    """Kibana's layout: alias .alerts-security.alerts-<space> over a hidden .internal... backing index."""
+    space = f"attackmap-test-{uuid.uuid4().hex[:8]}"
+    backing = f".internal.alerts-security.alerts-{space}-000001"
+    alias = kibana_alerts_index(space)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # dot-prefixed index names are deprecated for non-system indices
+        es_client.indices.create(
+            index=backing,
+            mappings=alerts_index_mapping(),
+            settings={"number_of_shards": 1, "number_of_replicas": 0, "index.hidden": True},
+            aliases={alias: {"is_write_index": True}},
+        )
+        try:
+            index_alerts(es_client, alias, [make_alert(i, flat=True, risk=20 + 20 * i) for i in range(4)])
+            got = list(ElasticSource(es_client, alias, min_risk=40, provenance_hash=HASH_V1).read())
+            assert sorted(a.doc_id for a in got) == ["alert-0001", "alert-0002", "alert-0003"]
+            assert {a.index for a in got} == {backing}
+            summary = ElasticSink(es_client, refresh=True).write(updates_for(got))
+            assert summary.updated == 3
+            assert list(ElasticSource(es_client, alias, min_risk=40, provenance_hash=HASH_V1).read()) == []
+        finally:
+            es_client.options(ignore_status=404).indices.delete(index=backing)

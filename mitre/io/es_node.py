@@ -388,6 +388,9 @@ def start(
         existing = running_node(work_dir)
         if existing is not None:
             return existing
+        stale = read_state(work_dir)
+        if stale is not None and pid_alive(stale.pid):  # alive but not healthy: it holds the data dir
+            _terminate(stale.pid, timeout=60.0)
         if port is None:
             port = free_port()
         elif not port_free(port):
@@ -462,20 +465,25 @@ def stop(work_dir: Path = DEFAULT_DIR, timeout: float = 60.0) -> bool:
         info = read_state(work_dir)
         if info is None:
             return False
-        stopped = False
-        if pid_alive(info.pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(info.pid, signal.SIGTERM)
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline and pid_alive(info.pid):
-                _reap(info.pid)
-                time.sleep(0.25)
-            if pid_alive(info.pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(info.pid, signal.SIGKILL)
-            stopped = True
+        stopped = _terminate(info.pid, timeout)
         (work_dir / STATE_FILE).unlink(missing_ok=True)
         return stopped
+
+
+def _terminate(pid: int, timeout: float) -> bool:
+    """SIGTERM ``pid``, wait up to ``timeout`` s, then SIGKILL; whether it was alive."""
+    if not pid_alive(pid):
+        return False
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and pid_alive(pid):
+        _reap(pid)
+        time.sleep(0.25)
+    if pid_alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    return True
 
 
 def _reap(pid: int) -> None:
