@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from functools import lru_cache
 
 import orjson
 
@@ -38,7 +39,9 @@ _COMMAND_FIELDS = frozenset(
 )
 
 
+@lru_cache(maxsize=65_536)
 def normalise_volatile(value: str, command: bool = False) -> str:
+    """Pure, so memoised: one attack seen on many hosts repeats the same values."""
     for pattern, replacement in _RULES:
         value = pattern.sub(replacement, value)
     if command:

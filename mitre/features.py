@@ -69,6 +69,10 @@ OBSERVABLE_FIELDS: tuple[str, ...] = (
     "powershell.file.script_block_text",
     "message",
 )
+_NEEDED_ROOTS = frozenset(
+    {f.split(".", 1)[0] for f in OBSERVABLE_FIELDS}
+    | {"kibana", "signal", "threat", "_id", "id", "host", "agent", "event", "cloud", "dns", "network"}
+)
 SCRIPT_FIELDS = frozenset({"powershell.file.script_block_text", "message"})
 
 _RULE_PREFIXES = ("kibana.alert.rule.", "signal.rule.")
@@ -86,12 +90,17 @@ _PLATFORM_WORDS = {
 }
 
 
-def flatten(doc: Mapping[str, Any], prefix: str = "", out: dict[str, Any] | None = None) -> dict[str, Any]:
-    """One dotted-key view of a document; flat and nested forms of a key land on the same name."""
+def flatten(
+    doc: Mapping[str, Any], prefix: str = "", out: dict[str, Any] | None = None, roots: frozenset[str] | None = None
+) -> dict[str, Any]:
+    """One dotted-key view of a document; flat and nested forms of a key land on the same name.
+    With `roots`, top-level namespaces outside it are not walked (speed on large documents)."""
     out = {} if out is None else out
     for key, value in doc.items():
+        if roots is not None and key.split(".", 1)[0] not in roots:
+            continue
         name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
+        if type(value) is dict and value:  # JSON objects; exact type check is the hot path
             flatten(value, f"{name}.", out)
         elif name not in out or out[name] in (None, "", []):
             out[name] = value
@@ -201,11 +210,14 @@ def extract_features(alert: Mapping[str, Any], fields: Iterable[str] = OBSERVABL
     """Build the typed view. Raises ValueError when the document is not an alert at all."""
     if not isinstance(alert, Mapping):
         raise ValueError(f"alert must be a JSON object, got {type(alert).__name__}")
-    flat = flatten(alert)
+    flat = flatten(alert, roots=_NEEDED_ROOTS)
     observed: dict[str, str] = {}
     truncated: list[str] = []
     for name in fields:
-        text = _text(flat.get(name))
+        raw = flat.get(name)
+        if raw is None:
+            continue
+        text = _text(raw)
         if text is None:
             continue
         text, cut = truncate(name, text)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
 from importlib import resources
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from mitre.catalog import Catalog
 from mitre.models import AlertFeatures, Contract, IndicatorHit
 
 MATCH_SNIPPET_CHARS = 160
+MEMO_ENTRIES = 50_000
 
 
 class Indicator(Contract):
@@ -47,34 +49,18 @@ class _Compiled:
             for key, tid in spec.techniques_by_match.items()
         ]
 
-    def evaluate(self, fields: dict[str, str]) -> IndicatorHit | None:
-        for name, required in self.requires.items():
-            value = fields.get(name)
-            if value is None or not required.search(value):
-                return None
-        for name in self.spec.fields:
-            value = fields.get(name)
-            if not value:
-                continue
-            if self.pattern is not None:
-                match = self.pattern.search(value)
-                if match:
-                    return self._hit(name, match.group(0), self.spec.techniques)
-            else:
-                found = [(m.group(0), tid) for rx, tid in self.by_match if (m := rx.search(value))]
-                if len(found) >= self.spec.min_distinct:
-                    techniques = tuple(dict.fromkeys(tid for _, tid in found))
-                    return self._hit(name, ", ".join(text for text, _ in found), techniques)
-        return None
+    def match_value(self, value: str) -> tuple[str, tuple[str, ...]] | None:
+        """(matched text, techniques) when this indicator fires on one field value."""
+        if self.pattern is not None:
+            match = self.pattern.search(value)
+            return (match.group(0), self.spec.techniques) if match else None
+        found = [(m.group(0), tid) for rx, tid in self.by_match if (m := rx.search(value))]
+        if len(found) < self.spec.min_distinct:
+            return None
+        return ", ".join(text for text, _ in found), tuple(dict.fromkeys(tid for _, tid in found))
 
-    def _hit(self, field: str, matched: str, techniques: tuple[str, ...]) -> IndicatorHit:
-        return IndicatorHit(
-            indicator_id=self.spec.id,
-            techniques=techniques,
-            field=field,
-            matched=matched[:MATCH_SNIPPET_CHARS],
-            confidence=self.spec.confidence,
-        )
+    def required_ok(self, fields: dict[str, str]) -> bool:
+        return all((v := fields.get(f)) is not None and rx.search(v) for f, rx in self.requires.items())
 
 
 class IndicatorSet:
@@ -92,20 +78,63 @@ class IndicatorSet:
             raise ValueError("indicator catalog does not fit the ATT&CK catalog: " + "; ".join(problems))
         self.indicators = indicators
         self._compiled = [_Compiled(i) for i in indicators]
-        self._catalog = catalog
+        self._by_field: dict[str, list[int]] = {}
+        for index, ind in enumerate(indicators):
+            for name in ind.fields:
+                self._by_field.setdefault(name, []).append(index)
+        self._memo: OrderedDict[tuple[str, str], dict[int, tuple[str, tuple[str, ...]]]] = OrderedDict()
+        self._active = _ActiveIds(catalog)
+
+    def _field_matches(self, name: str, value: str) -> dict[int, tuple[str, tuple[str, ...]]]:
+        """Which indicators fire on this exact field value; remembered, since values recur across alerts."""
+        key = (name, value)
+        found = self._memo.get(key)
+        if found is None:
+            found = {}
+            for index in self._by_field.get(name, ()):
+                match = self._compiled[index].match_value(value)
+                if match is not None:
+                    found[index] = match
+            self._memo[key] = found
+            if len(self._memo) > MEMO_ENTRIES:
+                self._memo.popitem(last=False)
+        return found
 
     def evaluate(self, features: AlertFeatures) -> tuple[IndicatorHit, ...]:
+        fields = features.fields
+        per_field = {name: self._field_matches(name, fields[name]) for name in self._by_field if name in fields}
         hits = []
-        for compiled in self._compiled:
-            hit = compiled.evaluate(features.fields)
-            if hit is not None:
-                active = tuple(
-                    dict.fromkeys(
-                        r.active_id for t in hit.techniques if (r := self._catalog.resolve(t)).active_id is not None
+        for index, compiled in enumerate(self._compiled):
+            for name in compiled.spec.fields:
+                match = per_field.get(name, {}).get(index)
+                if match is None:
+                    continue
+                if not compiled.required_ok(fields):
+                    break
+                text, techniques = match
+                hits.append(
+                    IndicatorHit(
+                        indicator_id=compiled.spec.id,
+                        techniques=self._active[techniques],
+                        field=name,
+                        matched=text[:MATCH_SNIPPET_CHARS],
+                        confidence=compiled.spec.confidence,
                     )
                 )
-                hits.append(hit.model_copy(update={"techniques": active}))
+                break
         return tuple(hits)
+
+
+class _ActiveIds(dict[tuple[str, ...], tuple[str, ...]]):
+    """Technique tuples resolved to active catalog IDs (revoked/newer redirected), computed once each."""
+
+    def __init__(self, catalog: Catalog) -> None:
+        super().__init__()
+
+    def __missing__(self, key: tuple[str, ...]) -> tuple[str, ...]:
+        value = tuple(dict.fromkeys(a for t in key if (a := self._catalog.resolve(t).active_id) is not None))
+        self[key] = value
+        return value
 
 
 def load_indicators(catalog: Catalog, path: Path | None = None) -> IndicatorSet:

@@ -7,8 +7,8 @@ Every input ends as exactly one Outcome: enriched, skipped (with a reason) or de
 from __future__ import annotations
 
 import hashlib
-from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections import Counter, OrderedDict
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +37,8 @@ from mitre.models import (
     ValidatedMapping,
 )
 from mitre.validate import validate_mapping
+
+VALIDATED_MEMO_ENTRIES = 20_000
 
 
 @dataclass
@@ -125,6 +127,9 @@ class Engine:
         self.cache = cache
         self.warnings = list(warnings)
         self._settings_hash = mapper.settings_hash()
+        # Called with each batch's outcomes (e.g. the LLM budget's decision/cache telemetry).
+        self.observers: list[Callable[[Sequence[Outcome]], None]] = []
+        self._validated_memo: OrderedDict[str, tuple[MappingResult, ValidatedMapping]] = OrderedDict()
 
     # ------------------------------------------------------------ stages
 
@@ -172,11 +177,25 @@ class Engine:
             return self.mapper.map_many(features, decisions)
         return [self.mapper.map(f, d) for f, d in zip(features, decisions, strict=True)]
 
-    def _map(self, prepared: list[tuple[dict[str, Any], AlertFeatures, Decision]]) -> list[tuple[MappingResult, bool]]:
+    def _validated(self, key: str | None, result: MappingResult) -> ValidatedMapping:
+        """Validation is deterministic per cache key, so a warm key skips it."""
+        if key is None:
+            return validate_mapping(result, self.catalog)
+        found = self._validated_memo.get(key)
+        if found is None or found[0] is not result:
+            found = (result, validate_mapping(result, self.catalog))
+            self._validated_memo[key] = found
+            if len(self._validated_memo) > VALIDATED_MEMO_ENTRIES:
+                self._validated_memo.popitem(last=False)
+        return found[1]
+
+    def _map(
+        self, prepared: list[tuple[dict[str, Any], AlertFeatures, Decision]]
+    ) -> list[tuple[ValidatedMapping, bool]]:
         """Cache first; misses of the same key within the batch are computed once."""
         if self.cache is None:
             results = self._map_uncached([p[1] for p in prepared], [p[2] for p in prepared])
-            return [(r, False) for r in results]
+            return [(self._validated(None, r), False) for r in results]
         keys = [self._key(p[1]) for p in prepared]
         found: dict[str, tuple[MappingResult, bool]] = {}
         todo: dict[str, int] = {}
@@ -208,7 +227,7 @@ class Engine:
         for key in keys:
             result, hit = found[key]
             # Within a batch the second copy of a key is served from the first: a cache hit.
-            out.append((result, hit or key in seen))
+            out.append((self._validated(key, result), hit or key in seen))
             seen.add(key)
         return out
 
@@ -227,8 +246,7 @@ class Engine:
                 where.append(i)
         if prepared:
             mapped = self._map(prepared)
-            for i, (alert, features, decision), (mapped_result, hit) in zip(where, prepared, mapped, strict=True):
-                mapping = validate_mapping(mapped_result, self.catalog)
+            for i, (alert, features, decision), (mapping, hit) in zip(where, prepared, mapped, strict=True):
                 enriched = enrich_alert(
                     alert, features, decision, mapping, self.catalog, cache_hit=hit, settings_hash=self._settings_hash
                 )
@@ -241,7 +259,10 @@ class Engine:
                     cache_hit=hit,
                     line=items[i].line,
                 )
-        return [o for o in outcomes if o is not None]
+        done = [o for o in outcomes if o is not None]
+        for observer in self.observers:
+            observer(done)
+        return done
 
     def process(self, alert: dict[str, Any]) -> Outcome:
         return self.process_batch([RawAlert(line=None, alert=alert)])[0]
@@ -331,6 +352,11 @@ def build_engine(
         if settings.provider == local.name
         else registry.create(settings.provider, MapperContext(catalog=catalog, settings=settings, local=local))
     )
+    observer = None
+    if mapper is not local:
+        from mitre.mappers.budgeted import with_budget
+
+        mapper, observer = with_budget(mapper, local, workflow, env)
     cache = None
     if options.cache:
         directory = options.cache_dir or env.cache_dir or config.cache.directory or env.home / "cache"
@@ -339,4 +365,7 @@ def build_engine(
             size_limit_bytes=config.cache.size_limit_mb * 2**20,
             ttl_seconds=config.cache.ttl_days * DAY_SECONDS,
         )
-    return Engine(catalog, indicators, config, options.workflow, mapper, cache, warnings)
+    engine = Engine(catalog, indicators, config, options.workflow, mapper, cache, warnings)
+    if observer is not None:
+        engine.observers.append(observer)
+    return engine

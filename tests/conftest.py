@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
-pytest_plugins: list[str] = ["tests.es_fixtures"]
+pytest_plugins: list[str] = ["tests.es_fixtures", "tests.prefect_fixtures"]
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -15,5 +16,7 @@ SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 def shared_data() -> Path:
     """The shared corpora folder; tests that need it skip with a reason when it is absent."""
     if not (SHARED_DATA / "attack" / "enterprise-attack.json").is_file():
+        if os.environ.get("ATTACKMAP_REQUIRE_SHARED") == "1":
+            pytest.fail(f"ATTACKMAP_REQUIRE_SHARED=1 but {SHARED_DATA} is missing")
         pytest.skip(f"../shared/data not found at {SHARED_DATA}: the ATT&CK bundle and corpora are loaded by path")
     return SHARED_DATA

@@ -1,10 +1,10 @@
 from __future__ import annotations
 
+import pytest
+
 from mitre.cachekey import cache_key, normalise_volatile
 from mitre.features import MAX_FIELD_CHARS, MAX_SCRIPT_CHARS, extract_features
 from tests.helpers import kibana_alert, threat_entry
-
-import pytest
 
 
 def test_flat_and_nested_shapes_give_the_same_features():

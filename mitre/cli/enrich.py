@@ -11,6 +11,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
+from mitre.batch import ChunkResult, default_workers, merge, run_chunks
 from mitre.cli.common import (
     EXIT_DEAD_LETTERS,
     EXIT_OK,
@@ -25,11 +26,8 @@ from mitre.cli.common import (
     fail,
     make_engine,
 )
-from mitre.io.ndjson import alert_record, dead_letter_record, open_input, open_output, read_lines
-from mitre.models import OutcomeStatus
-from mitre.pipeline import Engine, RawAlert, RunSummary
-
-BATCH = 512
+from mitre.io.ndjson import open_input, open_output, read_lines
+from mitre.pipeline import Engine, RunSummary
 
 
 def _summary_table(summary: RunSummary, engine: Engine) -> Table:
@@ -55,6 +53,7 @@ def run_enrich(
     dead_letter: str,
     keep_skipped: bool = True,
     progress: bool = True,
+    workers: int = 1,
 ) -> RunSummary:
     summary = RunSummary(warnings=list(engine.warnings))
     total = Path(input_path).stat().st_size if input_path != "-" else None
@@ -67,30 +66,18 @@ def run_enrich(
         console=err,
         disable=not show,
     )
-    dead_count = 0
     with open_input(input_path) as src, open_output(output) as out, Path(dead_letter).open("wb") as dead, bar:
         task = bar.add_task("enrich", total=total)
-        batch: list[RawAlert] = []
 
-        def flush() -> None:
-            nonlocal dead_count
-            for outcome in engine.process_batch(batch):
-                summary.add(outcome)
-                if outcome.status is OutcomeStatus.DEAD_LETTER:
-                    dead.write(dead_letter_record(outcome, input_path))
-                    dead_count += 1
-                elif out is not None and (keep_skipped or outcome.status is OutcomeStatus.ENRICHED):
-                    out.write(alert_record(outcome))
-            bar.update(task, advance=sum(len(b.raw or b"") + 1 for b in batch))
-            batch.clear()
+        def write(result: ChunkResult) -> None:
+            merge(summary, result.summary)
+            if out is not None:
+                out.write(result.output)
+            dead.write(result.dead)
+            bar.update(task, advance=result.consumed)
 
-        for item in read_lines(src):
-            batch.append(item)
-            if len(batch) >= BATCH:
-                flush()
-        if batch:
-            flush()
-    if dead_count == 0:
+        run_chunks(engine, read_lines(src), input_path, keep_skipped, workers, write)
+    if not summary.dead_letter:
         Path(dead_letter).unlink(missing_ok=True)
     return summary
 
@@ -103,6 +90,7 @@ def enrich(
     ] = "dead-letter.ndjson",
     skipped: Annotated[str, typer.Option(help="keep: write skipped alerts with their reason; drop: omit")] = "keep",
     summary_json: Annotated[Path | None, typer.Option("--summary-json", help="also write the summary as JSON")] = None,
+    workers: Annotated[int, typer.Option("--workers", "-j", help="processes (default: one per core)")] = 0,
     workflows: WorkflowsOpt = None,
     workflow: WorkflowOpt = None,
     mapper: MapperOpt = None,
@@ -117,7 +105,9 @@ def enrich(
     if skipped not in {"keep", "drop"}:
         raise fail("--skipped must be keep or drop")
     engine = make_engine(workflows, workflow, mapper, catalog, knowledge_base, no_cache, cache_dir)
-    summary = run_enrich(engine, input_path, output, dead_letter, keep_skipped=skipped == "keep")
+    summary = run_enrich(
+        engine, input_path, output, dead_letter, keep_skipped=skipped == "keep", workers=workers or default_workers()
+    )
     err.print(_summary_table(summary, engine))
     if summary_json:
         summary_json.write_bytes(orjson.dumps(summary.as_dict(), option=orjson.OPT_INDENT_2))
