@@ -130,6 +130,7 @@ class _ActiveIds(dict[tuple[str, ...], tuple[str, ...]]):
 
     def __init__(self, catalog: Catalog) -> None:
         super().__init__()
+        self._catalog = catalog
 
     def __missing__(self, key: tuple[str, ...]) -> tuple[str, ...]:
         value = tuple(dict.fromkeys(a for t in key if (a := self._catalog.resolve(t).active_id) is not None))
