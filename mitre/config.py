@@ -55,12 +55,24 @@ class MapperSettings(Section):
     knowledge_base: list[Path] = Field(
         default_factory=list, description="JSONL files of already-tagged rules or alerts (Sigma rules.jsonl works)"
     )
+    redact: bool = Field(
+        False, description="LLM providers: replace users, hosts, IPs, e-mails, secrets with stable pseudonyms"
+    )
+    timeout_s: float = Field(30.0, gt=0, description="LLM providers: timeout of one HTTP request")
 
 
 class BudgetSettings(Section):
     daily_usd: float | None = Field(None, ge=0)
     monthly_usd: float | None = Field(None, ge=0)
     soft_limit_ratio: float = Field(0.8, gt=0, le=1)
+    soft_limit_action: Literal["untagged_only", "raise_risk", "local_only"] = Field(
+        "untagged_only", description="past the soft limit, which alerts may still reach the LLM"
+    )
+    soft_limit_min_risk: float = Field(73, ge=0, le=100, description="raise_risk: the risk score still mapped")
+    ledger: Literal["sqlite", "elasticsearch"] = "sqlite"
+    ledger_path: Path | None = Field(None, description="sqlite ledger; null: $ATTACKMAP_HOME/ledger.sqlite")
+    ledger_index: str = Field("attackmap-ledger", description="elasticsearch ledger index")
+    ledger_es_url: str | None = Field(None, description="elasticsearch ledger URL; null: $ATTACKMAP_ES_URL")
 
 
 class Outputs(Section):

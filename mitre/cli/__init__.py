@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from mitre.cli import attack
+from mitre.cli import attack, budget
 from mitre.cli.enrich import enrich, explain
 
 app = typer.Typer(
@@ -16,6 +16,7 @@ app = typer.Typer(
 app.command()(enrich)
 app.command()(explain)
 app.add_typer(attack.app, name="attack")
+app.add_typer(budget.app, name="budget")
 
 
 def main() -> None:
