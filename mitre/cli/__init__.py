@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import typer
 
-from mitre.cli import attack, budget
+from mitre.cli import attack, budget, workflows
 from mitre.cli.enrich import enrich, explain
+from mitre.cli.serve import serve
 
 app = typer.Typer(
     name="attackmap",
@@ -17,6 +18,8 @@ app.command()(enrich)
 app.command()(explain)
 app.add_typer(attack.app, name="attack")
 app.add_typer(budget.app, name="budget")
+app.add_typer(workflows.app, name="workflows")
+app.command()(serve)
 
 
 def main() -> None:

@@ -1,0 +1,112 @@
+"""`attackmap workflows validate | show | schema | deploy`."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from mitre.cli.common import EXIT_FAILURE, EXIT_OK, WorkflowsOpt, err, fail, load_config
+from mitre.config import Environment, default_workflows_path
+
+app = typer.Typer(help="Validate, inspect and deploy workflows.yaml.", no_args_is_help=True)
+out = Console()
+
+
+def _path(path: Path | None) -> Path:
+    found = path or default_workflows_path(Environment())
+    if found is None:
+        raise fail("no workflows file: pass PATH, set ATTACKMAP_WORKFLOWS or run where workflows.yaml is")
+    return found
+
+
+@app.command()
+def validate(
+    path: Annotated[
+        Path | None, typer.Argument(help="workflows file (default: $ATTACKMAP_WORKFLOWS or ./workflows.yaml)")
+    ] = None,
+) -> None:
+    """Check a workflows file against the schema; print `file:line: message (hint)` per problem."""
+    from mitre.workflows_schema import validate_file
+
+    target = _path(path)
+    problems = validate_file(target)
+    for problem in problems:
+        typer.echo(str(problem))
+    if problems:
+        err.print(f"[red]{len(problems)} problem(s)[/] in {target}")
+        raise typer.Exit(EXIT_FAILURE)
+    err.print(f"[green]ok[/] {target}")
+    raise typer.Exit(EXIT_OK)
+
+
+@app.command()
+def schema(
+    write: Annotated[Path | None, typer.Option("--write", help="write the schema to this file")] = None,
+) -> None:
+    """Print (or write) the JSON Schema generated from the models (shipped as workflows.schema.json)."""
+    from mitre.workflows_schema import schema_text
+
+    text = schema_text()
+    if write is None:
+        typer.echo(text, nl=False)
+    else:
+        write.write_text(text)
+        err.print(f"wrote {write}")
+
+
+@app.command()
+def show(workflows: WorkflowsOpt = None) -> None:
+    """The workflows as loaded (defaults filled in): trigger, decision, mapper, outputs."""
+    config, _ = load_config(workflows)
+    table = Table(title="attackmap workflows")
+    for column in ("name", "enabled", "trigger", "source", "decision", "mapper", "write-back"):
+        table.add_column(column)
+    for w in config.workflows:
+        match = w.trigger.match
+        trigger = f"{w.trigger.event}\nrisk ≥ {match.risk_score_gte:g}"
+        if match.has_rule_mitre_tags is not None:
+            trigger += f", tagged={match.has_rule_mitre_tags}"
+        source = f"{w.trigger.index_pattern}\nevery {w.trigger.poll_interval_seconds:g}s, batch {w.trigger.batch_size}"
+        decision = f"{w.decision.mode}, min risk {w.decision.min_risk_score:g}"
+        mapper = w.mapper.provider + (f" ({w.mapper.model})" if w.mapper.model else "")
+        table.add_row(
+            w.name,
+            "yes" if w.enabled else "no",
+            trigger,
+            source,
+            decision,
+            mapper,
+            str(w.outputs.elasticsearch_write_back),
+        )
+    out.print(table)
+
+
+@app.command()
+def deploy(
+    workflows: WorkflowsOpt = None,
+    serve: Annotated[bool, typer.Option("--serve", help="also serve the deployments here (blocks)")] = False,
+    limit: Annotated[int, typer.Option(help="with --serve: concurrent flow runs at most")] = 4,
+    work_pool: Annotated[
+        str | None, typer.Option("--work-pool", help="deploy to this work pool (run by `prefect worker start`)")
+    ] = None,
+    poller: Annotated[bool, typer.Option("--poller/--no-poller", help="also deploy the scheduled ES poller")] = False,
+) -> None:
+    """Create or update one Prefect deployment per enabled workflow, with its event trigger."""
+    if not os.environ.get("PREFECT_API_URL"):
+        raise fail("set PREFECT_API_URL first (importing Prefect without it starts a throwaway server)")
+    config, _ = load_config(workflows)
+    from flows.deploy import apply_deployments, build_deployments, serve_deployments
+
+    deployments = build_deployments(config, poller=poller)
+    if serve:
+        err.print(f"serving {len(deployments)} deployment(s), limit {limit}")
+        serve_deployments(deployments, limit=limit)
+        return
+    ids = apply_deployments(deployments, work_pool=work_pool)
+    for deployment, deployment_id in zip(deployments, ids, strict=True):
+        typer.echo(f"{deployment.flow_name}/{deployment.name}: {deployment_id}")
