@@ -7,10 +7,11 @@ and `ALERT_DATA>>>`; JSON escaping plus escaping of `<` and `>` means nothing in
 field can close the block or pose as an instruction line.
 
 Token counts are ESTIMATES: no tokenizer package is installed (tiktoken is not a dependency), so
-`estimate_tokens` uses the documented rule of thumb of ~4 characters per token. Alert text
-(paths, command lines, JSON punctuation) tokenizes denser than prose, so the renderer keeps a
-20 % margin: it shrinks the per-alert part until the whole prompt is at most
-`SAFE_INPUT_TOKENS` (1,250) estimated tokens, which stays ≤ 1,500 real tokens even at 3.3 chars/token.
+`estimate_tokens` uses the documented rule of thumb of ~4 characters per token. The renderer shrinks
+the per-alert part (examples, then field lengths, then candidates) until system + user + response
+schema is at most `SAFE_INPUT_TOKENS` (1,100) estimated tokens, which leaves room for the vendor's
+own additions (Anthropic's forced-tool system prompt, a few hundred tokens) under the 1,500-token
+per-call ceiling (`MAX_INPUT_TOKENS`).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from typing import Any
 from mitre.catalog import Catalog
 from mitre.models import AlertFeatures, Decision, MappingResult, TechniqueScore
 
-RENDER_VERSION = "1"  # bump when the rendering code changes what is sent
+RENDER_VERSION = "2"  # bump when the rendering code changes what is sent
 TEMPLATE_FILE = "map_alert.md"
 SCHEMA_FILE = "map_alert.schema.json"
 USER_MARKER = "=== USER ==="
@@ -35,8 +36,8 @@ DATA_OPEN = "<<<ALERT_DATA"
 DATA_CLOSE = "ALERT_DATA>>>"
 CHARS_PER_TOKEN = 4
 MAX_INPUT_TOKENS = 1500
-SAFE_INPUT_TOKENS = 1250
-SHORTLIST_SIZE = 24
+SAFE_INPUT_TOKENS = 1100
+SHORTLIST_SIZE = 20
 TOOL_NAME = "record_attack_mapping"
 
 
@@ -248,8 +249,12 @@ def render_prompt(
             field_chars, script_chars = int(field_chars * 0.7), int(script_chars * 0.7)
         elif n_candidates > 12:
             n_candidates -= 4
+        elif field_chars > 40:
+            field_chars, script_chars = int(field_chars * 0.7), int(script_chars * 0.7)
+        elif n_candidates > 8:
+            n_candidates -= 2
         else:
-            break  # the floor: 120-char fields and 12 candidates always fit in practice
+            break  # the floor: 40-char fields and 8 candidates
     return RenderedPrompt(
         system=system,
         user=user,
