@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import orjson
 from pydantic import Field
+from scipy import sparse
 from sklearn.feature_extraction.text import TfidfVectorizer
 
 from mitre.catalog import Catalog
@@ -131,9 +132,10 @@ class Neighbour(Contract):
 
 
 class KnowledgeBase:
-    """TF-IDF (word uni+bigrams, sublinear tf) cosine nearest neighbours over labelled examples."""
+    """TF-IDF (word uni+bigrams, sublinear tf) cosine nearest neighbours over labelled examples,
+    plus a one-vs-rest linear SVM over the same features (trained on first use)."""
 
-    def __init__(self, examples: Sequence[Example]) -> None:
+    def __init__(self, examples: Sequence[Example], classifier_c: float = 0.5) -> None:
         if not examples:
             raise ValueError("knowledge base is empty")
         self.examples = list(examples)
@@ -141,6 +143,46 @@ class KnowledgeBase:
             tokenizer=tokenize, lowercase=False, token_pattern=None, ngram_range=(1, 2), sublinear_tf=True, min_df=1
         )
         self._matrix = self._vectorizer.fit_transform([e.text for e in self.examples])
+        self._classifier_c = classifier_c
+        self._classifier: Any = None
+        self._labels: list[str] = []
+
+    def _train(self) -> None:
+        from sklearn.svm import LinearSVC
+
+        labels = sorted({t for e in self.examples for t in e.techniques})
+        self._labels = labels
+        index = {t: i for i, t in enumerate(labels)}
+        y = np.zeros((len(self.examples), len(labels)), dtype=np.int8)
+        for row, e in enumerate(self.examples):
+            for t in e.techniques:
+                y[row, index[t]] = 1
+        # One binary SVM per label, weights stacked so scoring is one sparse product.
+        rows = []
+        intercept = np.full(len(labels), -1.0)
+        for j in range(len(labels)):
+            col = y[:, j]
+            if col.all() or not col.any():
+                rows.append(sparse.csr_matrix((1, self._matrix.shape[1]), dtype=np.float32))
+                continue
+            svm = LinearSVC(C=self._classifier_c).fit(self._matrix, col)
+            w = svm.coef_[0].astype(np.float32)
+            w[np.abs(w) < 1e-4] = 0.0  # w is a sum of support vectors: mostly zeros, keep it sparse
+            rows.append(sparse.csr_matrix(w))
+            intercept[j] = svm.intercept_[0]
+        self._classifier = (sparse.vstack(rows).T.tocsr(), intercept)
+
+    def classify_many(self, texts: Sequence[str], k: int = 5) -> list[list[tuple[str, float]]]:
+        """Top-k (technique, SVM margin) per text; a margin above 0 means the label is predicted."""
+        if self._classifier is None:
+            self._train()
+        coef_t, intercept = self._classifier
+        scores = np.asarray((self._vectorizer.transform(texts) @ coef_t).todense()) + intercept
+        out = []
+        for row in scores:
+            top = np.argsort(-row)[:k]
+            out.append([(self._labels[i], float(row[i])) for i in top])
+        return out
 
     def __len__(self) -> int:
         return len(self.examples)

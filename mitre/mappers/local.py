@@ -11,6 +11,7 @@ source can reach a high confidence on its own.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -38,6 +39,11 @@ class LocalWeights:
     lexical_weight: float = 0.35
     lexical_top: int = 5
     parent_share: float = 0.5
+    classifier_weight: float = 0.9
+    classifier_scale: float = 3.0
+    classifier_shift: float = 0.5
+    classifier_top: int = 3
+    keep_ratio: float = 0.9  # a technique after the first is kept only at ≥ keep_ratio × the top confidence
 
 
 class LocalMapper:
@@ -78,13 +84,31 @@ class LocalMapper:
     def map_many(self, features: Sequence[AlertFeatures], decisions: Sequence[Decision]) -> list[MappingResult]:
         texts = [alert_text(f) for f in features]
         neighbours = self.knowledge.neighbours_many(texts, self.weights.neighbours) if self.knowledge else None
+        classified = (
+            self.knowledge.classify_many(texts, self.weights.classifier_top)
+            if self.knowledge and self.weights.classifier_weight > 0
+            else None
+        )
         results = []
         for i, (feat, decision) in enumerate(zip(features, decisions, strict=True)):
             hits = decision.indicators or self.indicators.evaluate(feat)
-            results.append(self._rank(texts[i], hits, neighbours[i] if neighbours is not None else []))
+            results.append(
+                self._rank(
+                    texts[i],
+                    hits,
+                    neighbours[i] if neighbours is not None else [],
+                    classified[i] if classified is not None else [],
+                )
+            )
         return results
 
-    def _rank(self, text: str, hits: Sequence[IndicatorHit], neighbours: list[Neighbour]) -> MappingResult:
+    def _rank(
+        self,
+        text: str,
+        hits: Sequence[IndicatorHit],
+        neighbours: list[Neighbour],
+        classified: Sequence[tuple[str, float]] = (),
+    ) -> MappingResult:
         w = self.weights
         misses: dict[str, float] = defaultdict(lambda: 1.0)  # product of (1 - p) per technique
         evidence: dict[str, list[Evidence]] = defaultdict(list)
@@ -130,6 +154,18 @@ class LocalMapper:
                         score=round(share * reliability, 4),
                     ),
                 )
+
+        for rank, (tid, margin) in enumerate(classified):
+            p = w.classifier_weight / (1.0 + math.exp(-w.classifier_scale * (margin + w.classifier_shift)))
+            add(
+                tid,
+                p,
+                Evidence(
+                    source="knowledge_base",
+                    detail=f"linear classifier over the knowledge base: rank {rank + 1}, margin {margin:+.2f}",
+                    score=round(p, 4),
+                ),
+            )
 
         lexical = self.retriever.search(text, w.lexical_top)
         if lexical:
@@ -177,6 +213,8 @@ class LocalMapper:
         chosen: list[TechniqueScore] = []
         for cand in scored:
             if cand.confidence < self.settings.confidence_floor or len(chosen) >= self.settings.max_techniques:
+                break
+            if chosen and cand.confidence < self.weights.keep_ratio * chosen[0].confidence:
                 break
             tech = self.catalog.techniques[cand.technique_id]
             if any(c.technique_id == tech.parent for c in chosen):

@@ -1,0 +1,1 @@
+"""Evaluation harness: datasets and converters, label normalisation, grouped CV, metrics, reports."""

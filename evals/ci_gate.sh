@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Gated evals for CI: the local mapper (no LLM, no network) on the reference corpora.
+# Needs ../shared/data (ATT&CK bundle, Sigma rules, Atomic Red Team tests); about 3 minutes on 2 cores.
+# Usage: evals/ci_gate.sh [REPORT_DIR]    (SHARED_DATA overrides the corpora folder)
+set -euo pipefail
+here="$(cd "$(dirname "$0")/.." && pwd)"
+data="${SHARED_DATA:-$here/../shared/data}"
+out="${1:-$here/.eval-reports}"
+if [[ ! -f "$data/attack/enterprise-attack.json" ]]; then
+  echo "ci_gate: $data/attack/enterprise-attack.json not found; set SHARED_DATA" >&2
+  exit 2
+fi
+common=(--mapper local --catalog "$data/attack/enterprise-attack.json"
+        --crosswalk "$data/attack/v18_to_v19_crosswalk.jsonl" --report "$out" --gate --no-progress)
+sigma="sigma:$data/sigma/rules.jsonl"
+atomic="atomic:$data/atomic-red-team/tests.jsonl"
+status=0
+attackmap eval --dataset "$sigma" --cv 5 "${common[@]}" || status=1
+attackmap eval --dataset "$atomic" --cv 5 "${common[@]}" || status=1
+attackmap eval --dataset "$atomic" --knowledge-base "$sigma" "${common[@]}" || status=1
+attackmap eval --dataset handwritten --knowledge-base "$sigma" --knowledge-base "$atomic" "${common[@]}" || status=1
+exit "$status"

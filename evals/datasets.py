@@ -1,0 +1,482 @@
+"""Eval datasets: hand-written cases and converters from public corpora into the same case shape.
+
+Every converter yields `Case` objects whose `alert` is exactly what the mapper receives, with
+no ATT&CK tags on the rule (so the mapper cannot read the answer) and whose `expected` holds
+the raw labels of the source (normalised later by `evals.labels`).
+
+- Sigma rules → a Kibana-shaped alert of an untagged rule: title, description, and a readable
+  rendering of logsource + detection as `rule.query`.
+- Atomic Red Team tests → only what an EDR process alert shows: the command line, the executor's
+  process name/executable, the host OS. Never the test name or description. Technique IDs that
+  appear literally in a command (`PathToAtomicsFolder\\T1003.001\\...`) are masked, since a real
+  alert would not carry the label in the path of an attack tool.
+- Elastic detection-rules TOML (`[rule]` + `[[rule.threat]]`) and generic rules JSONL
+  (`name`, `description`, `query`, `techniques`) → untagged Kibana-shaped alerts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import tomllib
+from collections import Counter
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+HANDWRITTEN_DIR = Path(__file__).resolve().parent / "cases"
+SIGMA_RULE_URL = "https://github.com/SigmaHQ/sigma/blob/master/{path}"
+DATASET_KINDS = ("cases", "sigma", "atomic", "elastic", "rules")
+
+_TECHNIQUE_IN_TEXT = re.compile(r"(?<![A-Za-z0-9])T\d{4}(?:[._]?\d{3})?(?![0-9])", re.IGNORECASE)
+_OS_PLATFORMS = {"windows": "windows", "linux": "linux", "macos": "macos"}
+_EXECUTORS: dict[str, tuple[str, str]] = {
+    "powershell": ("powershell.exe", r"C:\Windows\System32\WindowsPowerShell\v1.0\powershell.exe"),
+    "command_prompt": ("cmd.exe", r"C:\Windows\System32\cmd.exe"),
+    "sh": ("sh", "/bin/sh"),
+    "bash": ("bash", "/bin/bash"),
+}
+
+
+@dataclass
+class Case:
+    """One eval case. `techniques`/`tactics` are raw labels until `evals.labels` normalises them."""
+
+    id: str
+    alert: dict[str, Any]
+    techniques: tuple[str, ...]
+    tactics: tuple[str, ...] = ()
+    source: str = ""
+    group: str | None = None
+    platform: str | None = None
+    hard_negative: bool = False
+    author: str | None = None
+    reference: str | None = None
+    # Extra keys for near-duplicate grouping (e.g. Sigma `related` ids, the ART technique file).
+    related: tuple[str, ...] = ()
+    family: str | None = None
+    dedup_text: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class LoadReport:
+    """What a converter read and what it left out (and why): nothing disappears silently."""
+
+    dataset: str
+    rows: int = 0
+    cases: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"dataset": self.dataset, "rows": self.rows, "cases": self.cases, "skipped": dict(self.skipped)}
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    for index, line in enumerate(path.read_bytes().splitlines(), start=1):
+        if line.strip():
+            row = orjson.loads(line)
+            if isinstance(row, dict):
+                yield index, row
+
+
+def _uuid_like(text: str) -> str:
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    return f"{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-{digest[20:32]}"
+
+
+def kibana_alert(
+    *,
+    rule_id: str,
+    name: str,
+    description: str,
+    query: str,
+    language: str,
+    rule_type: str = "query",
+    extra: Mapping[str, Any] | None = None,
+    author: str | None = None,
+) -> dict[str, Any]:
+    """A Kibana security alert of an UNTAGGED rule (no threat, no tactic tags)."""
+    alert: dict[str, Any] = {
+        "@timestamp": "2026-01-01T00:00:00.000Z",
+        "kibana.alert.uuid": _uuid_like(rule_id + name),
+        "kibana.alert.status": "active",
+        "kibana.alert.workflow_status": "open",
+        "kibana.alert.rule.rule_id": rule_id,
+        "kibana.alert.rule.uuid": _uuid_like(rule_id),
+        "kibana.alert.rule.name": name,
+        "kibana.alert.rule.description": description,
+        "kibana.alert.rule.type": rule_type,
+        "kibana.alert.rule.language": language,
+        "kibana.alert.rule.query": query,
+        "kibana.alert.rule.threat": [],
+        "kibana.alert.risk_score": 73,
+        "kibana.alert.severity": "high",
+    }
+    if author:
+        alert["kibana.alert.rule.author"] = [author]
+    if extra:
+        alert.update(extra)
+    return alert
+
+
+# ---------------------------------------------------------------- Sigma
+
+
+def _scalar(value: Any) -> str:
+    if isinstance(value, str):
+        return "'" + value.replace("'", "''") + "'"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _render_selection(value: Any) -> str:
+    """A Sigma search identifier as one readable boolean expression."""
+    if isinstance(value, Mapping):
+        parts = []
+        for key, inner in value.items():
+            if isinstance(inner, list | tuple):
+                if not inner:
+                    parts.append(f"{key}: ()")
+                    continue
+                joiner = " AND " if "|all" in str(key) else " OR "
+                items = joiner.join(_scalar(v) for v in inner)
+                parts.append(f"{key}: ({items})" if len(inner) > 1 else f"{key}: {items}")
+            else:
+                parts.append(f"{key}: {_scalar(inner)}")
+        return " AND ".join(parts)
+    if isinstance(value, list | tuple):
+        rendered = [_render_selection(v) for v in value]
+        if all(not isinstance(v, Mapping) for v in value):
+            return "keywords: (" + " OR ".join(rendered) + ")"
+        return " OR ".join(f"({r})" for r in rendered)
+    return _scalar(value)
+
+
+def render_sigma_detection(logsource: Mapping[str, Any], detection: Mapping[str, Any]) -> str:
+    """Logsource + detection as readable text: one line per search identifier, then the condition."""
+    lines = []
+    if logsource:
+        lines.append("logsource: " + " ".join(f"{k}={v}" for k, v in logsource.items() if k != "definition"))
+    condition = detection.get("condition")
+    for name, value in detection.items():
+        if name in ("condition", "timeframe"):
+            continue
+        lines.append(f"{name}: {_render_selection(value)}")
+    if condition:
+        cond = " | ".join(str(c) for c in condition) if isinstance(condition, list) else str(condition)
+        lines.append(f"condition: {cond}")
+    if detection.get("timeframe"):
+        lines.append(f"timeframe: {detection['timeframe']}")
+    return "\n".join(lines)
+
+
+def sigma_case(row: Mapping[str, Any], source: str = "sigma") -> Case:
+    logsource = row.get("logsource") or {}
+    detection = row.get("detection") or {}
+    query = render_sigma_detection(logsource, detection)
+    extra: dict[str, Any] = {}
+    product = str(logsource.get("product") or "").lower()
+    if product in _OS_PLATFORMS:
+        extra["host.os.type"] = _OS_PLATFORMS[product]
+    author = row.get("author") if isinstance(row.get("author"), str) else None
+    alert = kibana_alert(
+        rule_id=str(row["id"]),
+        name=str(row.get("title") or ""),
+        description=str(row.get("description") or "").strip(),
+        query=query,
+        language="sigma",
+        extra=extra,
+        author=author,
+    )
+    related = tuple(str(r.get("id")) for r in row.get("related") or () if isinstance(r, Mapping) and r.get("id"))
+    path = row.get("path")
+    return Case(
+        id=str(row["id"]),
+        alert=alert,
+        techniques=tuple(row.get("techniques") or ()),
+        tactics=tuple(row.get("tactics") or ()),
+        source=source,
+        platform=product or None,
+        author=author,
+        reference=SIGMA_RULE_URL.format(path=path) if path else None,
+        related=related,
+        family=None,
+        dedup_text=query,
+        meta={"title": row.get("title"), "path": path, "license": "DRL-1.1"},
+    )
+
+
+def load_sigma(path: Path) -> tuple[list[Case], LoadReport]:
+    report = LoadReport(dataset=f"sigma:{path}")
+    cases = []
+    for _, row in _jsonl(path):
+        report.rows += 1
+        if not row.get("detection") or not row.get("id"):
+            report.skipped["no_detection"] += 1
+            continue
+        cases.append(sigma_case(row, source=f"sigma:{path.name}"))
+    report.cases = len(cases)
+    return cases, report
+
+
+# ---------------------------------------------------------------- Atomic Red Team
+
+
+def mask_technique_ids(text: str) -> str:
+    """Replace literal technique IDs (a label leak in ART paths like PathToAtomicsFolder\\T1003\\)."""
+    return _TECHNIQUE_IN_TEXT.sub("Txxxx", text)
+
+
+def atomic_case(row: Mapping[str, Any], source: str = "atomic") -> Case | None:
+    executor = str(row.get("executor") or "")
+    if executor not in _EXECUTORS:
+        return None
+    command = mask_technique_ids(str(row.get("command") or "").strip())
+    if not command:
+        return None
+    name, executable = _EXECUTORS[executor]
+    platforms = [str(p) for p in row.get("platforms") or ()]
+    os_type = next((_OS_PLATFORMS[p] for p in platforms if p in _OS_PLATFORMS), None)
+    if os_type in ("linux", "macos") and executor == "powershell":
+        name, executable = "pwsh", "/usr/bin/pwsh"
+    alert: dict[str, Any] = {
+        "@timestamp": "2026-01-01T00:00:00.000Z",
+        "event": {"kind": "event", "category": ["process"], "type": ["start"]},
+        "process": {"name": name, "executable": executable, "command_line": command},
+    }
+    if os_type:
+        alert["host"] = {"os": {"type": os_type}}
+    technique = str(row["technique"])
+    return Case(
+        id=str(row.get("guid") or _uuid_like(command)),
+        alert=alert,
+        techniques=(technique,),
+        tactics=(),
+        source=source,
+        platform=os_type or (platforms[0] if platforms else None),
+        family=str(row.get("path") or technique),
+        dedup_text=command,
+        meta={"test_name": row.get("test_name"), "technique_file": row.get("path"), "executor": executor},
+    )
+
+
+def load_atomic(path: Path) -> tuple[list[Case], LoadReport]:
+    report = LoadReport(dataset=f"atomic:{path}")
+    cases = []
+    for _, row in _jsonl(path):
+        report.rows += 1
+        if not row.get("technique"):
+            report.skipped["no_technique"] += 1
+            continue
+        case = atomic_case(row, source=f"atomic:{path.name}")
+        if case is None:
+            reason = "manual_executor" if row.get("executor") == "manual" else "no_command"
+            report.skipped[reason] += 1
+            continue
+        cases.append(case)
+    report.cases = len(cases)
+    return cases, report
+
+
+# ---------------------------------------------------------------- Elastic detection-rules TOML
+
+
+def _threat_labels(threat: Iterable[Mapping[str, Any]]) -> tuple[list[str], list[str]]:
+    techniques: list[str] = []
+    tactics: list[str] = []
+    for entry in threat:
+        tactic = entry.get("tactic") or {}
+        if tactic.get("id"):
+            tactics.append(str(tactic["id"]))
+        for technique in entry.get("technique") or ():
+            subs = [str(s["id"]) for s in technique.get("subtechnique") or () if s.get("id")]
+            if subs:
+                techniques.extend(subs)
+            elif technique.get("id"):
+                techniques.append(str(technique["id"]))
+    return list(dict.fromkeys(techniques)), list(dict.fromkeys(tactics))
+
+
+def elastic_case(doc: Mapping[str, Any], source: str, fallback_id: str) -> Case | None:
+    rule = doc.get("rule")
+    if not isinstance(rule, Mapping) or not rule.get("name"):
+        return None
+    techniques, tactics = _threat_labels(rule.get("threat") or ())
+    rule_id = str(rule.get("rule_id") or fallback_id)
+    query = str(rule.get("query") or "")
+    authors = rule.get("author") or []
+    author = ", ".join(authors) if isinstance(authors, list) else str(authors)
+    alert = kibana_alert(
+        rule_id=rule_id,
+        name=str(rule["name"]),
+        description=str(rule.get("description") or "").strip(),
+        query=query,
+        language=str(rule.get("language") or "kuery"),
+        rule_type=str(rule.get("type") or "query"),
+        author=author or None,
+    )
+    return Case(
+        id=rule_id,
+        alert=alert,
+        techniques=tuple(techniques),
+        tactics=tuple(tactics),
+        source=source,
+        author=author or None,
+        dedup_text=query or str(rule["name"]),
+        meta={"name": rule["name"]},
+    )
+
+
+def load_elastic(path: Path) -> tuple[list[Case], LoadReport]:
+    """A detection-rules TOML file or a folder of them (searched recursively)."""
+    report = LoadReport(dataset=f"elastic:{path}")
+    files = sorted(path.rglob("*.toml")) if path.is_dir() else [path]
+    cases = []
+    for file in files:
+        report.rows += 1
+        try:
+            doc = tomllib.loads(file.read_text())
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError):
+            report.skipped["invalid_toml"] += 1
+            continue
+        case = elastic_case(doc, source=f"elastic:{file.name}", fallback_id=file.stem)
+        if case is None:
+            report.skipped["no_rule_section"] += 1
+            continue
+        cases.append(case)
+    report.cases = len(cases)
+    return cases, report
+
+
+# ---------------------------------------------------------------- generic rules JSONL
+
+
+def load_rules(path: Path) -> tuple[list[Case], LoadReport]:
+    """JSONL rows with `name`, `description`, `query` and `techniques` (and optional `tactics`)."""
+    report = LoadReport(dataset=f"rules:{path}")
+    cases = []
+    for index, row in _jsonl(path):
+        report.rows += 1
+        if not row.get("name") and not row.get("description"):
+            report.skipped["no_name_or_description"] += 1
+            continue
+        rule_id = str(row.get("id") or row.get("rule_id") or f"{path.stem}-{index}")
+        author = row.get("author") if isinstance(row.get("author"), str) else None
+        query = str(row.get("query") or "")
+        alert = kibana_alert(
+            rule_id=rule_id,
+            name=str(row.get("name") or ""),
+            description=str(row.get("description") or ""),
+            query=query,
+            language=str(row.get("language") or "kuery"),
+            author=author,
+        )
+        cases.append(
+            Case(
+                id=rule_id,
+                alert=alert,
+                techniques=tuple(row.get("techniques") or ()),
+                tactics=tuple(row.get("tactics") or ()),
+                source=f"rules:{path.name}",
+                author=author,
+                dedup_text=query or str(row.get("name") or ""),
+            )
+        )
+    report.cases = len(cases)
+    return cases, report
+
+
+# ---------------------------------------------------------------- hand-written cases
+
+
+def case_from_row(row: Mapping[str, Any], source: str) -> Case:
+    expected = row.get("expected") or {}
+    return Case(
+        id=str(row["id"]),
+        alert=dict(row["alert"]),
+        techniques=tuple(expected.get("techniques") or ()),
+        tactics=tuple(expected.get("tactics") or ()),
+        source=str(row.get("source") or source),
+        group=row.get("group"),
+        platform=row.get("platform"),
+        hard_negative=bool(row.get("hard_negative")),
+        dedup_text="",
+        meta={"notes": row.get("notes")} if row.get("notes") else {},
+    )
+
+
+def load_cases(path: Path) -> tuple[list[Case], LoadReport]:
+    """Eval cases in the evals/case.schema.json format: one file, or every *.jsonl in a folder."""
+    report = LoadReport(dataset=f"cases:{path}")
+    files = sorted(path.glob("*.jsonl")) if path.is_dir() else [path]
+    cases = []
+    for file in files:
+        for _, row in _jsonl(file):
+            report.rows += 1
+            if "alert" not in row or "expected" not in row or "id" not in row:
+                report.skipped["not_a_case"] += 1
+                continue
+            cases.append(case_from_row(row, source=file.name))
+    report.cases = len(cases)
+    return cases, report
+
+
+# ---------------------------------------------------------------- dispatch
+
+
+def sniff_kind(path: Path) -> str:
+    """Guess the dataset kind of an unprefixed path from its first row."""
+    if path.is_dir():
+        return "elastic" if any(path.rglob("*.toml")) else "cases"
+    if path.suffix == ".toml":
+        return "elastic"
+    for _, row in _jsonl(path):
+        if "alert" in row and "expected" in row:
+            return "cases"
+        if "detection" in row and "title" in row:
+            return "sigma"
+        if "command" in row and "technique" in row:
+            return "atomic"
+        if "techniques" in row and ("name" in row or "description" in row):
+            return "rules"
+        break
+    raise ValueError(f"{path}: cannot tell which kind of dataset this is; prefix it with sigma:, atomic:, ...")
+
+
+def parse_spec(spec: str) -> tuple[str, Path]:
+    """`handwritten` | `sigma:PATH` | `atomic:PATH` | `elastic:PATH` | `rules:PATH` | `cases:PATH` | PATH."""
+    if spec == "handwritten":
+        return "cases", HANDWRITTEN_DIR
+    kind, sep, rest = spec.partition(":")
+    if sep and kind in DATASET_KINDS:
+        return kind, Path(rest)
+    path = Path(spec)
+    return sniff_kind(path), path
+
+
+LOADERS = {
+    "cases": load_cases,
+    "sigma": load_sigma,
+    "atomic": load_atomic,
+    "elastic": load_elastic,
+    "rules": load_rules,
+}
+
+
+def load_dataset(spec: str) -> tuple[str, list[Case], LoadReport]:
+    """(kind, cases, report) for a dataset spec; raises FileNotFoundError / ValueError."""
+    kind, path = parse_spec(spec)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no such file or directory")
+    cases, report = LOADERS[kind](path)
+    return kind, cases, report
