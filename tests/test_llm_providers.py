@@ -1,4 +1,7 @@
-"""LLM providers against respx fakes of the vendors' HTTP APIs (payloads shaped like the real ones)."""
+"""LLM providers against respx fakes of the vendors' HTTP APIs (payloads shaped like the real ones).
+
+The providers call the official SDKs; their requests reach respx through `HttpxTransport`, so what is
+asserted here is what goes on the wire (the SDKs add headers of their own: only what matters is checked)."""
 
 from __future__ import annotations
 
@@ -180,8 +183,10 @@ def test_anthropic_success_tool_use_cache_control_and_usage(catalog, local, slee
 
     body = sent(route)
     request = route.calls[0].request
-    assert request.headers["x-api-key"] == ANTHROPIC_KEY
-    assert request.headers["anthropic-version"] == "2023-06-01"
+    assert request.headers["authorization"] == f"Bearer {ANTHROPIC_KEY}"  # how SDK 2.x sends the key
+    assert request.headers["anthropic-version"]  # the SDK's own API version
+    assert body["model"] == "claude-haiku-4-5" and body["max_tokens"] == 1024
+    assert "temperature" not in body  # rejected by the API version the SDK sends
     assert body["tool_choice"] == {"type": "tool", "name": TOOL_NAME}
     assert body["tools"][0]["input_schema"]["required"] == ["techniques"]
     assert body["system"][0]["cache_control"] == {"type": "ephemeral"}
@@ -420,6 +425,70 @@ def test_registry_knows_the_providers(catalog, local, monkeypatch):
     assert mapper.provider.base_url == "http://127.0.0.1:9/anthropic"  # type: ignore[attr-defined]
 
 
+@pytest.fixture
+def vendor_env(monkeypatch, tmp_path):
+    """The process environment without the developer's vendor credentials, endpoints or Anthropic profile."""
+    for variable in (
+        "ANTHROPIC_API_KEY",
+        "ANTHROPIC_AUTH_TOKEN",
+        "ANTHROPIC_BASE_URL",
+        "ANTHROPIC_PROFILE",
+        "ANTHROPIC_IDENTITY_TOKEN",
+        "ANTHROPIC_IDENTITY_TOKEN_FILE",
+        "ANTHROPIC_CUSTOM_HEADERS",
+        "ANTHROPIC_CONFIG_DIR",
+        "OPENAI_API_KEY",
+        "OPENAI_ADMIN_KEY",
+        "OPENAI_BASE_URL",
+        "OPENAI_CUSTOM_HEADERS",
+    ):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no profile on disk either
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / ".config"))
+    return monkeypatch
+
+
+@respx.mock
+def test_the_sdks_read_base_url_and_key_from_the_vendor_environment_variables(catalog, local, vendor_env):
+    vendor_env.setenv("ANTHROPIC_API_KEY", ANTHROPIC_KEY)
+    vendor_env.setenv("ANTHROPIC_BASE_URL", "https://llm-gateway.example/anthropic")
+    vendor_env.setenv("OPENAI_API_KEY", OPENAI_KEY)
+    vendor_env.setenv("OPENAI_BASE_URL", "https://llm-gateway.example/openai/v1")
+    messages = respx.post("https://llm-gateway.example/anthropic/v1/messages").mock(
+        return_value=httpx.Response(200, json=anthropic_message(GOOD))
+    )
+    chat = respx.post("https://llm-gateway.example/openai/v1/chat/completions").mock(
+        return_value=httpx.Response(200, json=chat_completion(json.dumps(GOOD)))
+    )
+    registry = default_registry()
+    for provider, route, key in (("anthropic", messages, ANTHROPIC_KEY), ("openai", chat, OPENAI_KEY)):
+        ctx = MapperContext(catalog=catalog, settings=MapperSettings(provider=provider), local=local)
+        result = registry.create(provider, ctx).map(features(), DECISION)
+        assert result.fallback_reason is None and route.call_count == 1
+        assert route.calls[0].request.headers["authorization"] == f"Bearer {key}"
+    # mapper.base_url in workflows.yaml wins over the environment
+    other = respx.post("https://other.example/v1/messages").mock(
+        return_value=httpx.Response(200, json=anthropic_message(GOOD))
+    )
+    ctx = MapperContext(
+        catalog=catalog, settings=MapperSettings(provider="anthropic", base_url="https://other.example"), local=local
+    )
+    assert registry.create("anthropic", ctx).map(features(), DECISION).fallback_reason is None
+    assert other.call_count == 1 and messages.call_count == 1
+
+
+def test_missing_keys_in_the_environment_name_the_variable(catalog, local, vendor_env):
+    registry = default_registry()
+    for provider, variable in (("anthropic", "ANTHROPIC_API_KEY"), ("openai", "OPENAI_API_KEY")):
+        ctx = MapperContext(catalog=catalog, settings=MapperSettings(provider=provider), local=local)
+        with pytest.raises(MissingAPIKeyError, match=variable):
+            registry.create(provider, ctx)
+    vendor_env.setenv("ANTHROPIC_PROFILE", "nonexistent")  # the SDK raises on construction: still our error
+    ctx = MapperContext(catalog=catalog, settings=MapperSettings(provider="anthropic"), local=local)
+    with pytest.raises(MissingAPIKeyError, match="ANTHROPIC_API_KEY"):
+        registry.create("anthropic", ctx)
+
+
 @respx.mock
 def test_anthropic_message_batches_roundtrip(catalog, local, sleeps):
     mapper = make_anthropic(catalog, local, sleeps)
@@ -444,9 +513,13 @@ def test_anthropic_message_batches_roundtrip(catalog, local, sleeps):
     submit = respx.post("https://api.anthropic.com/v1/messages/batches").mock(
         return_value=httpx.Response(200, json=created)
     )
-    respx.get("https://api.anthropic.com/v1/messages/batches/msgbatch_013Zva2CMHLNnXjNJJKqJ2EF").mock(
-        side_effect=[httpx.Response(200, json=created), httpx.Response(200, json=ended)]
-    )
+    status = respx.get("https://api.anthropic.com/v1/messages/batches/msgbatch_013Zva2CMHLNnXjNJJKqJ2EF").mock(
+        side_effect=[
+            httpx.Response(200, json=created),
+            httpx.Response(200, json=ended),
+            httpx.Response(200, json=ended),
+        ]
+    )  # the SDK's results() looks the batch up once more for its results_url
     lines = [
         {"custom_id": "alert-0", "result": {"type": "succeeded", "message": anthropic_message(GOOD)}},
         {
@@ -471,7 +544,7 @@ def test_anthropic_message_batches_roundtrip(catalog, local, sleeps):
     requests = sent(submit)["requests"]
     assert [r["custom_id"] for r in requests] == ["alert-0", "alert-1"]
     assert requests[0]["params"]["tool_choice"]["name"] == TOOL_NAME
-    assert run.polls == 2 and sleeps == [30]
+    assert run.polls == 2 and sleeps == [30] and status.call_count == 3
     assert run.results["alert-0"].techniques[0].technique_id == "T1059.001"
     assert run.results["alert-1"].fallback_reason == "provider_error:batch_errored"
     assert calls[0].batch is True
@@ -511,8 +584,8 @@ def test_openai_compatible_base_url_same_code_path(catalog, local, sleeps):
     mapper = create_compatible_mapper(ctx, env={}, sleep=sleeps.append)
     result = mapper.map(features(), DECISION)
     body = sent(route)
-    assert "authorization" not in route.calls[0].request.headers
-    assert body["model"] == "llama3.1:8b" and "prompt_cache_key" not in body
+    assert route.calls[0].request.headers["authorization"] == "Bearer attackmap-no-key"  # the SDK needs a key
+    assert body["model"] == "llama3.1:8b" and body["temperature"] == 0 and "prompt_cache_key" not in body
     assert body["response_format"]["json_schema"]["strict"] is True
     assert result.mapper == "openai-compatible" and result.fallback_reason is None
 
@@ -557,6 +630,24 @@ def test_openai_429_retry_after_ms_and_truncated_json_content(catalog, local, sl
         or "cut off" in sent(route, 2)["messages"][-1]["content"]
     )
     assert result.fallback_reason == "invalid_response"
+
+
+@respx.mock
+def test_openai_malformed_body_and_timeout(catalog, local, sleeps):
+    route = respx.post(CHAT_URL).mock(
+        side_effect=[
+            httpx.ReadTimeout("timed out"),
+            httpx.Response(
+                200, content=b'{"id": "chatcmpl-B9", "choices": [{"ind', headers={"content-type": "application/json"}
+            ),
+            httpx.Response(200, json=chat_completion(json.dumps(GOOD))),
+        ]
+    )
+    mapper = make_openai(catalog, local, sleeps)
+    result = mapper.map(features(), DECISION)
+    assert route.call_count == 3 and len(sleeps) == 1 and mapper.stats["http_error:timeout"] == 1
+    assert "not valid JSON" in sent(route, 2)["messages"][-1]["content"]
+    assert result.fallback_reason is None
 
 
 @respx.mock

@@ -4,31 +4,37 @@ Request: `system` is one text block with `cache_control: {"type": "ephemeral"}` 
 form the cached prefix; the per-alert user message follows), `tools` holds the response schema as
 `input_schema`, `tool_choice: {"type": "tool", "name": ...}` forces it. Usage maps 1:1:
 input_tokens (uncached), output_tokens, cache_creation_input_tokens, cache_read_input_tokens.
-Backfills go through the Message Batches API (`/v1/messages/batches`).
+No `temperature`: the API version the SDK sends (2026-10-21) rejects sampling parameters with a 400.
+Backfills go through the Message Batches API (`client.messages.batches`).
 
-The key comes from ANTHROPIC_API_KEY and the base URL from ANTHROPIC_BASE_URL (default
-https://api.anthropic.com), as the official SDK reads them.
+Transport is the official `anthropic` SDK. It resolves the credentials (ANTHROPIC_API_KEY, then
+ANTHROPIC_AUTH_TOKEN or a profile) and the base URL (ANTHROPIC_BASE_URL, default https://api.anthropic.com)
+itself; `mapper.base_url` in workflows.yaml wins. A factory given an explicit `env` mapping (tests) takes
+ANTHROPIC_API_KEY and ANTHROPIC_BASE_URL from it instead of the process environment.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+import anthropic
 import httpx
 
 from mitre.mappers.base import MapperContext
 from mitre.mappers.llm import (
-    HttpProvider,
     LLMMapper,
     ProviderError,
     ProviderReply,
     Resilience,
+    SdkErrors,
+    SdkProvider,
     env_api_key,
+    json_body,
     malformed_reply,
-    parse_jsonl,
+    missing_api_key,
     scrub,
+    sdk_http_client,
     strip_keywords,
 )
 from mitre.models import Usage
@@ -37,7 +43,6 @@ from mitre.prompting import TOOL_NAME, RenderedPrompt
 NAME = "anthropic"
 DEFAULT_MODEL = "claude-haiku-4-5"
 DEFAULT_BASE_URL = "https://api.anthropic.com"
-API_VERSION = "2023-06-01"
 MAX_TOKENS = 1024
 _SCHEMA_DROP = frozenset({"$schema", "title"})
 
@@ -52,11 +57,10 @@ def anthropic_usage(raw: Mapping[str, Any] | None) -> Usage:
     )
 
 
-class AnthropicProvider(HttpProvider):
+class AnthropicProvider(SdkProvider):
     name = NAME
-
-    def auth_headers(self) -> dict[str, str]:
-        return {"x-api-key": self._key or "", "anthropic-version": API_VERSION}
+    errors = SdkErrors(anthropic.APIStatusError, anthropic.APITimeoutError, anthropic.APIConnectionError)
+    _client: anthropic.Anthropic
 
     def build_request(self, prompt: RenderedPrompt, retry_note: str | None = None) -> dict[str, Any]:
         content: list[dict[str, Any]] = [{"type": "text", "text": prompt.user}]
@@ -71,7 +75,6 @@ class AnthropicProvider(HttpProvider):
         return {
             "model": self.model,
             "max_tokens": MAX_TOKENS,
-            "temperature": 0,
             "system": [{"type": "text", "text": prompt.system, "cache_control": {"type": "ephemeral"}}],
             "tools": [
                 {
@@ -85,7 +88,9 @@ class AnthropicProvider(HttpProvider):
         }
 
     def send(self, body: dict[str, Any], timeout: float) -> ProviderReply:
-        return self.parse_reply(self.post_json("/v1/messages", body, timeout))
+        with self.calling():
+            raw = self._client.messages.with_raw_response.create(**body, timeout=timeout)
+        return self.parse_reply(json_body(raw.http_response))
 
     def parse_reply(self, payload: Any) -> ProviderReply:
         if (bad := malformed_reply(payload)) is not None:
@@ -109,15 +114,15 @@ class AnthropicProvider(HttpProvider):
         return {"custom_id": custom_id, "params": body}
 
     def submit_batch(self, lines: Sequence[dict[str, Any]]) -> str:
-        created = self.post_json("/v1/messages/batches", {"requests": list(lines)})
-        return str(created["id"])
+        with self.calling():
+            created = self._client.messages.batches.create(requests=list(lines))  # type: ignore[arg-type]
+        return created.id
 
     def batch_results(self, batch_id: str) -> list[dict[str, Any]] | None:
-        status = self.request("GET", f"/v1/messages/batches/{batch_id}").json()
-        if status.get("processing_status") != "ended":
-            return None
-        url = status.get("results_url") or f"{self.base_url}/v1/messages/batches/{batch_id}/results"
-        return parse_jsonl(self.request("GET", url).content)
+        with self.calling():
+            if self._client.messages.batches.retrieve(batch_id).processing_status != "ended":
+                return None
+            return [line.model_dump() for line in self._client.messages.batches.results(batch_id)]
 
     def parse_batch_line(self, line: Mapping[str, Any]) -> tuple[str, ProviderReply | ProviderError]:
         custom_id = str(line.get("custom_id"))
@@ -133,6 +138,34 @@ class AnthropicProvider(HttpProvider):
         return custom_id, ProviderError(f"batch_{kind or 'unknown'}", f"batch request {kind}")
 
 
+def anthropic_client(
+    base_url: str | None,
+    env: Mapping[str, str] | None,
+    timeout_s: float,
+    transport: httpx.BaseTransport | None = None,
+) -> anthropic.Anthropic:
+    """The SDK client. Without `env` the SDK reads the environment itself; a missing credential is an error
+    naming ANTHROPIC_API_KEY now rather than at the first alert."""
+    key: str | None = None
+    if env is not None:
+        key = env_api_key(env, "ANTHROPIC_API_KEY", NAME)
+        base_url = base_url or env.get("ANTHROPIC_BASE_URL") or DEFAULT_BASE_URL
+    try:
+        client = anthropic.Anthropic(
+            api_key=key,
+            base_url=base_url or None,
+            max_retries=0,
+            timeout=timeout_s,
+            http_client=sdk_http_client(transport),
+        )
+    except anthropic.AnthropicError as exc:  # e.g. a profile named by ANTHROPIC_PROFILE that is not there
+        raise missing_api_key("ANTHROPIC_API_KEY", NAME) from exc
+    if client.api_key is None and client.auth_token is None and client.credentials is None:
+        client.close()
+        raise missing_api_key("ANTHROPIC_API_KEY", NAME)
+    return client
+
+
 def create_anthropic_mapper(
     context: MapperContext,
     *,
@@ -143,14 +176,10 @@ def create_anthropic_mapper(
     transport: httpx.BaseTransport | None = None,
     redactor: Any = None,
 ) -> LLMMapper:
-    env = os.environ if env is None else env
     settings = context.settings
-    key = env_api_key(env, "ANTHROPIC_API_KEY", NAME)
-    base_url = settings.base_url or env.get("ANTHROPIC_BASE_URL") or DEFAULT_BASE_URL
     resilience = resilience or Resilience(timeout_s=float(getattr(settings, "timeout_s", 30.0)))
-    provider = AnthropicProvider(
-        settings.model or DEFAULT_MODEL, base_url, key, resilience.timeout_s, transport=transport
-    )
+    client = anthropic_client(settings.base_url, env, resilience.timeout_s, transport)
+    provider = AnthropicProvider(settings.model or DEFAULT_MODEL, client)
     kwargs: dict[str, Any] = {}
     if sleep is not None:
         kwargs["sleep"] = sleep

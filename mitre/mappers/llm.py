@@ -1,4 +1,4 @@
-"""What every LLM provider shares: prompt → HTTP call with resilience → schema check → catalog check.
+"""What every LLM provider shares: prompt → SDK call with resilience → schema check → catalog check.
 
 - Response parsing: jsonschema (prompts/map_alert.schema.json), then the catalog: an ID that is not
   an ATT&CK technique is counted and the model is asked once more with the error appended; after a
@@ -8,7 +8,11 @@
   (overloaded) back off exponentially with jitter; 400/401/403 are not retried. A circuit breaker
   (one per mapper instance) sends alerts to the local mapper after N consecutive failed calls and
   lets one probe through after a cool-down. Sleep, clock and randomness are injected for tests.
-- Secrets: the API key is held privately and scrubbed from every error, log line and provenance.
+- Secrets: the API key stays inside the SDK client (never in a repr) and is scrubbed from every error,
+  log line and provenance.
+- Transport: the official `anthropic` and `openai` SDKs, which read the vendors' environment variables
+  themselves, built with max_retries=0 (the retries are this module's). They speak httpx2; `HttpxTransport`
+  carries their requests over httpx, which respx fakes in tests. SDK exceptions map onto ProviderError.
 - Batch: the same request bodies go into the vendors' batch APIs for backfills (`run_batch`).
 """
 
@@ -22,11 +26,13 @@ import re
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import httpx
+import httpx2
 import orjson
 from jsonschema import Draft202012Validator
 
@@ -50,10 +56,14 @@ class MissingAPIKeyError(ValueError):
     """The vendor's environment variable holding the API key is not set."""
 
 
+def missing_api_key(variable: str, provider: str) -> MissingAPIKeyError:
+    return MissingAPIKeyError(f"mapper {provider!r} needs an API key: set the environment variable {variable}")
+
+
 def env_api_key(env: Mapping[str, str], variable: str, provider: str) -> str:
     value = (env.get(variable) or "").strip()
     if not value:
-        raise MissingAPIKeyError(f"mapper {provider!r} needs an API key: set the environment variable {variable}")
+        raise missing_api_key(variable, provider)
     return value
 
 
@@ -69,7 +79,7 @@ def scrub(text: str, secrets: Iterable[str]) -> str:
 
 
 class ProviderError(Exception):
-    """One failed HTTP exchange, classified. `kind` is a stable code (counted, used in fallback_reason)."""
+    """One failed vendor call, classified. `kind` is a stable code (counted, used in fallback_reason)."""
 
     def __init__(self, kind: str, message: str, *, status: int | None = None, retry_after: float | None = None) -> None:
         super().__init__(message)
@@ -82,7 +92,7 @@ class ProviderError(Exception):
         return self.kind in {"rate_limited", "overloaded", "server_error", "timeout", "connection"}
 
 
-def parse_retry_after(headers: httpx.Headers, now: float) -> float | None:
+def parse_retry_after(headers: httpx2.Headers, now: float) -> float | None:
     """Seconds to wait from `retry-after-ms`, `retry-after` (seconds or HTTP date)."""
     ms = headers.get("retry-after-ms")
     if ms:
@@ -100,7 +110,7 @@ def parse_retry_after(headers: httpx.Headers, now: float) -> float | None:
         return None if parsed is None else max(0.0, parsed.timestamp() - now)
 
 
-def error_from_response(response: httpx.Response, secrets: Sequence[str], now: float) -> ProviderError:
+def error_from_response(response: httpx2.Response, secrets: Sequence[str], now: float) -> ProviderError:
     """Classify a non-2xx answer. Both vendors' error bodies are understood:
     Anthropic `{"type":"error","error":{"type","message"}}`, OpenAI `{"error":{"message","type","code"}}`."""
     status = response.status_code
@@ -152,7 +162,7 @@ class CallRecord:
 
 
 class Provider(Protocol):
-    """The vendor-specific part: request bodies, the HTTP exchange and reply parsing."""
+    """The vendor-specific part: request bodies, the SDK call and reply parsing."""
 
     name: str
     model: str
@@ -175,68 +185,95 @@ class Provider(Protocol):
     def parse_batch_line(self, line: Mapping[str, Any]) -> tuple[str, ProviderReply | ProviderError]: ...
 
 
-class HttpProvider:
-    """httpx plumbing shared by the vendors (httpx is what respx fakes in tests)."""
+class HttpxTransport(httpx2.BaseTransport):
+    """Carries the SDKs' requests (they speak httpx2) over an httpx client: the project's HTTP stack, the one
+    respx fakes in tests. Bodies are passed on still encoded, so httpx2 decodes them as it would its own."""
 
-    name = "http"
+    def __init__(self, transport: httpx.BaseTransport | None = None) -> None:
+        self._client = httpx.Client(transport=transport)
 
-    def __init__(
-        self,
-        model: str,
-        base_url: str,
-        api_key: str | None,
-        timeout_s: float,
-        clock: Callable[[], float] = time.time,
-        transport: httpx.BaseTransport | None = None,
-    ) -> None:
+    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        timeout = request.extensions.get("timeout")
+        outgoing = httpx.Request(
+            request.method,
+            str(request.url),
+            headers=request.headers.multi_items(),
+            content=request.read(),
+            extensions={"timeout": timeout} if timeout else {},
+        )
+        try:
+            response = self._client.send(outgoing, stream=True)
+            try:
+                raw = b"".join(response.iter_raw())
+            finally:
+                response.close()
+        except httpx.TimeoutException as exc:
+            raise httpx2.TimeoutException(str(exc), request=request) from exc
+        except httpx.TransportError as exc:
+            raise httpx2.TransportError(str(exc), request=request) from exc
+        return httpx2.Response(response.status_code, headers=response.headers.multi_items(), content=raw)
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def sdk_http_client(transport: httpx.BaseTransport | None = None) -> httpx2.Client:
+    """The `http_client` both SDKs are built with."""
+    return httpx2.Client(transport=HttpxTransport(transport))
+
+
+@dataclass(frozen=True)
+class SdkErrors:
+    """One vendor SDK's exception classes (the timeout class is a subclass of the connection class)."""
+
+    status: type[Exception]  # APIStatusError, with the httpx2 response as `.response`
+    timeout: type[Exception]  # APITimeoutError
+    connection: type[Exception]  # APIConnectionError
+
+
+class SdkProvider:
+    """What the vendors share over their official SDK clients (built with max_retries=0: retries are ours)."""
+
+    name = "sdk"
+    errors: SdkErrors
+
+    def __init__(self, model: str, client: Any, clock: Callable[[], float] = time.time) -> None:
         self.model = model
-        self.base_url = base_url.rstrip("/")
-        self.__api_key = api_key
+        self._client = client
         self._clock = clock
-        self._client = httpx.Client(timeout=timeout_s, transport=transport)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(model={self.model!r}, base_url={self.base_url!r})"
 
     @property
-    def _key(self) -> str | None:
-        return self.__api_key
+    def base_url(self) -> str:
+        return str(self._client.base_url).rstrip("/")
 
     def secrets(self) -> tuple[str, ...]:
-        return (self.__api_key,) if self.__api_key else ()
+        values = (getattr(self._client, "api_key", None), getattr(self._client, "auth_token", None))
+        return tuple(v for v in values if isinstance(v, str) and v)
 
-    def auth_headers(self) -> dict[str, str]:
-        return {}
-
-    def request(self, method: str, path: str, timeout: float | None = None, **kwargs: Any) -> httpx.Response:
-        url = path if path.startswith("http") else f"{self.base_url}{path}"
-        headers = {**self.auth_headers(), **kwargs.pop("headers", {})}
+    @contextmanager
+    def calling(self) -> Iterator[None]:
+        """Turns the SDK's exceptions into classified ProviderErrors with the keys scrubbed."""
         try:
-            response = self._client.request(
-                method, url, headers=headers, timeout=timeout or httpx.USE_CLIENT_DEFAULT, **kwargs
-            )
-        except httpx.TimeoutException as exc:
+            yield
+        except self.errors.timeout as exc:
             raise ProviderError("timeout", scrub(f"{type(exc).__name__}: request timed out", self.secrets())) from None
-        except httpx.TransportError as exc:
-            raise ProviderError("connection", scrub(f"{type(exc).__name__}: {exc}", self.secrets())) from None
-        if response.status_code >= 400:
-            raise error_from_response(response, self.secrets(), self._clock())
-        return response
+        except self.errors.connection as exc:
+            detail = exc.__cause__ or exc
+            raise ProviderError("connection", scrub(f"{type(exc).__name__}: {detail}", self.secrets())) from None
+        except self.errors.status as exc:
+            response = exc.response  # type: ignore[attr-defined]
+            raise error_from_response(response, self.secrets(), self._clock()) from None
 
-    def post_json(self, path: str, body: dict[str, Any], timeout: float | None = None) -> Any:
-        response = self.request(
-            "POST", path, timeout=timeout, content=orjson.dumps(body), headers={"content-type": "application/json"}
-        )
-        try:
-            return response.json()
-        except ValueError:
-            return _Malformed(response.text[:200])
 
-    def parse_reply(self, payload: Any) -> ProviderReply:  # pragma: no cover - vendors override
-        raise NotImplementedError
-
-    def send(self, body: dict[str, Any], timeout: float) -> ProviderReply:  # pragma: no cover - vendors override
-        raise NotImplementedError
+def json_body(response: httpx2.Response) -> Any:
+    """A 2xx body as JSON, or a `_Malformed` marker when it is cut off or garbled."""
+    try:
+        return orjson.loads(response.content)
+    except orjson.JSONDecodeError:
+        return _Malformed(response.text[:200])
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,11 @@ same prefix together. Usage: prompt_tokens − prompt_tokens_details.cached_toke
 input, cached_tokens the cache read, completion_tokens the output. Backfills go through the Batch API
 (upload a JSONL file with purpose=batch, create a batch on /v1/chat/completions, read the output file).
 
-Keys and base URL: OPENAI_API_KEY and OPENAI_BASE_URL (default https://api.openai.com/v1) as the
-official SDK reads them; `mapper.base_url` in workflows.yaml wins. `openai-compatible` requires a base
-URL and sends the key only when OPENAI_API_KEY is set (local servers need none).
+Transport is the official `openai` SDK. For `openai` it reads OPENAI_API_KEY and OPENAI_BASE_URL (default
+https://api.openai.com/v1) itself, with OPENAI_ORG_ID, OPENAI_PROJECT_ID and the rest; `mapper.base_url`
+in workflows.yaml wins. `openai-compatible` passes an explicit base URL (mapper.base_url or OPENAI_BASE_URL)
+and OPENAI_API_KEY when set, else a placeholder key (local servers need none; the SDK insists on one).
+A factory given an explicit `env` mapping (tests) takes these variables from it instead of the process.
 """
 
 from __future__ import annotations
@@ -21,20 +23,25 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import httpx
+import openai
 import orjson
 
 from mitre.mappers.base import MapperContext
 from mitre.mappers.llm import (
-    HttpProvider,
     LLMMapper,
     ProviderError,
     ProviderReply,
     Resilience,
+    SdkErrors,
+    SdkProvider,
     env_api_key,
+    json_body,
     jsonl,
     malformed_reply,
+    missing_api_key,
     parse_jsonl,
     scrub,
+    sdk_http_client,
     strip_keywords,
 )
 from mitre.models import Usage
@@ -46,6 +53,7 @@ DEFAULT_MODEL = "gpt-5-mini"
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 MAX_TOKENS = 1024
 SCHEMA_NAME = "attack_mapping"
+NO_KEY = "attackmap-no-key"  # sent to an openai-compatible server when OPENAI_API_KEY is not set
 # Keep to the subset every strict json_schema implementation accepts; the full schema is checked locally.
 _STRICT_DROP = frozenset({"$schema", "title", "pattern", "minimum", "maximum", "maxItems", "maxLength"})
 
@@ -61,14 +69,14 @@ def openai_usage(raw: Mapping[str, Any] | None) -> Usage:
     )
 
 
-class OpenAIProvider(HttpProvider):
-    def __init__(self, *args: Any, compatible: bool = False, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+class OpenAIProvider(SdkProvider):
+    errors = SdkErrors(openai.APIStatusError, openai.APITimeoutError, openai.APIConnectionError)
+    _client: openai.OpenAI
+
+    def __init__(self, model: str, client: openai.OpenAI, *, compatible: bool = False) -> None:
+        super().__init__(model, client)
         self.compatible = compatible
         self.name = COMPATIBLE if compatible else OPENAI
-
-    def auth_headers(self) -> dict[str, str]:
-        return {"authorization": f"Bearer {self._key}"} if self._key else {}
 
     def build_request(self, prompt: RenderedPrompt, retry_note: str | None = None) -> dict[str, Any]:
         messages: list[dict[str, Any]] = [
@@ -107,7 +115,9 @@ class OpenAIProvider(HttpProvider):
         return body
 
     def send(self, body: dict[str, Any], timeout: float) -> ProviderReply:
-        return self.parse_reply(self.post_json("/chat/completions", body, timeout))
+        with self.calling():
+            raw = self._client.chat.completions.with_raw_response.create(**body, timeout=timeout)
+        return self.parse_reply(json_body(raw.http_response))
 
     def parse_reply(self, payload: Any) -> ProviderReply:
         if (bad := malformed_reply(payload)) is not None:
@@ -136,29 +146,26 @@ class OpenAIProvider(HttpProvider):
         return {"custom_id": custom_id, "method": "POST", "url": "/v1/chat/completions", "body": body}
 
     def submit_batch(self, lines: Sequence[dict[str, Any]]) -> str:
-        upload = self.request(
-            "POST",
-            "/files",
-            data={"purpose": "batch"},
-            files={"file": ("attackmap-batch.jsonl", jsonl(lines), "application/jsonl")},
-        ).json()
-        created = self.post_json(
-            "/batches",
-            {"input_file_id": upload["id"], "endpoint": "/v1/chat/completions", "completion_window": "24h"},
-        )
-        return str(created["id"])
+        with self.calling():
+            upload = self._client.files.create(
+                file=("attackmap-batch.jsonl", jsonl(lines), "application/jsonl"), purpose="batch"
+            )
+            created = self._client.batches.create(
+                input_file_id=upload.id, endpoint="/v1/chat/completions", completion_window="24h"
+            )
+        return created.id
 
     def batch_results(self, batch_id: str) -> list[dict[str, Any]] | None:
-        status = self.request("GET", f"/batches/{batch_id}").json()
-        state = status.get("status")
-        if state in ("failed", "expired", "cancelled"):
-            raise ProviderError(f"batch_{state}", f"batch {batch_id} {state}")
-        if state != "completed":
-            return None
-        lines: list[dict[str, Any]] = []
-        for key in ("output_file_id", "error_file_id"):
-            if status.get(key):
-                lines += parse_jsonl(self.request("GET", f"/files/{status[key]}/content").content)
+        with self.calling():
+            status = self._client.batches.retrieve(batch_id)
+            if status.status in ("failed", "expired", "cancelled"):
+                raise ProviderError(f"batch_{status.status}", f"batch {batch_id} {status.status}")
+            if status.status != "completed":
+                return None
+            lines: list[dict[str, Any]] = []
+            for file_id in (status.output_file_id, status.error_file_id):
+                if file_id:
+                    lines += parse_jsonl(self._client.files.content(file_id).content)
         return lines
 
     def parse_batch_line(self, line: Mapping[str, Any]) -> tuple[str, ProviderReply | ProviderError]:
@@ -183,11 +190,13 @@ def create_openai_mapper(
     transport: httpx.BaseTransport | None = None,
     redactor: Any = None,
 ) -> LLMMapper:
-    env = os.environ if env is None else env
     settings = context.settings
     name = COMPATIBLE if compatible else OPENAI
-    base_url = settings.base_url or env.get("OPENAI_BASE_URL") or ("" if compatible else DEFAULT_BASE_URL)
+    base_url: str | None = settings.base_url or None
+    key: str | None = None  # None: the SDK reads OPENAI_API_KEY (and OPENAI_BASE_URL when base_url is None)
     if compatible:
+        source = os.environ if env is None else env
+        base_url = base_url or source.get("OPENAI_BASE_URL")
         if not base_url:
             raise ValueError(
                 "mapper 'openai-compatible' needs a base URL: set mapper.base_url in workflows.yaml "
@@ -195,13 +204,22 @@ def create_openai_mapper(
             )
         if not settings.model:
             raise ValueError("mapper 'openai-compatible' needs mapper.model (the model name the server serves)")
-        key: str | None = (env.get("OPENAI_API_KEY") or "").strip() or None
-    else:
+        key = (source.get("OPENAI_API_KEY") or "").strip() or NO_KEY
+    elif env is not None:
         key = env_api_key(env, "OPENAI_API_KEY", name)
+        base_url = base_url or env.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
     resilience = resilience or Resilience(timeout_s=float(getattr(settings, "timeout_s", 30.0)))
-    provider = OpenAIProvider(
-        settings.model or DEFAULT_MODEL, base_url, key, resilience.timeout_s, transport=transport, compatible=compatible
-    )
+    try:
+        client = openai.OpenAI(
+            api_key=key,
+            base_url=base_url,
+            max_retries=0,
+            timeout=resilience.timeout_s,
+            http_client=sdk_http_client(transport),
+        )
+    except openai.OpenAIError as exc:  # raised on construction when no credential is found
+        raise missing_api_key("OPENAI_API_KEY", name) from exc
+    provider = OpenAIProvider(settings.model or DEFAULT_MODEL, client, compatible=compatible)
     kwargs: dict[str, Any] = {}
     if sleep is not None:
         kwargs["sleep"] = sleep
