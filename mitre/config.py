@@ -32,9 +32,27 @@ class TriggerMatch(Section):
     has_rule_mitre_tags: bool | None = Field(None, description="null matches both")
 
 
+class WebhookSettings(Section):
+    """`attackmap serve`: how a sender (Kibana's Webhook connector, a SOAR, a script) must sign its requests."""
+
+    secret_env: str = Field(
+        "ATTACKMAP_WEBHOOK_SECRET", description="environment variable holding the HMAC-SHA256 secret (never logged)"
+    )
+    tolerance_seconds: float = Field(300, gt=0, description="reject timestamps further than this from now")
+    max_body_bytes: int = Field(1_048_576, ge=1, description="larger bodies are rejected with 413")
+    require_nonce: bool = Field(True, description="X-Attackmap-Nonce required; each nonce accepted once per window")
+    max_alerts: int = Field(1000, ge=1, description="alerts accepted in one request")
+
+
 class Trigger(Section):
     event: str = "security.alert.high-risk"
     match: TriggerMatch = Field(default_factory=TriggerMatch)
+    index_pattern: str = Field(
+        ".alerts-security.alerts-*", description="alert indices the poller and backfill read (Kibana: per space)"
+    )
+    poll_interval_seconds: float = Field(10, gt=0, description="poller schedule when deployed")
+    batch_size: int = Field(500, ge=1, le=10_000, description="alerts per enrichment batch (ES read and bulk write)")
+    webhook: WebhookSettings = Field(default_factory=WebhookSettings)
 
 
 class DecisionSettings(Section):

@@ -48,6 +48,9 @@ NONCE_HEADER = "x-attackmap-nonce"
 TENANT_HEADER = "x-attackmap-tenant"
 
 RESOURCE_PREFIX = "attackmap.alert/"
+# Prefect's server keeps at most 256 undelivered events per live-stream subscriber and drops the rest;
+# smaller posts give subscribers a chance to keep up (the worker reconciles the remainder).
+EVENTS_PER_POST = 100
 # Fixed namespace: event ids are uuid5(namespace, "<index>/<id>"), identical in every process.
 EVENT_NAMESPACE = uuid.UUID("6f1c7a52-3b1e-5f0c-9a57-2d0f8e4c1b90")
 
@@ -132,12 +135,13 @@ class PrefectEvents:
         self.client = client or httpx.AsyncClient(timeout=timeout)
 
     async def __call__(self, events: Sequence[dict[str, Any]]) -> None:
-        if not events:
-            return
-        resp = await self.client.post(
-            self.url, content=orjson.dumps(list(events)), headers={"content-type": "application/json"}
-        )
-        resp.raise_for_status()
+        for start in range(0, len(events), EVENTS_PER_POST):
+            resp = await self.client.post(
+                self.url,
+                content=orjson.dumps(list(events[start : start + EVENTS_PER_POST])),
+                headers={"content-type": "application/json"},
+            )
+            resp.raise_for_status()
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -145,15 +149,14 @@ class PrefectEvents:
 
 def post_events(api_url: str, events: Sequence[dict[str, Any]], *, timeout: float = 10.0) -> None:
     """Synchronous ``POST /api/events`` (poller, benchmarks)."""
-    if not events:
-        return
-    resp = httpx.post(
-        api_url.rstrip("/") + "/events",
-        content=orjson.dumps(list(events)),
-        headers={"content-type": "application/json"},
-        timeout=timeout,
-    )
-    resp.raise_for_status()
+    for start in range(0, len(events), EVENTS_PER_POST):
+        resp = httpx.post(
+            api_url.rstrip("/") + "/events",
+            content=orjson.dumps(list(events[start : start + EVENTS_PER_POST])),
+            headers={"content-type": "application/json"},
+            timeout=timeout,
+        )
+        resp.raise_for_status()
 
 
 # --------------------------------------------------------------------------- signing

@@ -281,6 +281,15 @@ def test_event_trigger_runs_the_served_deployment(
             assert doc["_version"] == 2
     finally:
         stop(proc)
+        delete_deployment(prefect_api_url, "enrich-alerts/e2e")
+
+
+def delete_deployment(api_url: str, name: str) -> None:
+    """Remove a test deployment (and its trigger), so later events do not queue runs for it."""
+    with httpx.Client(base_url=api_url, timeout=10) as api:
+        found = api.get(f"/deployments/name/{name}")
+        if found.status_code == 200:
+            api.delete(f"/deployments/{found.json()['id']}")
 
 
 def test_workflows_deploy_creates_and_updates_deployment_and_trigger(prefect_api_url: str, wf_file: Path) -> None:
@@ -301,6 +310,9 @@ def test_workflows_deploy_creates_and_updates_deployment_and_trigger(prefect_api
     trigger = mine[0]["trigger"]
     assert trigger["expect"] == ["security.alert.high-risk"]
     assert mine[0]["actions"][0]["parameters"]["refs"] == ["{{ event.resource.id }}"]
+    delete_deployment(prefect_api_url, "enrich-alerts/e2e")
+    remaining = api.post("/automations/filter", json={}).json()
+    assert not [a for a in remaining if any(x.get("deployment_id") == deployment["id"] for x in a["actions"])]
 
 
 # --------------------------------------------------------------------------- low-latency path + webhook

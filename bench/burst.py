@@ -1,0 +1,201 @@
+#!/usr/bin/env python3
+"""Burst and batch throughput, real ES + real Prefect, local mapper.
+
+    python bench/burst.py burst [--n 5000] [--via poller|events]
+    python bench/burst.py batch [--n 20000] [--batch 1000]
+
+``burst``: N high-risk alerts indexed at once; the poller (or a direct POST of N events) announces them;
+the event-stream worker (`flows.worker`) drains them in batches.  Reports the time to drain (first event
+emitted → last alert updated), the batches, and checks that none was lost (every alert carries a
+provenance hash) and none enriched twice (every document is at ``_version`` 2: indexed, then one update).
+
+``batch``: the batch path's throughput into ES with bulk write-back, in this process: the ``backfill``
+flow (PIT/search_after read → engine → bulk) and the ``enrich-alerts`` flow over batches of refs
+(mget → engine → bulk), cold cache (a unique mapping per alert) and warm.
+
+Without ``--prefect-api-url`` a fresh Prefect server is started; without ``--es-url`` /
+``$ATTACKMAP_ES_URL`` the node in ``.es/`` is started or reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _flows_common import (
+    DEFAULT_CATALOG,
+    Setup,
+    elasticsearch,
+    index_alerts,
+    make_alert,
+    prefect_server,
+    setup,
+    spawn,
+    stop,
+    wait_for_text,
+)
+
+THROUGHPUT_TARGET = 1000.0
+
+
+def enriched_count(s: Setup) -> int:
+    s.es.indices.refresh(index=s.index)
+    return int(s.es.count(index=s.index, query={"exists": {"field": "attackmap.provenance_hash"}})["count"])
+
+
+def versions(s: Setup) -> dict[int, int]:
+    from elasticsearch import helpers
+
+    out: dict[int, int] = {}
+    for hit in helpers.scan(s.es, index=s.index, query={"query": {"match_all": {}}}, version=True, _source=False):
+        out[hit["_version"]] = out.get(hit["_version"], 0) + 1
+    return out
+
+
+def burst(s: Setup, n: int, via: str) -> dict[str, Any]:
+    from mitre.webhook import AlertRef, alert_event, post_events
+
+    timings = s.tmp / "worker-timings.jsonl"
+    log = s.tmp / "worker.log"
+    worker = spawn(["-m", "flows.worker", "--lookback-seconds", "0", "--timings", str(timings)], s.env(), log)
+    try:
+        wait_for_text(log, "subscribed", worker)
+        time.sleep(1.0)
+        t0 = time.perf_counter()
+        ids = index_alerts(s.es, s.index, [make_alert(i, "burst", unique=True) for i in range(n)], refresh=True)
+        t_indexed = time.perf_counter() - t0
+        started = time.perf_counter()
+        if via == "poller":
+            os.environ.update(s.env())
+            from flows.enrich import clear_runtimes, get_runtime
+            from flows.poller import poll_once
+            from mitre.io.elastic import Checkpoint
+
+            clear_runtimes()
+            runtime = get_runtime()
+            started = time.perf_counter()
+            polled = poll_once(runtime, Checkpoint(s.tmp / "poll.json"))
+            assert polled["emitted"] == n, polled
+        else:
+            for chunk in range(0, n, 500):
+                post_events(
+                    s.api_url,
+                    [
+                        alert_event("security.alert.high-risk", AlertRef(s.index, i, "default"))
+                        for i in ids[chunk : chunk + 500]
+                    ],
+                )
+        emitted = time.perf_counter() - started
+        deadline = time.monotonic() + 600
+        done = 0
+        while done < n and time.monotonic() < deadline:
+            time.sleep(0.25)
+            done = enriched_count(s)
+        drained = time.perf_counter() - started
+        batches = [json.loads(line) for line in timings.read_text().splitlines()]
+        seen = versions(s)
+    finally:
+        stop(worker)
+    written = sum(b["written"] for b in batches)
+    task_overhead = sum(b["task_seconds"] - b["work_seconds"] for b in batches)
+    work = sum(b["work_seconds"] for b in batches)
+    return {
+        "n": n,
+        "via": via,
+        "index_seconds": round(t_indexed, 2),
+        "emit_seconds": round(emitted, 2),
+        "drain_seconds": round(drained, 2),
+        "alerts_per_second": round(n / drained, 1),
+        "enriched": done,
+        "lost": n - done,
+        "versions": seen,
+        "enriched_twice": sum(count for version, count in seen.items() if version > 2),
+        "batches": len(batches),
+        "batch_sizes": {"max": max((b["n"] for b in batches), default=0), "first": [b["n"] for b in batches[:8]]},
+        "written": written,
+        "work_seconds": round(work, 2),
+        "prefect_task_overhead_seconds": round(task_overhead, 2),
+    }
+
+
+def batch(s: Setup, n: int, size: int) -> dict[str, Any]:
+    os.environ.update(s.env())
+    from flows.backfill import backfill
+    from flows.enrich import clear_runtimes, enrich_alerts, get_runtime
+    from mitre.webhook import alert_resource_id
+
+    results: dict[str, Any] = {}
+    for phase, unique in (("cold", True), ("warm", False)):
+        ids = index_alerts(s.es, s.index, [make_alert(i, f"b{phase}", unique=unique) for i in range(n)], refresh=True)
+        clear_runtimes()
+        get_runtime()  # engine built outside the timing
+        t0 = time.perf_counter()
+        out = backfill(checkpoint=str(s.tmp / f"backfill-{phase}.json"), batch_size=size)
+        seconds = time.perf_counter() - t0
+        results[f"backfill/{phase}"] = {
+            "n": out["requested"],
+            "written": out["written"],
+            "seconds": round(seconds, 2),
+            "alerts_per_second": round(out["requested"] / seconds, 1),
+        }
+        print(f"backfill/{phase}: {results[f'backfill/{phase}']}", flush=True)
+        # enrich-alerts over refs: re-enrich a fresh copy of the same alerts
+        copies = [dict(make_alert(i, f"r{phase}", unique=unique)) for i in range(n)]
+        ids = index_alerts(s.es, s.index, copies, refresh=True)
+        refs = [alert_resource_id(s.index, i) for i in ids]
+        t0 = time.perf_counter()
+        written = 0
+        for start in range(0, len(refs), size):
+            written += enrich_alerts(refs=refs[start : start + size])["written"]
+        seconds = time.perf_counter() - t0
+        results[f"enrich-alerts/{phase}"] = {
+            "n": len(refs),
+            "written": written,
+            "seconds": round(seconds, 2),
+            "alerts_per_second": round(len(refs) / seconds, 1),
+        }
+        print(f"enrich-alerts/{phase}: {results[f'enrich-alerts/{phase}']}", flush=True)
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("mode", choices=["burst", "batch"])
+    parser.add_argument("--n", type=int, default=None, help="alerts (burst: 5000, batch: 20000)")
+    parser.add_argument("--via", choices=["poller", "events"], default="poller")
+    parser.add_argument("--batch", type=int, default=1000, help="batch mode: alerts per flow call / backfill batch")
+    parser.add_argument("--es-url", default=os.environ.get("ATTACKMAP_ES_URL"))
+    parser.add_argument("--prefect-api-url", default=None)
+    parser.add_argument("--catalog", type=Path, default=DEFAULT_CATALOG)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    with (
+        elasticsearch(args.es_url) as es_url,
+        prefect_server(args.prefect_api_url) as api_url,
+        setup(es_url, api_url, args.catalog, batch_size=args.batch if args.mode == "batch" else 500) as s,
+    ):
+        print(f"ES {es_url}  Prefect {api_url}  index {s.index}", flush=True)
+        if args.mode == "burst":
+            result = burst(s, args.n or 5000, args.via)
+            ok = result["lost"] == 0 and result["enriched_twice"] == 0
+            print(json.dumps(result, indent=2))
+            print(f"drained {result['n']} alerts in {result['drain_seconds']} s; lost {result['lost']}, "
+                  f"enriched twice {result['enriched_twice']}: {'ok' if ok else 'FAILED'}")  # fmt: skip
+        else:
+            result = batch(s, args.n or 20000, args.batch)
+            ok = all(r["alerts_per_second"] >= THROUGHPUT_TARGET and r["written"] == r["n"] for r in result.values())
+            print(f"target >= {THROUGHPUT_TARGET:.0f} alerts/s with bulk write-back: {'met' if ok else 'NOT met'}")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
