@@ -44,6 +44,8 @@ class LocalWeights:
     classifier_shift: float = 0.5
     classifier_top: int = 3
     keep_ratio: float = 0.9  # a technique after the first is kept only at ≥ keep_ratio × the top confidence
+    indicator_keep: float = 0.95  # an indicator-backed technique at or above this is always kept
+    abstain_below: float = 0.4  # with no indicator evidence, a top confidence below this maps nothing
 
 
 class LocalMapper:
@@ -209,19 +211,40 @@ class LocalMapper:
         )
 
     def _choose(self, scored: list[TechniqueScore]) -> list[TechniqueScore]:
-        """Top techniques above the floor; a parent is dropped when its own sub-technique is chosen."""
+        """Indicator-backed techniques first (they are precise), then the best of the rest: above the
+        floor and within `keep_ratio` of the best of them. A parent is dropped when its own
+        sub-technique is chosen. With no indicator and only weak evidence, nothing is chosen."""
+        w = self.weights
+        limit = self.settings.max_techniques
+        strong = [
+            c for c in scored if c.confidence >= w.indicator_keep and any(e.source == "indicator" for e in c.evidence)
+        ]
+        if not strong and (not scored or scored[0].confidence < w.abstain_below):
+            return []
         chosen: list[TechniqueScore] = []
-        for cand in scored:
-            if cand.confidence < self.settings.confidence_floor or len(chosen) >= self.settings.max_techniques:
-                break
-            if chosen and cand.confidence < self.weights.keep_ratio * chosen[0].confidence:
-                break
+
+        def take(cand: TechniqueScore) -> None:
             tech = self.catalog.techniques[cand.technique_id]
-            if any(c.technique_id == tech.parent for c in chosen):
-                continue  # more specific than an already-chosen parent would be a duplicate claim
-            if any(self.catalog.techniques[c.technique_id].parent == cand.technique_id for c in chosen):
-                continue
+            related = {c.technique_id for c in chosen} | {
+                self.catalog.techniques[c.technique_id].parent for c in chosen
+            }
+            if cand.technique_id in related or (
+                tech.parent is not None and tech.parent in {c.technique_id for c in chosen}
+            ):
+                return
             chosen.append(cand)
+
+        for cand in strong:
+            if len(chosen) < limit:
+                take(cand)
+        rest = [c for c in scored if c not in strong]
+        top = rest[0].confidence if rest else 0.0
+        for cand in rest:
+            if len(chosen) >= limit or cand.confidence < self.settings.confidence_floor:
+                break
+            if cand.confidence < w.keep_ratio * top:
+                break
+            take(cand)
         return chosen
 
     def _tactics(self, tid: str, votes: dict[str, float]) -> tuple[str, ...]:
