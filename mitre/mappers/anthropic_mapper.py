@@ -29,6 +29,7 @@ from mitre.mappers.llm import (
     Resilience,
     SdkErrors,
     SdkProvider,
+    assemble_mapper,
     env_api_key,
     json_body,
     malformed_reply,
@@ -177,18 +178,7 @@ def create_anthropic_mapper(
     redactor: Any = None,
 ) -> LLMMapper:
     settings = context.settings
-    resilience = resilience or Resilience(timeout_s=float(getattr(settings, "timeout_s", 30.0)))
+    resilience = resilience or Resilience(timeout_s=settings.timeout_s)
     client = anthropic_client(settings.base_url, env, resilience.timeout_s, transport)
     provider = AnthropicProvider(settings.model or DEFAULT_MODEL, client)
-    kwargs: dict[str, Any] = {}
-    if sleep is not None:
-        kwargs["sleep"] = sleep
-    if clock is not None:
-        kwargs["clock"] = clock
-    if redactor is None and getattr(settings, "redact", False):
-        from mitre.redact import Redactor
-
-        redactor = Redactor.for_installation()
-    return LLMMapper(
-        NAME, provider, context.catalog, settings, context.local, resilience=resilience, redactor=redactor, **kwargs
-    )
+    return assemble_mapper(NAME, provider, context, resilience, sleep, clock, redactor)

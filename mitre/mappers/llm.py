@@ -39,6 +39,7 @@ from jsonschema import Draft202012Validator
 from mitre import prompting
 from mitre.catalog import Catalog
 from mitre.config import MapperSettings
+from mitre.mappers.base import MapperContext
 from mitre.models import AlertFeatures, Decision, Evidence, MappingResult, TechniqueScore, Usage
 from mitre.prompting import RenderedPrompt
 
@@ -612,6 +613,37 @@ class LLMMapper:
         for custom_id, local_result in locals_.items():
             out.setdefault(custom_id, self.fallback(local_result, "batch_missing_result"))
         return out
+
+
+def assemble_mapper(
+    name: str,
+    provider: Provider,
+    context: MapperContext,
+    resilience: Resilience,
+    sleep: Callable[[float], None] | None = None,
+    clock: Callable[[], float] | None = None,
+    redactor: Any = None,
+) -> LLMMapper:
+    """The LLMMapper every vendor factory ends with: injected sleep/clock for tests, redaction per settings."""
+    kwargs: dict[str, Any] = {}
+    if sleep is not None:
+        kwargs["sleep"] = sleep
+    if clock is not None:
+        kwargs["clock"] = clock
+    if redactor is None and context.settings.redact:
+        from mitre.redact import Redactor
+
+        redactor = Redactor.for_installation()
+    return LLMMapper(
+        name,
+        provider,
+        context.catalog,
+        context.settings,
+        context.local,
+        resilience=resilience,
+        redactor=redactor,
+        **kwargs,
+    )
 
 
 def add_usage(a: Usage, b: Usage) -> Usage:

@@ -34,6 +34,7 @@ from mitre.mappers.llm import (
     Resilience,
     SdkErrors,
     SdkProvider,
+    assemble_mapper,
     env_api_key,
     json_body,
     jsonl,
@@ -208,7 +209,7 @@ def create_openai_mapper(
     elif env is not None:
         key = env_api_key(env, "OPENAI_API_KEY", name)
         base_url = base_url or env.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
-    resilience = resilience or Resilience(timeout_s=float(getattr(settings, "timeout_s", 30.0)))
+    resilience = resilience or Resilience(timeout_s=settings.timeout_s)
     try:
         client = openai.OpenAI(
             api_key=key,
@@ -220,18 +221,7 @@ def create_openai_mapper(
     except openai.OpenAIError as exc:  # raised on construction when no credential is found
         raise missing_api_key("OPENAI_API_KEY", name) from exc
     provider = OpenAIProvider(settings.model or DEFAULT_MODEL, client, compatible=compatible)
-    kwargs: dict[str, Any] = {}
-    if sleep is not None:
-        kwargs["sleep"] = sleep
-    if clock is not None:
-        kwargs["clock"] = clock
-    if redactor is None and getattr(settings, "redact", False):
-        from mitre.redact import Redactor
-
-        redactor = Redactor.for_installation()
-    return LLMMapper(
-        name, provider, context.catalog, settings, context.local, resilience=resilience, redactor=redactor, **kwargs
-    )
+    return assemble_mapper(name, provider, context, resilience, sleep, clock, redactor)
 
 
 def create_compatible_mapper(context: MapperContext, **kwargs: Any) -> LLMMapper:
