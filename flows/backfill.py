@@ -3,14 +3,15 @@
 Reads with ElasticSource (point-in-time + search_after, sorted by ``@timestamp`` and the alert uuid),
 enriches each batch with the engine and writes it back with one bulk request per batch.  The checkpoint
 is saved after every batch that was written, so a stopped or failed backfill resumes where it left
-off when run again with the same checkpoint file.  Progress is logged and kept in a Prefect progress
+off when run again with the same checkpoint file.  Reading, mapping and writing overlap (one batch of
+each in flight; see `flows.enrich.run_pipeline`).  Progress is logged and kept in a Prefect progress
 artifact.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, cast
 from uuid import UUID
@@ -18,7 +19,7 @@ from uuid import UUID
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-from flows.enrich import BatchResult, Runtime, enrich_sources, get_runtime
+from flows.enrich import BatchResult, Runtime, get_runtime, run_pipeline
 from flows.poller import default_checkpoint
 from mitre.io.elastic import Checkpoint, ElasticSource, SourceAlert
 
@@ -53,32 +54,33 @@ def run_backfill(
         total = None
     if max_alerts is not None and total is not None:
         total = min(total, max_alerts)
-    result = BatchResult()
-    batch: list[SourceAlert] = []
     done = 0
+    saver = Checkpoint(checkpoint.path, checkpoint.timestamp, checkpoint.tiebreaker)
 
-    def flush() -> None:
+    def written(alerts: list[SourceAlert], step: BatchResult) -> None:
         nonlocal done
-        if not batch:
-            return
-        step = enrich_sources(runtime, batch)
         if step.sink.failed:
-            # Leave the checkpoint before this batch: a rerun retries it (written docs are then unchanged).
-            result.merge(step)
+            # The checkpoint stays before this batch: a rerun retries it (written docs are then unchanged).
             raise RuntimeError(f"{len(step.sink.failed)} write-back failures, e.g. {step.sink.failed[:3]}")
-        checkpoint.save()
-        done += len(batch)
-        result.merge(step)
+        if alerts:
+            saver.advance(alerts[-1].sort)
+            saver.save()
+        done += len(alerts)
         if progress is not None:
             progress(done, total, step)
-        batch.clear()
 
-    for alert in source.read(checkpoint, limit=max_alerts):
+    return run_pipeline(runtime, _batches(source.read(checkpoint, limit=max_alerts), size), on_batch=written)
+
+
+def _batches(alerts: Iterable[SourceAlert], size: int) -> Iterator[list[SourceAlert]]:
+    batch: list[SourceAlert] = []
+    for alert in alerts:
         batch.append(alert)
         if len(batch) >= size:
-            flush()
-    flush()
-    return result
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 @flow(name="backfill-alerts", retries=0)

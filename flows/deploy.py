@@ -88,6 +88,30 @@ def apply_deployments(deployments: Sequence[RunnerDeployment], *, work_pool: str
     return ids
 
 
+def remove_deployments(config: WorkflowsFile, *, poller: bool = True) -> list[str]:
+    """Delete the workflows' deployments and their triggers' automations (deleting a deployment alone leaves
+    its automations firing at a missing deployment: every event then fails an action with 404)."""
+    from prefect.client.orchestration import get_client
+
+    removed: list[str] = []
+    with get_client(sync_client=True) as client:
+        names = [f"{enrich_alerts.name}/{w.name}" for w in config.workflows]
+        if poller:
+            names += [f"{poll_alerts.name}/{w.name}-poller" for w in config.workflows]
+        automations = client.read_automations()
+        for name in names:
+            try:
+                deployment = client.read_deployment_by_name(name)
+            except Exception:  # not deployed
+                continue
+            for automation in automations:
+                if any(getattr(a, "deployment_id", None) == deployment.id for a in automation.actions):
+                    client.delete_automation(automation.id)
+            client.delete_deployment(deployment.id)
+            removed.append(name)
+    return removed
+
+
 def serve_deployments(deployments: Sequence[RunnerDeployment], *, limit: int = 4, query_seconds: float = 1.0) -> None:
     from prefect import serve
 

@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import queue
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -178,6 +181,83 @@ def enrich_sources(runtime: Runtime, alerts: Sequence[SourceAlert]) -> BatchResu
     return result
 
 
+_DONE = object()
+
+
+def run_pipeline(
+    runtime: Runtime,
+    jobs: Iterable[Sequence[SourceAlert] | Sequence[AlertRef]],
+    *,
+    on_batch: Callable[[list[SourceAlert], BatchResult], None] | None = None,
+) -> BatchResult:
+    """Batches through read → map → write with the ES I/O overlapped: while this thread maps batch N,
+    a reader thread fetches batch N+1 (jobs of AlertRef are read with mget; SourceAlert lists pass through)
+    and a writer thread bulk-writes batch N-1.  ``on_batch`` runs here, in order, once a batch is written
+    (the place to save a checkpoint); an exception from it stops the pipeline."""
+    total = BatchResult()
+    ready: queue.Queue[Any] = queue.Queue(maxsize=2)
+    stop = threading.Event()
+
+    def put(item: Any) -> None:
+        while not stop.is_set():
+            try:
+                ready.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def reader() -> None:
+        try:
+            for job in jobs:
+                if stop.is_set():
+                    return
+                if job and isinstance(job[0], AlertRef):
+                    alerts, missing = fetch_alerts(runtime.es, cast(Sequence[AlertRef], job))
+                else:
+                    alerts, missing = list(cast(Sequence[SourceAlert], job)), []
+                put((alerts, missing, len(job)))
+            put(_DONE)
+        except BaseException as exc:
+            put(exc)
+
+    thread = threading.Thread(target=reader, name="attackmap-read", daemon=True)
+    thread.start()
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="attackmap-write")
+    pending: deque[tuple[Future[SinkSummary], list[SourceAlert], BatchResult]] = deque()
+
+    def finish_one() -> None:
+        future, alerts, step = pending.popleft()
+        step.sink = future.result()
+        total.merge(step)
+        if on_batch is not None:
+            on_batch(alerts, step)
+
+    try:
+        while True:
+            item = ready.get()
+            if item is _DONE:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            alerts, missing, n = item
+            updates, summary = map_sources(runtime.engine, alerts)
+            step = BatchResult(requested=n, missing=list(missing), summary=summary)
+            if runtime.write_back:
+                future = writer.submit(runtime.sink.write, updates)
+            else:
+                future = Future()
+                future.set_result(SinkSummary())
+            pending.append((future, alerts, step))
+            while len(pending) > 1:
+                finish_one()
+        while pending:
+            finish_one()
+    finally:
+        stop.set()
+        writer.shutdown(wait=True)
+    return total
+
+
 def unique_refs(refs: Sequence[str | Mapping[str, Any] | AlertRef], tenant: str | None = None) -> list[AlertRef]:
     parsed = [r if isinstance(r, AlertRef) else parse_ref(r, tenant) for r in refs]
     return list({(r.index, r.id): r for r in parsed}.values())
@@ -227,21 +307,17 @@ def split_inputs(
 # --------------------------------------------------------------------------- flows
 
 
-@task(retries=3, retry_delay_seconds=[1, 2, 4], cache_policy=NO_CACHE)
-def load_alerts(refs: list[Any], tenant: str | None, workflow: str | None) -> tuple[list[SourceAlert], list[str]]:
+@task(name="enrich-chunks", retries=2, retry_delay_seconds=[1, 4], cache_policy=NO_CACHE)
+def enrich_chunks(refs: list[Any], located: list[SourceAlert], tenant: str | None, workflow: str | None) -> BatchResult:
+    """Read → map → write back in batches of ``trigger.batch_size``, pipelined (a retry is idempotent)."""
     runtime = get_runtime(workflow)
-    return fetch_alerts(runtime.es, unique_refs(refs, tenant))
-
-
-@task(cache_policy=NO_CACHE)
-def map_alerts(alerts: list[SourceAlert], workflow: str | None) -> tuple[list[AlertUpdate], RunSummary]:
-    return map_sources(get_runtime(workflow).engine, alerts)
-
-
-@task(retries=3, retry_delay_seconds=[1, 2, 4], cache_policy=NO_CACHE)
-def write_back(updates: list[AlertUpdate], workflow: str | None) -> SinkSummary:
-    runtime = get_runtime(workflow)
-    return runtime.sink.write(updates) if runtime.write_back else SinkSummary()
+    size = runtime.workflow.trigger.batch_size
+    wanted = unique_refs(refs, tenant)
+    jobs: list[Sequence[SourceAlert] | Sequence[AlertRef]] = [
+        located[i : i + size] for i in range(0, len(located), size)
+    ]
+    jobs += [wanted[i : i + size] for i in range(0, len(wanted), size)]
+    return run_pipeline(runtime, jobs)
 
 
 @flow(name="enrich-alerts", retries=1, retry_delay_seconds=5, validate_parameters=True)
@@ -252,20 +328,15 @@ def enrich_alerts(
     tenant: str | None = None,
 ) -> dict[str, Any]:
     """Enrich a batch: alert references (``attackmap.alert/<index>/<id>`` or ``{"index", "id"}``) and/or
-    alert dicts (ES hits are written back; bare alerts are returned enriched)."""
+    alert dicts (ES hits are written back; bare alerts are returned enriched).
+
+    Prefect refuses flow-run parameters over 512 KiB serialised: ~5,000 refs per run at most (alert dicts:
+    far fewer); for more, use the `backfill` flow, which selects alerts by query."""
     logger = get_run_logger()
     to_read, located, bare = split_inputs(refs, alerts)
     result = BatchResult()
-    found: list[SourceAlert] = list(located)
-    if to_read:
-        read, missing = load_alerts(to_read, tenant or None, workflow)
-        found.extend(read)
-        result.missing = missing
-    if found:
-        updates, summary = map_alerts(found, workflow)
-        result.summary = summary
-        result.sink = write_back(updates, workflow)
-    result.requested = len(found) + len(result.missing)
+    if to_read or located:
+        result = enrich_chunks(to_read, located, tenant or None, workflow)
     if bare:
         runtime = get_runtime(workflow)
         for outcome in runtime.engine.process_batch([RawAlert(line=None, alert=a) for a in bare]):

@@ -289,7 +289,13 @@ def delete_deployment(api_url: str, name: str) -> None:
     with httpx.Client(base_url=api_url, timeout=10) as api:
         found = api.get(f"/deployments/name/{name}")
         if found.status_code == 200:
-            api.delete(f"/deployments/{found.json()['id']}")
+            deployment_id = found.json()["id"]
+            # Deleting a deployment leaves its triggers' automations behind (and they keep firing, failing with
+            # 404 and clogging the actions service): remove them too.
+            for automation in api.post("/automations/filter", json={}).json():
+                if any(action.get("deployment_id") == deployment_id for action in automation["actions"]):
+                    api.delete(f"/automations/{automation['id']}")
+            api.delete(f"/deployments/{deployment_id}")
 
 
 def test_workflows_deploy_creates_and_updates_deployment_and_trigger(prefect_api_url: str, wf_file: Path) -> None:
@@ -310,7 +316,9 @@ def test_workflows_deploy_creates_and_updates_deployment_and_trigger(prefect_api
     trigger = mine[0]["trigger"]
     assert trigger["expect"] == ["security.alert.high-risk"]
     assert mine[0]["actions"][0]["parameters"]["refs"] == ["{{ event.resource.id }}"]
-    delete_deployment(prefect_api_url, "enrich-alerts/e2e")
+    removed = CliRunner().invoke(app, ["workflows", "undeploy", "--workflows", str(wf_file)])
+    assert removed.exit_code == 0 and "removed enrich-alerts/e2e" in removed.output, removed.output
+    assert api.get("/deployments/name/enrich-alerts/e2e").status_code == 404
     remaining = api.post("/automations/filter", json={}).json()
     assert not [a for a in remaining if any(x.get("deployment_id") == deployment["id"] for x in a["actions"])]
 

@@ -108,5 +108,18 @@ def deploy(
         serve_deployments(deployments, limit=limit)
         return
     ids = apply_deployments(deployments, work_pool=work_pool)
+    # to remove them again: `attackmap workflows undeploy`
     for deployment, deployment_id in zip(deployments, ids, strict=True):
         typer.echo(f"{deployment.flow_name}/{deployment.name}: {deployment_id}")
+
+
+@app.command()
+def undeploy(workflows: WorkflowsOpt = None) -> None:
+    """Delete the workflows' deployments and their trigger automations."""
+    if not os.environ.get("PREFECT_API_URL"):
+        raise fail("set PREFECT_API_URL first (importing Prefect without it starts a throwaway server)")
+    config, _ = load_config(workflows)
+    from flows.deploy import remove_deployments
+
+    for name in remove_deployments(config):
+        typer.echo(f"removed {name}")
