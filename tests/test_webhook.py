@@ -269,3 +269,103 @@ def test_signature_format_is_documented_hmac() -> None:
     ts, body = str(int(time.time())), b'{"a":1}'
     expected = "sha256=" + hmac.new(SECRET, f"{ts}.".encode() + body, hashlib.sha256).hexdigest()
     assert sign(SECRET, ts, body) == expected
+
+
+def _certs(tmp: Any) -> dict[str, str]:
+    """A throwaway CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def key() -> ec.EllipticCurvePrivateKey:
+        return ec.generate_private_key(ec.SECP256R1())
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    def cert(subject: str, k: Any, issuer: str, ik: Any, *, ca: bool = False, san: bool = False) -> x509.Certificate:
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(name(subject))
+            .issuer_name(name(issuer))
+            .public_key(k.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if san:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False
+            )
+        return builder.sign(ik, hashes.SHA256())
+
+    ca_key, server_key, client_key = key(), key(), key()
+    files = {
+        "ca": cert("attackmap test CA", ca_key, "attackmap test CA", ca_key, ca=True),
+        "server": cert("127.0.0.1", server_key, "attackmap test CA", ca_key, san=True),
+        "client": cert("kibana", client_key, "attackmap test CA", ca_key),
+    }
+    out: dict[str, str] = {}
+    for label, c in files.items():
+        path = tmp / f"{label}.pem"
+        path.write_bytes(c.public_bytes(serialization.Encoding.PEM))
+        out[label] = str(path)
+    for label, k in (("server_key", server_key), ("client_key", client_key)):
+        path = tmp / f"{label}.pem"
+        path.write_bytes(
+            k.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        )
+        out[label] = str(path)
+    return out
+
+
+def test_serve_with_mutual_tls_requires_a_client_certificate(tmp_path: Any) -> None:
+    import os
+    import socket
+    import ssl
+    import subprocess
+    import sys
+
+    import httpx
+
+    certs = _certs(tmp_path)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PREFECT_API_URL": "http://127.0.0.1:9/api"}
+    args = [
+        sys.executable, "-c", "from mitre.cli import main; main()", "serve", "--workflows", "workflows.yaml",
+        "--port", str(port), "--ssl-certfile", certs["server"], "--ssl-keyfile", certs["server_key"],
+        "--ssl-ca-certs", certs["ca"], "--no-signature", "--log-level", "warning",
+    ]  # fmt: skip
+    proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    url = f"https://127.0.0.1:{port}/healthz"
+
+    def context(with_cert: bool) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=certs["ca"])
+        if with_cert:
+            ctx.load_cert_chain(certs["client"], certs["client_key"])
+        return ctx
+
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                resp = httpx.get(url, verify=context(True), timeout=2)
+                break
+            except (httpx.ConnectError, httpx.ReadError, httpx.RemoteProtocolError):
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.stdout else ""
+                time.sleep(0.2)
+        assert resp.status_code == 200
+        with pytest.raises(httpx.HTTPError):  # no client certificate: the TLS handshake is refused
+            httpx.get(url, verify=context(False), timeout=5).raise_for_status()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
