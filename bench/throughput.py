@@ -63,8 +63,19 @@ def bare_copy(source: Path, target: Path) -> float:
 
 
 def enrich(source: Path, target: Path, cache: Path, env: dict[str, str]) -> float:
-    cmd = [sys.executable, "-m", "mitre", "enrich", str(source), "-o", str(target), "--cache-dir", str(cache),
-           "--dead-letter", str(target.with_suffix(".dead.ndjson"))]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mitre",
+        "enrich",
+        str(source),
+        "-o",
+        str(target),
+        "--cache-dir",
+        str(cache),
+        "--dead-letter",
+        str(target.with_suffix(".dead.ndjson")),
+    ]
     t0 = time.perf_counter()
     result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True)
     elapsed = time.perf_counter() - t0
@@ -98,8 +109,10 @@ def main() -> None:
     print(f"start-up (empty input): {startup:.2f} s")
     for label, t in (("cold cache", cold), ("warm cache", warm)):
         steady = max(t - startup, 1e-9)
-        print(f"enrich, {label}: {t:.2f} s wall ({n / t:,.0f} alerts/s); excluding start-up {n / steady:,.0f} alerts/s;"
-              f" {steady / floor:.1f}x the bare read+write")
+        print(
+            f"enrich, {label}: {t:.2f} s wall ({n / t:,.0f} alerts/s); excluding start-up {n / steady:,.0f} alerts/s;"
+            f" {steady / floor:.1f}x the bare read+write"
+        )
 
 
 if __name__ == "__main__":
