@@ -20,9 +20,7 @@ from mitre.io import es_node
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["start", "stop", "url"])
     parser.add_argument("--dir", type=Path, default=es_node.DEFAULT_DIR, help="work folder (default .es)")
     parser.add_argument("--port", type=int, default=es_node.DEFAULT_PORT, help="HTTP port (0: any free port)")
@@ -31,16 +29,12 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help=f"Elasticsearch version (default $ATTACKMAP_ES_VERSION or {es_node.DEFAULT_VERSION})",
     )
-    parser.add_argument(
-        "--timeout", type=float, default=240.0, help="seconds to wait for the node to be ready"
-    )
+    parser.add_argument("--timeout", type=float, default=240.0, help="seconds to wait for the node to be ready")
     args = parser.parse_args(argv)
 
     if args.command == "start":
         try:
-            info = es_node.start(
-                port=args.port or None, work_dir=args.dir, version=args.version, timeout=args.timeout
-            )
+            info = es_node.start(port=args.port or None, work_dir=args.dir, version=args.version, timeout=args.timeout)
         except es_node.NodeError as exc:
             print(f"es_node: {exc}", file=sys.stderr)
             return 1

