@@ -267,7 +267,12 @@ def main(argv: list[str] | None = None) -> None:
         announcer.cancel()
         log.info("stopped: %s", stats)
 
-    asyncio.run(run())
+    from prefect.exceptions import TerminationSignal
+
+    try:
+        asyncio.run(run())
+    except (TerminationSignal, KeyboardInterrupt):  # Prefect's SIGTERM handler inside the session flow run
+        log.info("stopped by signal")
 
 
 if __name__ == "__main__":
