@@ -132,3 +132,25 @@ def test_cli_attack_update_installs_the_active_catalog(tmp_path: Path, shared_da
     bad = tmp_path / "x.json"
     bad.write_text("{}")
     assert cli("attack", "update", "--from", str(bad), cwd=tmp_path).returncode == 2
+
+
+def _command_paths(group, prefix=()):
+    import typer.main
+
+    click_group = typer.main.get_command(group) if not hasattr(group, "commands") else group
+    for name, command in click_group.commands.items():
+        yield (*prefix, name)
+        if hasattr(command, "commands"):
+            yield from _command_paths(command, (*prefix, name))
+
+
+def test_every_command_has_working_help():
+    from typer.testing import CliRunner
+
+    from mitre.cli import app
+
+    paths = list(_command_paths(app))
+    assert ("enrich",) in paths and ("attack", "update") in paths and ("budget", "kill") in paths
+    for path in paths:
+        result = CliRunner().invoke(app, [*path, "--help"])
+        assert result.exit_code == 0, (path, result.output, result.exception)

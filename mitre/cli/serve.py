@@ -32,7 +32,7 @@ def serve(
     ] = False,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
 ) -> None:
-    """Receive alerts on POST /hooks[/WORKFLOW] and emit one Prefect event per alert.
+    """Receive alerts on POST /hooks or /hooks/WORKFLOW and emit one Prefect event per alert.
 
     The HMAC secret is read from the environment variable named by the workflow's
     trigger.webhook.secret_env (default ATTACKMAP_WEBHOOK_SECRET); it is never printed.
