@@ -18,6 +18,7 @@ import orjson
 from pydantic import Field
 from scipy import sparse
 from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.preprocessing import normalize
 
 from mitre.catalog import Catalog
 from mitre.features import extract_features
@@ -132,52 +133,92 @@ class Neighbour(Contract):
 
 
 class KnowledgeBase:
-    """TF-IDF (word uni+bigrams, sublinear tf) cosine nearest neighbours over labelled examples,
-    plus a one-vs-rest linear SVM over the same features (trained on first use)."""
+    """Nearest neighbours (TF-IDF cosine, word uni+bigrams, sublinear tf) over labelled examples, plus a
+    one-vs-rest linear classifier per technique and per tactic: ridge regression on ±1 targets over
+    word and character n-grams, solved in the dual (one Cholesky factorisation of the example Gram
+    matrix serves every label, so training is about a second instead of one SVM per label)."""
 
-    def __init__(self, examples: Sequence[Example], classifier_c: float = 0.5) -> None:
+    def __init__(self, examples: Sequence[Example], ridge_lambda: float = 0.3, char_ngrams: bool = True) -> None:
         if not examples:
             raise ValueError("knowledge base is empty")
         self.examples = list(examples)
         self._vectorizer = TfidfVectorizer(
             tokenizer=tokenize, lowercase=False, token_pattern=None, ngram_range=(1, 2), sublinear_tf=True, min_df=1
         )
-        self._matrix = self._vectorizer.fit_transform([e.text for e in self.examples])
-        self._classifier_c = classifier_c
-        self._classifier: Any = None
+        texts = [e.text for e in self.examples]
+        self._matrix = self._vectorizer.fit_transform(texts)
+        self._ridge_lambda = ridge_lambda
+        self._char_ngrams = char_ngrams
+        self._char_vectorizer: TfidfVectorizer | None = None
+        self._class_matrix: Any = None
+        self._factor: Any = None
         self._labels: list[str] = []
+        self._dual: Any = None
+        self._tactic_labels: list[str] = []
+        self._tactic_dual: Any = None
+
+    def _features(self, texts: Sequence[str], fit: bool = False) -> Any:
+        """Classifier features: word TF-IDF, plus character 3–4-grams (within word boundaries; those in over 20% of
+        examples dropped, which keeps the Gram matrix cheap) when enabled,
+        each block L2-normalised and the rows renormalised."""
+        word = self._matrix if fit else self._vectorizer.transform(texts)
+        if not self._char_ngrams:
+            return word
+        if fit:
+            large = len(texts) >= 100  # document-frequency cut-offs only make sense on a real corpus
+            self._char_vectorizer = TfidfVectorizer(
+                analyzer="char_wb",
+                ngram_range=(3, 4),
+                sublinear_tf=True,
+                min_df=2 if large else 1,
+                max_df=0.2 if large else 1.0,
+                max_features=200_000,
+            )
+            char = self._char_vectorizer.fit_transform(texts)
+        else:
+            assert self._char_vectorizer is not None
+            char = self._char_vectorizer.transform(texts)
+        return normalize(sparse.hstack([word, char]).tocsr())
+
+    def _solve(self, label_sets: Sequence[Sequence[str]]) -> tuple[list[str], np.ndarray]:
+        """Dual ridge coefficients (examples × labels) for ±1 targets, one column per label."""
+        from scipy.linalg import cho_factor, cho_solve
+
+        if self._factor is None:
+            self._class_matrix = self._features([e.text for e in self.examples], fit=True)
+            gram = (self._class_matrix @ self._class_matrix.T).toarray()
+            gram[np.diag_indices_from(gram)] += self._ridge_lambda
+            self._factor = cho_factor(gram, overwrite_a=True, check_finite=False)
+        labels = sorted({t for ls in label_sets for t in ls})
+        index = {t: i for i, t in enumerate(labels)}
+        y = -np.ones((len(label_sets), len(labels)))
+        for row, ls in enumerate(label_sets):
+            for t in ls:
+                y[row, index[t]] = 1.0
+        return labels, cho_solve(self._factor, y, check_finite=False)
+
+    def _scores(self, texts: Sequence[str], dual: np.ndarray) -> np.ndarray:
+        kernel = self._features(texts) @ self._class_matrix.T
+        return np.asarray(kernel @ dual)
 
     def _train(self) -> None:
-        from sklearn.svm import LinearSVC
+        self._labels, self._dual = self._solve([e.techniques for e in self.examples])
 
-        labels = sorted({t for e in self.examples for t in e.techniques})
-        self._labels = labels
-        index = {t: i for i, t in enumerate(labels)}
-        y = np.zeros((len(self.examples), len(labels)), dtype=np.int8)
-        for row, e in enumerate(self.examples):
-            for t in e.techniques:
-                y[row, index[t]] = 1
-        # One binary SVM per label, weights stacked so scoring is one sparse product.
-        rows = []
-        intercept = np.full(len(labels), -1.0)
-        for j in range(len(labels)):
-            col = y[:, j]
-            if col.all() or not col.any():
-                rows.append(sparse.csr_matrix((1, self._matrix.shape[1]), dtype=np.float32))
-                continue
-            svm = LinearSVC(C=self._classifier_c).fit(self._matrix, col)
-            w = svm.coef_[0].astype(np.float32)
-            w[np.abs(w) < 1e-4] = 0.0  # w is a sum of support vectors: mostly zeros, keep it sparse
-            rows.append(sparse.csr_matrix(w))
-            intercept[j] = svm.intercept_[0]
-        self._classifier = (sparse.vstack(rows).T.tocsr(), intercept)
+    def classify_tactics_many(self, texts: Sequence[str]) -> list[dict[str, float]]:
+        """Score per tactic (above 0 = predicted). Examples without tactics count as negatives for
+        every tactic, so only knowledge bases whose examples carry tactics should be asked."""
+        if self._tactic_dual is None:
+            self._tactic_labels, self._tactic_dual = self._solve([e.tactics for e in self.examples])
+        if not self._tactic_labels:
+            return [{} for _ in texts]
+        scores = self._scores(texts, self._tactic_dual)
+        return [{t: float(row[j]) for j, t in enumerate(self._tactic_labels)} for row in scores]
 
     def classify_many(self, texts: Sequence[str], k: int = 5) -> list[list[tuple[str, float]]]:
-        """Top-k (technique, SVM margin) per text; a margin above 0 means the label is predicted."""
-        if self._classifier is None:
+        """Top-k (technique, classifier score) per text; a score above 0 means the label is predicted."""
+        if self._dual is None:
             self._train()
-        coef_t, intercept = self._classifier
-        scores = np.asarray((self._vectorizer.transform(texts) @ coef_t).todense()) + intercept
+        scores = self._scores(texts, self._dual)
         out = []
         for row in scores:
             top = np.argsort(-row)[:k]
