@@ -204,6 +204,15 @@ class KnowledgeBase:
     def _train(self) -> None:
         self._labels, self._dual = self._solve([e.techniques for e in self.examples])
 
+    def warm(self) -> None:
+        """Train both classifiers now (not on the first alert) and drop the factorisation they needed,
+        so the knowledge base can be stored compactly and reloaded ready to use."""
+        if self._dual is None:
+            self._train()
+        if self._tactic_dual is None:
+            self._tactic_labels, self._tactic_dual = self._solve([e.tactics for e in self.examples])
+        self._factor = None
+
     def classify_tactics_many(self, texts: Sequence[str]) -> list[dict[str, float]]:
         """Score per tactic (above 0 = predicted). Examples without tactics count as negatives for
         every tactic, so only knowledge bases whose examples carry tactics should be asked."""

@@ -7,6 +7,8 @@ Every input ends as exactly one Outcome: enriched, skipped (with a reason) or de
 from __future__ import annotations
 
 import hashlib
+import os
+import pickle
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -307,17 +309,57 @@ def resolve_catalog(config: WorkflowsFile, env: Environment, override: Path | No
     return load_catalog(path, config.catalog.crosswalks)
 
 
-def load_knowledge(paths: Iterable[Path], catalog: Catalog) -> tuple[KnowledgeBase | None, str, list[str]]:
-    """(knowledge base or None, content fingerprint, warnings)."""
+KNOWLEDGE_STORE_FORMAT = 1
+
+
+def load_knowledge(
+    paths: Iterable[Path], catalog: Catalog, store: Path | None = None
+) -> tuple[KnowledgeBase | None, str, list[str]]:
+    """(knowledge base or None, content fingerprint, warnings).
+
+    Building the vectorisers and classifiers over a few thousand rules takes seconds, so a trained
+    knowledge base is pickled under `store` (a directory the user owns), keyed by the files, the
+    catalog and the code version, and reloaded by later runs; only the newest one is kept.
+    """
     present = [p for p in paths if p.is_file()]
     warnings = [f"knowledge base {p} not found: mapping without it" for p in paths if not p.is_file()]
     if not present:
         return None, "", warnings
+    stats = sorted((str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in present)
+    fingerprint = hashlib.sha256(orjson.dumps(stats)).hexdigest()[:16]
+    key = hashlib.sha256(
+        orjson.dumps([fingerprint, catalog.fingerprint, KNOWLEDGE_STORE_FORMAT, _code_version()])
+    ).hexdigest()[:24]
+    stored = store / f"kb-{key}.pickle" if store is not None else None
+    if stored is not None and stored.is_file():
+        try:
+            with stored.open("rb") as handle:
+                knowledge, kept_warnings = pickle.load(handle)
+            return knowledge, fingerprint, warnings + kept_warnings
+        except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError):
+            stored.unlink(missing_ok=True)  # unreadable or from other code: rebuild below
     examples, report = load_examples(present, catalog)
-    if report.unmapped:
-        warnings.append(f"knowledge base labels not in ATT&CK {catalog.version}: {_short(report)}")
-    fingerprint = orjson.dumps(sorted((str(p), p.stat().st_size, int(p.stat().st_mtime)) for p in present))
-    return (KnowledgeBase(examples) if examples else None), hashlib.sha256(fingerprint).hexdigest()[:16], warnings
+    label_warnings = (
+        [f"knowledge base labels not in ATT&CK {catalog.version}: {_short(report)}"] if report.unmapped else []
+    )
+    knowledge = KnowledgeBase(examples) if examples else None
+    if knowledge is not None and stored is not None:
+        knowledge.warm()
+        stored.parent.mkdir(parents=True, exist_ok=True)
+        staging = stored.with_suffix(f".{os.getpid()}.tmp")
+        with staging.open("wb") as handle:
+            pickle.dump((knowledge, label_warnings), handle, protocol=pickle.HIGHEST_PROTOCOL)
+        staging.replace(stored)
+        for old in stored.parent.glob("kb-*.pickle"):
+            if old != stored:
+                old.unlink(missing_ok=True)
+    return knowledge, fingerprint, warnings + label_warnings
+
+
+def _code_version() -> str:
+    """Changes whenever the knowledge-base code changes, so stored objects never outlive their class."""
+    source = Path(__file__).with_name("knowledge.py").read_bytes() + Path(__file__).with_name("text.py").read_bytes()
+    return hashlib.sha256(source).hexdigest()[:16]
 
 
 def _short(report: LabelReport) -> str:
@@ -344,7 +386,7 @@ def build_engine(
         if options.knowledge_base is not None
         else tuple(settings.knowledge_base) + ((env.knowledge_base,) if env.knowledge_base else ())
     )
-    knowledge, kb_fingerprint, warnings = load_knowledge(kb_paths, catalog)
+    knowledge, kb_fingerprint, warnings = load_knowledge(kb_paths, catalog, env.home / "knowledge")
     local = LocalMapper(catalog, indicators, settings, knowledge=knowledge, knowledge_fingerprint=kb_fingerprint)
     registry = registry or default_registry()
     mapper: Mapper = (
