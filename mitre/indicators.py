@@ -102,26 +102,28 @@ class IndicatorSet:
 
     def evaluate(self, features: AlertFeatures) -> tuple[IndicatorHit, ...]:
         fields = features.fields
-        per_field = {name: self._field_matches(name, fields[name]) for name in self._by_field if name in fields}
+        fired: dict[int, dict[str, tuple[str, tuple[str, ...]]]] = {}
+        for name, value in fields.items():
+            if name in self._by_field:
+                for index, match in self._field_matches(name, value).items():
+                    fired.setdefault(index, {})[name] = match
         hits = []
-        for index, compiled in enumerate(self._compiled):
-            for name in compiled.spec.fields:
-                match = per_field.get(name, {}).get(index)
-                if match is None:
-                    continue
-                if not compiled.required_ok(fields):
-                    break
-                text, techniques = match
-                hits.append(
-                    IndicatorHit(
-                        indicator_id=compiled.spec.id,
-                        techniques=self._active[techniques],
-                        field=name,
-                        matched=text[:MATCH_SNIPPET_CHARS],
-                        confidence=compiled.spec.confidence,
-                    )
+        for index in sorted(fired):  # catalog order, as written in the YAML
+            compiled = self._compiled[index]
+            if not compiled.required_ok(fields):
+                continue
+            by_field = fired[index]
+            name = next(n for n in compiled.spec.fields if n in by_field)  # the first field the spec lists
+            text, techniques = by_field[name]
+            hits.append(
+                IndicatorHit(
+                    indicator_id=compiled.spec.id,
+                    techniques=self._active[techniques],
+                    field=name,
+                    matched=text[:MATCH_SNIPPET_CHARS],
+                    confidence=compiled.spec.confidence,
                 )
-                break
+            )
         return tuple(hits)
 
 

@@ -156,6 +156,7 @@ class KnowledgeBase:
         self._dual: Any = None
         self._tactic_labels: list[str] = []
         self._tactic_dual: Any = None
+        self._last_kernel: tuple[tuple[str, ...], Any] | None = None
 
     def _features(self, texts: Sequence[str], fit: bool = False) -> Any:
         """Classifier features: word TF-IDF, plus character 3–4-grams (within word boundaries; those in over 20% of
@@ -198,8 +199,12 @@ class KnowledgeBase:
         return labels, cho_solve(self._factor, y, check_finite=False)
 
     def _scores(self, texts: Sequence[str], dual: np.ndarray) -> np.ndarray:
-        kernel = self._features(texts) @ self._class_matrix.T
-        return np.asarray(kernel @ dual)
+        # The technique and tactic classifiers score the same batch: featurise it once (the
+        # character n-gram transform is the costliest step of mapping an unseen alert).
+        key = tuple(texts)
+        if self._last_kernel is None or self._last_kernel[0] != key:
+            self._last_kernel = (key, self._features(texts) @ self._class_matrix.T)
+        return np.asarray(self._last_kernel[1] @ dual)
 
     def _train(self) -> None:
         self._labels, self._dual = self._solve([e.techniques for e in self.examples])
@@ -212,6 +217,7 @@ class KnowledgeBase:
         if self._tactic_dual is None:
             self._tactic_labels, self._tactic_dual = self._solve([e.tactics for e in self.examples])
         self._factor = None
+        self._last_kernel = None
 
     def classify_tactics_many(self, texts: Sequence[str]) -> list[dict[str, float]]:
         """Score per tactic (above 0 = predicted). Examples without tactics count as negatives for
