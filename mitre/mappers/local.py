@@ -27,16 +27,6 @@ from mitre.retrieval import CatalogRetriever
 from mitre.text import alert_text
 
 MAPPER_NAME = "local"
-COMBINER_FEATURES = (
-    "noisy_or",  # the noisy-or of all evidence below
-    "indicator",  # best indicator confidence
-    "knn",  # share of the neighbour vote × reliability of the nearest neighbour
-    "svm_margin",  # linear-classifier margin (-1.5 when not in its top-k)
-    "svm_top1",  # 1 when the classifier ranks it first
-    "lexical",  # BM25 score relative to the best, divided by (1 + rank)
-    "tactic",  # best tactic-classifier margin among the technique's own tactics (-1.5 without one)
-    "via_child",  # 1 when its only evidence is a sub-technique's
-)
 
 
 @dataclass(frozen=True)
@@ -58,17 +48,8 @@ class LocalWeights:
     abstain_below: float = 0.4  # with no indicator evidence, a top confidence below this maps nothing
     # Tactic classifier over the knowledge base (a 14-class problem, far more stable than technique IDs):
     tactic_classifier: bool = True
-    tactic_weight: float = (
-        0.0  # (measured: no gain) how much a candidate's confidence depends on its tactics being predicted
-    )
-    tactic_scale: float = 2.0
-    tactic_shift: float = 0.5
     tactic_keep_margin: float = -0.6  # a technique's own tactics with a margin at or above this are reported
     tactic_only_margin: float = -0.2  # when nothing is mapped, the best tactic at or above this is reported
-    # Learned combiner: logistic-regression coefficients over COMBINER_FEATURES (intercept last), fitted on
-    # cross-validated Sigma + Atomic Red Team predictions; empty = the noisy-or confidence alone. Measured:
-    # top-1 +0.007 only, and its calibrated probabilities abstain far more under the 0.3 floor, so off.
-    combiner: tuple[float, ...] = ()
 
 
 class LocalMapper:
@@ -143,14 +124,10 @@ class LocalMapper:
         misses: dict[str, float] = defaultdict(lambda: 1.0)  # product of (1 - p) per technique
         evidence: dict[str, list[Evidence]] = defaultdict(list)
         tactic_votes: dict[str, float] = defaultdict(float)
-        feats: dict[str, dict[str, float]] = defaultdict(dict)
 
         def add(tid: str, p: float, ev: Evidence) -> None:
             misses[tid] *= 1.0 - min(max(p, 0.0), 0.999)
             evidence[tid].append(ev)
-
-        def feat(tid: str, name: str, value: float) -> None:
-            feats[tid][name] = max(feats[tid].get(name, value), value)
 
         for hit in hits:
             for tid in hit.techniques:
@@ -164,7 +141,6 @@ class LocalMapper:
                         score=hit.confidence,
                     ),
                 )
-                feat(tid, "indicator", hit.confidence)
 
         if neighbours:
             total = sum(n.similarity for n in neighbours)
@@ -189,7 +165,6 @@ class LocalMapper:
                         score=round(share * reliability, 4),
                     ),
                 )
-                feat(tid, "knn", share * reliability)
 
         for rank, (tid, margin) in enumerate(classified):
             p = w.classifier_weight / (1.0 + math.exp(-w.classifier_scale * (margin + w.classifier_shift)))
@@ -202,8 +177,6 @@ class LocalMapper:
                     score=round(p, 4),
                 ),
             )
-            feat(tid, "svm_margin", margin)
-            feat(tid, "svm_top1", 1.0 if rank == 0 else 0.0)
 
         lexical = self.retriever.search(text, w.lexical_top)
         if lexical:
@@ -216,7 +189,6 @@ class LocalMapper:
                     p,
                     Evidence(source="lexical", detail=f"BM25 rank {rank + 1} over catalog text", score=round(score, 3)),
                 )
-                feat(tid, "lexical", rel / (1 + rank))
 
         # A sub-technique's evidence also supports its parent (for parent-level fallbacks).
         for tid in list(misses):
@@ -224,26 +196,16 @@ class LocalMapper:
             if tech is not None and tech.parent:
                 misses[tech.parent] *= 1.0 - (1.0 - misses[tid]) * w.parent_share
 
-        tactic_p = {
-            t: 1.0 / (1.0 + math.exp(-w.tactic_scale * (m + w.tactic_shift))) for t, m in (tactic_scores or {}).items()
-        }
         scored = []
         for tid, miss in misses.items():
             if tid not in self.catalog.techniques:
                 continue
-            confidence = 1.0 - miss
-            ev = tuple(evidence.get(tid, ()))
-            if w.combiner:
-                confidence = self._combine(tid, confidence, feats.get(tid, {}), tactic_scores)
-            if tactic_p and w.tactic_weight > 0 and not any(e.source == "indicator" for e in ev):
-                agree = max((tactic_p.get(t.id, 0.0) for t in self.catalog.tactics_of(tid)), default=0.0)
-                confidence *= 1.0 - w.tactic_weight + w.tactic_weight * agree
             scored.append(
                 TechniqueScore(
                     technique_id=tid,
-                    confidence=round(confidence, 4),
+                    confidence=round(1.0 - miss, 4),
                     tactic_ids=self._tactics(tid, tactic_votes, tactic_scores),
-                    evidence=ev,
+                    evidence=tuple(evidence.get(tid, ())),
                 )
             )
         scored.sort(key=lambda s: (-s.confidence, s.technique_id))
@@ -260,29 +222,6 @@ class LocalMapper:
         return MappingResult(
             mapper=MAPPER_NAME, techniques=tuple(chosen), tactic_ids=tactic_only, candidates=tuple(scored[:10])
         )
-
-    def combiner_features(
-        self, tid: str, noisy_or: float, feats: Mapping[str, float], tactic_scores: Mapping[str, float] | None
-    ) -> list[float]:
-        own = [tactic_scores[t.id] for t in self.catalog.tactics_of(tid) if tactic_scores and t.id in tactic_scores]
-        return [
-            noisy_or,
-            feats.get("indicator", 0.0),
-            feats.get("knn", 0.0),
-            feats.get("svm_margin", -1.5),
-            feats.get("svm_top1", 0.0),
-            feats.get("lexical", 0.0),
-            max(own, default=-1.5),
-            0.0 if feats else 1.0,
-        ]
-
-    def _combine(
-        self, tid: str, noisy_or: float, feats: Mapping[str, float], tactic_scores: Mapping[str, float] | None
-    ) -> float:
-        coef = self.weights.combiner
-        x = self.combiner_features(tid, noisy_or, feats, tactic_scores)
-        z = coef[-1] + sum(c * v for c, v in zip(coef, x, strict=False))
-        return 1.0 / (1.0 + math.exp(-max(min(z, 30.0), -30.0)))
 
     def _choose(self, scored: list[TechniqueScore]) -> list[TechniqueScore]:
         """Indicator-backed techniques first (they are precise), then the best of the rest: above the
