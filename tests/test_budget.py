@@ -21,7 +21,7 @@ from mitre.mappers.budgeted import BudgetedMapper
 from mitre.mappers.local import LocalMapper
 from mitre.models import AlertFeatures, Decision, DecisionKind, Usage
 from mitre.pipeline import Engine
-from mitre.prompting import TOOL_NAME
+from tests.llm_payloads import answer, anthropic_message
 
 T0 = datetime(2026, 3, 14, 10, 0, tzinfo=UTC).timestamp()
 URL = "https://api.anthropic.com/v1/messages"
@@ -36,38 +36,12 @@ class Clock:
 
 
 def message(input_tokens: int = 1000, output_tokens: int = 100) -> dict:
-    return {
-        "id": "msg_01",
-        "type": "message",
-        "role": "assistant",
-        "model": "claude-haiku-4-5-20251001",
-        "content": [
-            {
-                "type": "tool_use",
-                "id": "toolu_01",
-                "name": TOOL_NAME,
-                "input": {
-                    "techniques": [
-                        {
-                            "technique_id": "T1059.001",
-                            "tactic": "TA0002",
-                            "confidence": 0.9,
-                            "rationale": "process.command_line runs powershell",
-                            "fields_used": ["process.command_line"],
-                        }
-                    ]
-                },
-            }
-        ],
-        "stop_reason": "tool_use",
-        "stop_sequence": None,
-        "usage": {
-            "input_tokens": input_tokens,
-            "cache_creation_input_tokens": 0,
-            "cache_read_input_tokens": 0,
-            "output_tokens": output_tokens,
-        },
-    }
+    return anthropic_message(
+        answer(("T1059.001", "TA0002", 0.9)),
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        cache_read_input_tokens=0,
+    )
 
 
 def test_prices_from_the_table():

@@ -18,36 +18,12 @@ from mitre.mappers.llm import Resilience
 from mitre.mappers.local import LocalMapper
 from mitre.models import OutcomeStatus
 from mitre.pipeline import Engine
-from mitre.prompting import TOOL_NAME
+from tests.llm_payloads import answer, anthropic_message
 
 URL = "https://api.anthropic.com/v1/messages"
-MESSAGE = {
-    "id": "msg_01",
-    "type": "message",
-    "role": "assistant",
-    "model": "claude-haiku-4-5-20251001",
-    "content": [
-        {
-            "type": "tool_use",
-            "id": "toolu_01",
-            "name": TOOL_NAME,
-            "input": {
-                "techniques": [
-                    {
-                        "technique_id": "T1003.001",
-                        "tactic": "TA0006",
-                        "confidence": 0.9,
-                        "rationale": "process.command_line runs comsvcs.dll MiniDump on lsass",
-                        "fields_used": ["process.command_line"],
-                    }
-                ]
-            },
-        }
-    ],
-    "stop_reason": "tool_use",
-    "stop_sequence": None,
-    "usage": {"input_tokens": 900, "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0, "output_tokens": 80},
-}
+MESSAGE = anthropic_message(
+    answer(("T1003.001", "TA0006", 0.9)), input_tokens=900, output_tokens=80, cache_read_input_tokens=0
+)
 
 
 def alert(i: int) -> dict:
