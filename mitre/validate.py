@@ -8,25 +8,29 @@ from mitre.catalog import Catalog
 from mitre.models import IssueSeverity, MappingResult, TechniqueScore, ValidatedMapping, ValidationIssue
 
 
+def _issue(severity: IssueSeverity, code: str, message: str, technique_id: str | None = None) -> ValidationIssue:
+    return ValidationIssue(severity=severity, code=code, message=message, technique_id=technique_id)
+
+
 def _fix_technique(score: TechniqueScore, catalog: Catalog, issues: list[ValidationIssue]) -> TechniqueScore | None:
     resolved = catalog.resolve(score.technique_id)
     if resolved.active_id is None:
         issues.append(
-            ValidationIssue(
-                severity=IssueSeverity.ERROR,
-                code="unknown_technique",
-                message=f"{score.technique_id} is not a technique of ATT&CK {catalog.version}; dropped",
-                technique_id=score.technique_id,
+            _issue(
+                IssueSeverity.ERROR,
+                "unknown_technique",
+                f"{score.technique_id} is not a technique of ATT&CK {catalog.version}; dropped",
+                score.technique_id,
             )
         )
         return None
     if resolved.how != "active":
         issues.append(
-            ValidationIssue(
-                severity=IssueSeverity.WARNING,
-                code=f"redirected_{resolved.how}",
-                message=f"{score.technique_id} → {resolved.active_id} ({resolved.how})",
-                technique_id=score.technique_id,
+            _issue(
+                IssueSeverity.WARNING,
+                f"redirected_{resolved.how}",
+                f"{score.technique_id} → {resolved.active_id} ({resolved.how})",
+                score.technique_id,
             )
         )
     own = {t.id for t in catalog.tactics_of(resolved.active_id)}
@@ -35,11 +39,11 @@ def _fix_technique(score: TechniqueScore, catalog: Catalog, issues: list[Validat
         tactic = catalog.tactic(key)
         if tactic is None or tactic.id not in own:
             issues.append(
-                ValidationIssue(
-                    severity=IssueSeverity.WARNING,
-                    code="tactic_not_of_technique",
-                    message=f"tactic {key} does not belong to {resolved.active_id}; dropped",
-                    technique_id=resolved.active_id,
+                _issue(
+                    IssueSeverity.WARNING,
+                    "tactic_not_of_technique",
+                    f"tactic {key} does not belong to {resolved.active_id}; dropped",
+                    resolved.active_id,
                 )
             )
         else:
@@ -58,11 +62,11 @@ def _dedupe(scores: list[TechniqueScore], catalog: Catalog, issues: list[Validat
             best[s.technique_id] = s
             continue
         issues.append(
-            ValidationIssue(
-                severity=IssueSeverity.INFO,
-                code="duplicate",
-                message=f"{s.technique_id} listed twice; kept the higher confidence",
-                technique_id=s.technique_id,
+            _issue(
+                IssueSeverity.INFO,
+                "duplicate",
+                f"{s.technique_id} listed twice; kept the higher confidence",
+                s.technique_id,
             )
         )
         if s.confidence > kept.confidence:
@@ -73,11 +77,11 @@ def _dedupe(scores: list[TechniqueScore], catalog: Catalog, issues: list[Validat
     for s in chosen:
         if s.technique_id in children_parents:
             issues.append(
-                ValidationIssue(
-                    severity=IssueSeverity.INFO,
-                    code="parent_of_chosen_child",
-                    message=f"{s.technique_id} dropped: a sub-technique of it is mapped",
-                    technique_id=s.technique_id,
+                _issue(
+                    IssueSeverity.INFO,
+                    "parent_of_chosen_child",
+                    f"{s.technique_id} dropped: a sub-technique of it is mapped",
+                    s.technique_id,
                 )
             )
             continue
@@ -96,10 +100,8 @@ def validate_mapping(result: MappingResult, catalog: Catalog) -> ValidatedMappin
         tactic = catalog.tactic(key)
         if tactic is None:
             issues.append(
-                ValidationIssue(
-                    severity=IssueSeverity.ERROR,
-                    code="unknown_tactic",
-                    message=f"{key} is not a tactic of ATT&CK {catalog.version}; dropped",
+                _issue(
+                    IssueSeverity.ERROR, "unknown_tactic", f"{key} is not a tactic of ATT&CK {catalog.version}; dropped"
                 )
             )
         else:
