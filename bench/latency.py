@@ -1,13 +1,16 @@
 #!/usr/bin/env python3
 """Latency: event emitted (or webhook received) → alert updated in ES, p50/p95, cold and warm cache.
 
-    python bench/latency.py [--events 50] [--paths worker,webhook,durable] [--es-url URL] [--prefect-api-url URL]
+    python bench/latency.py [--events 50] [--paths worker,webhook,durable,durable-warm] [--es-url URL]
+                            [--prefect-api-url URL]
 
 Paths (local mapper, real ES, real Prefect server):
 - ``worker``: ``POST /api/events`` → event stream → `flows.worker` (async flow in-process) → ES;
 - ``webhook``: signed ``POST /hooks`` to `attackmap serve` → ``/api/events`` → worker → ES;
 - ``durable``: ``POST /api/events`` → DeploymentEventTrigger → served deployment (`flows.deploy`,
-  ``query_seconds=1``) → a flow-run process → ES.
+  ``query_seconds=1``) → a flow-run process → ES;
+- ``durable-warm``: the same deployment and trigger, run by the warm executor (`flows.deploy --in-process`,
+  polling every 0.5 s) in its own process, on an engine built before the first run.
 Each path runs ``--events`` alerts one after another: *cold* (a unique cache key each: the mapper runs)
 then *warm* (the same features again: cache hits).  The clock stops when a realtime GET shows the
 provenance hash.  Without ``--prefect-api-url`` a fresh Prefect server is started (no leftover triggers);
@@ -47,7 +50,8 @@ from _flows_common import (
 )
 
 SECRET = "bench-secret-0123456789abcdef"
-TARGETS = {"worker": (0.3, 1.0), "webhook": (0.3, 1.0), "durable": (3.0, None)}
+TARGETS = {"worker": (0.3, 1.0), "webhook": (0.3, 1.0), "durable": (3.0, None), "durable-warm": (3.0, None)}
+DURABLE = {"durable": ("d", ["--limit", "4"]), "durable-warm": ("dw", ["--limit", "4", "--in-process"])}  # salt, args
 
 
 def run_events(s: Setup, send: Any, n: int, salt: str, *, unique: bool, gap: float) -> list[float]:
@@ -200,20 +204,21 @@ def main() -> int:
                 if serve is not None:
                     stop(serve)
                 stop(worker)
-        if "durable" in paths:
+        for path in [p for p in DURABLE if p in paths]:
             from datetime import UTC, datetime
 
-            log = s.tmp / "deploy.log"
-            runner = spawn(["-m", "flows.deploy", "--limit", "4"], s.env(), log)
+            salt, deploy_args = DURABLE[path]
+            log = s.tmp / f"{path}.log"
+            runner = spawn(["-m", "flows.deploy", *deploy_args], s.env(), log)
             try:
                 wait_for_text(log, "being served", runner)
                 time.sleep(2.0)  # let the triggers service load the new automation
                 n = args.durable_events or args.events
                 for phase, unique in (("cold", True), ("warm", False)):
                     since = datetime.now(UTC).isoformat()
-                    lat = run_events(s, emitter(api_url), n, f"d{phase}", unique=unique, gap=args.gap)
-                    results[f"durable/{phase}"] = summary(lat) | durable_breakdown(api_url, since)
-                    print(f"durable/{phase}: {results[f'durable/{phase}']}", flush=True)
+                    lat = run_events(s, emitter(api_url), n, f"{salt}{phase}", unique=unique, gap=args.gap)
+                    results[f"{path}/{phase}"] = summary(lat) | durable_breakdown(api_url, since)
+                    print(f"{path}/{phase}: {results[f'{path}/{phase}']}", flush=True)
             finally:
                 stop(runner)
     ok = True

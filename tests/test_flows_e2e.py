@@ -2,7 +2,8 @@
 
 - the batch flow, the poller (idempotent event ids, checkpoint) and the backfill (resume) write ECS
   ``threat.*`` and the ``attackmap`` provenance into the alert documents;
-- the durable path: a served deployment with a DeploymentEventTrigger, fed by a posted event;
+- the durable path: a served deployment with a DeploymentEventTrigger, fed by a posted event; also with the
+  warm executor (`flows.deploy --in-process`), including runs queued while it was down;
 - the low-latency path: a signed webhook → Prefect event → the worker subscribed to the event stream;
   forged, stale, replayed and oversized webhook requests are rejected and emit nothing;
 - `attackmap workflows deploy` creates (and re-applies) the deployment and its trigger.
@@ -281,6 +282,61 @@ def test_event_trigger_runs_the_served_deployment(
             assert doc["_version"] == 2
     finally:
         stop(proc)
+        delete_deployment(prefect_api_url, "enrich-alerts/e2e")
+
+
+def test_warm_executor_runs_queued_and_new_trigger_runs_in_process(
+    prefect_api_url: str, es_client: Any, es_index: str, child_env: dict[str, str], wf_file: Path, tmp_path: Path
+) -> None:
+    from typer.testing import CliRunner
+
+    from mitre.cli import app
+    from mitre.webhook import AlertRef, alert_event, post_events
+
+    api = httpx.Client(base_url=prefect_api_url, timeout=10)
+
+    def runs(deployment_id: str) -> list[dict[str, Any]]:
+        body = {"deployments": {"id": {"any_": [deployment_id]}}}
+        return list(api.post("/flow_runs/filter", json=body).json())
+
+    def send(ids: list[str]) -> None:
+        events = [alert_event("security.alert.high-risk", AlertRef(es_index, i, "default")) for i in ids]
+        post_events(prefect_api_url, events)
+
+    queued = index_alerts(es_client, es_index, [make_alert(i) for i in range(2)])
+    live = index_alerts(es_client, es_index, [make_alert(i) for i in range(10, 12)])
+    log = tmp_path / "executor.log"
+    proc = None
+    try:
+        # Deployed, but no executor up: the trigger's runs wait in Prefect.
+        deployed = CliRunner().invoke(app, ["workflows", "deploy", "--workflows", str(wf_file)])
+        assert deployed.exit_code == 0, deployed.output
+        deployment_id = api.get("/deployments/name/enrich-alerts/e2e").json()["id"]
+        time.sleep(2.0)  # let the triggers service load the new automation
+        send(queued)
+        wait_for(lambda: len(runs(deployment_id)) == 2, 60, "queued flow runs")
+        assert {r["state_type"] for r in runs(deployment_id)} == {"SCHEDULED"}
+
+        proc = start(["-m", "flows.deploy", "--workflows", str(wf_file), "--in-process"], child_env, log)
+        wait_for(lambda: "being served in-process" in log.read_text(errors="replace") or proc.poll() is not None, 90,
+                 "executor", log)  # fmt: skip
+        assert proc.poll() is None, log.read_text()
+        wait_enriched(es_client, es_index, queued, timeout=60)
+        send(live)
+        send(live)  # a retried delivery: same ids, no second run
+        wait_enriched(es_client, es_index, live, timeout=60)
+        wait_for(lambda: {r["state_type"] for r in runs(deployment_id)} == {"COMPLETED"}, 30, "runs completed", log)
+        done = runs(deployment_id)
+        assert len(done) == 4
+        text = log.read_text(errors="replace")
+        for run in done:  # executed by the executor process itself (its flow-run logs are in its output)
+            assert f"Beginning flow run '{run['name']}'" in text, text[-3000:]
+        for doc in es_client.mget(index=es_index, ids=queued + live)["docs"]:
+            assert_enriched(doc)
+            assert doc["_version"] == 2
+    finally:
+        if proc is not None:
+            stop(proc)
         delete_deployment(prefect_api_url, "enrich-alerts/e2e")
 
 

@@ -91,6 +91,9 @@ def deploy(
     workflows: WorkflowsOpt = None,
     serve: Annotated[bool, typer.Option("--serve", help="also serve the deployments here (blocks)")] = False,
     limit: Annotated[int, typer.Option(help="with --serve: concurrent flow runs at most")] = 4,
+    in_process: Annotated[
+        bool, typer.Option("--in-process", help="with --serve: run the flow runs in this process, on warm engines")
+    ] = False,
     work_pool: Annotated[
         str | None, typer.Option("--work-pool", help="deploy to this work pool (run by `prefect worker start`)")
     ] = None,
@@ -105,7 +108,7 @@ def deploy(
     deployments = build_deployments(config, poller=poller)
     if serve:
         err.print(f"serving {len(deployments)} deployment(s), limit {limit}")
-        serve_deployments(deployments, limit=limit)
+        serve_deployments(deployments, limit=limit, in_process=in_process)
         return
     ids = apply_deployments(deployments, work_pool=work_pool)
     # to remove them again: `attackmap workflows undeploy`
