@@ -30,6 +30,7 @@ import orjson
 HANDWRITTEN_DIR = Path(__file__).resolve().parent / "cases"
 SIGMA_RULE_URL = "https://github.com/SigmaHQ/sigma/blob/master/{path}"
 DATASET_KINDS = ("cases", "sigma", "atomic", "elastic", "rules")
+SPLITS = ("dev", "holdout")
 
 _TECHNIQUE_IN_TEXT = re.compile(r"(?<![A-Za-z0-9])T\d{4}(?:[._]?\d{3})?(?![0-9])", re.IGNORECASE)
 _OS_PLATFORMS = {"windows": "windows", "linux": "linux", "macos": "macos"}
@@ -471,6 +472,20 @@ LOADERS = {
     "elastic": load_elastic,
     "rules": load_rules,
 }
+
+
+def split_of(case: Case) -> str:
+    """`dev` or `holdout`, fixed by a hash of the case's group (its id when it has none): tuning looks
+    at dev only, holdout measures whether the tuning generalises, and near-duplicates never straddle."""
+    key = case.group or case.id
+    return SPLITS[hashlib.sha256(key.encode()).digest()[0] % len(SPLITS)]
+
+
+def select_split(cases: Iterable[Case], split: str | None) -> list[Case]:
+    """The cases of one split (all of them for None)."""
+    if split is not None and split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; known: {', '.join(SPLITS)}")
+    return [c for c in cases if split is None or split_of(c) == split]
 
 
 def load_dataset(spec: str) -> tuple[str, list[Case], LoadReport]:

@@ -6,8 +6,9 @@
   1.0; the predicted parent where a sub-technique was expected scores 0.75; predictions and
   expectations are matched one-to-one greedily by score; precision = credit / |predicted|,
   recall = credit / |expected|; F1 per case, averaged over cases (the headline figure);
-- abstention rate, invalid-ID rate, cost / latency per alert, cache hit rate, per-tactic F1,
-  most frequent confusions, and calibration bins (confidence vs precision).
+- abstention rate (overall, on positives, on hard negatives), invalid-ID rate, cost / latency per
+  alert, cache hit rate, per-tactic F1, most frequent confusions, and calibration bins (confidence
+  vs precision).
 """
 
 from __future__ import annotations
@@ -151,7 +152,7 @@ def score(truths: Sequence[Truth], predictions: Sequence[Prediction], top_confus
     h_credit = h_pred = h_true = 0.0
     confusions: Counter[tuple[str, str]] = Counter()
     calib: list[list[tuple[float, bool, bool]]] = [[] for _ in range(CALIBRATION_BINS)]
-    abstained = abstained_positive = 0
+    abstained = abstained_positive = abstained_negative = 0
     raw_ids = invalid = 0
     per_case = []
     for truth, pred in zip(truths, predictions, strict=True):
@@ -168,6 +169,8 @@ def score(truths: Sequence[Truth], predictions: Sequence[Prediction], top_confus
             abstained += 1
             if truth.techniques:
                 abstained_positive += 1
+            elif truth.hard_negative:
+                abstained_negative += 1
         raw_ids += len(pred.raw_ids)
         invalid += len(pred.invalid_ids)
         _, matched = hierarchical_match(list(pred.techniques), list(truth.techniques))
@@ -224,6 +227,10 @@ def score(truths: Sequence[Truth], predictions: Sequence[Prediction], top_confus
         "per_tactic": per_tactic,
         "abstention_rate": abstained / n if n else 0.0,
         "abstention_rate_on_positives": abstained_positive / max(1, sum(1 for t in truths if t.techniques)),
+        # Benign look-alikes left without a technique (1.0 when there are none to get wrong).
+        "hard_negative_abstention": (
+            abstained_negative / hard if (hard := sum(1 for t in truths if t.hard_negative)) else 1.0
+        ),
         "invalid_id_rate": invalid / raw_ids if raw_ids else 0.0,
         "invalid_ids": invalid,
         "predicted_per_case": h_pred / n if n else 0.0,
@@ -256,6 +263,7 @@ def headline(metrics: dict[str, Any]) -> dict[str, float]:
         "tactic_f1": metrics["tactic"]["micro"]["f1"],
         "tactic_macro_f1": metrics["tactic"]["macro"]["f1"],
         "abstention_rate": metrics["abstention_rate"],
+        "hard_negative_abstention": metrics["hard_negative_abstention"],
         "invalid_id_rate": metrics["invalid_id_rate"],
         "latency_mean_s": metrics["latency_s"]["mean"],
         "cost_per_alert_usd": metrics["cost_usd"]["per_alert"],

@@ -8,33 +8,41 @@ Two modes:
 
 Knowledge-base examples are built from cases with the same text function the mapper applies
 to alerts (`alert_text(extract_features(alert))`), so training and query text agree.
+
+What is scored: by default the product's output — each alert goes through the workflow's hybrid
+rule (`mitre.decision.decide`), a skipped tagged rule keeps its own tags, an extended or mapped
+alert gets the `threat.*` that `mitre.enrich.enrich_alert` writes, plus the rule's own tags, which
+the user sees on the alert anyway. The risk threshold and opt-outs are not applied: they choose
+which alerts are enriched at all, not how well. With `decision=None` every alert is mapped and
+only the mapper's own output is scored (to compare mappers independent of the rule's tags).
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from evals.datasets import Case, LoadReport, load_dataset
+from evals.datasets import Case, LoadReport, load_dataset, select_split
 from evals.grouping import GroupingSettings, fold_assignment, group_cases
 from evals.labels import LabelStats, normalise_cases
 from evals.metrics import Prediction, Truth, score
 from mitre.cache import MappingCache
 from mitre.cachekey import cache_key
 from mitre.catalog import Catalog
-from mitre.config import MapperSettings
-from mitre.decision import MODE_ALWAYS
+from mitre.config import DecisionSettings, MapperSettings, OptOuts
+from mitre.decision import MODE_ALWAYS, decide
+from mitre.enrich import build_threat, enrich_alert
 from mitre.features import extract_features
 from mitre.indicators import IndicatorSet
 from mitre.knowledge import Example, KnowledgeBase
 from mitre.mappers.base import Mapper
 from mitre.mappers.local import LocalMapper, LocalWeights
-from mitre.models import AlertFeatures, Decision, DecisionKind, MappingResult
+from mitre.models import AlertFeatures, Decision, DecisionKind, MappingResult, ValidatedMapping
 from mitre.retrieval import CatalogRetriever
 from mitre.text import alert_text
 from mitre.validate import validate_mapping
@@ -57,6 +65,7 @@ class Dataset:
     cases: list[Case]
     load: LoadReport
     labels: LabelStats
+    split: str | None = None
 
 
 @dataclass
@@ -74,10 +83,15 @@ class RunResult:
     kb_examples: int = 0
 
 
-def prepare(spec: str, catalog: Catalog) -> Dataset:
+def prepare(spec: str, catalog: Catalog, split: str | None = None) -> Dataset:
     kind, cases, load = load_dataset(spec)
-    normalised, stats = normalise_cases(cases, catalog)
-    return Dataset(spec=spec, kind=kind, cases=normalised, load=load, labels=stats)
+    normalised, stats = normalise_cases(select_split(cases, split), catalog)
+    return Dataset(spec=spec, kind=kind, cases=normalised, load=load, labels=stats, split=split)
+
+
+def scoring_decision(settings: DecisionSettings) -> DecisionSettings:
+    """The workflow's hybrid rule without the filters that choose which alerts are enriched at all."""
+    return settings.model_copy(update={"min_risk_score": 0.0, "opt_outs": OptOuts()})
 
 
 def case_features(case: Case) -> AlertFeatures:
@@ -113,11 +127,17 @@ def _cost(result: MappingResult) -> float | None:
 
 
 def to_prediction(
-    case: Case, result: MappingResult, catalog: Catalog, latency: float, cache_hit: bool = False
+    case: Case,
+    result: MappingResult,
+    mapping: ValidatedMapping,
+    catalog: Catalog,
+    latency: float,
+    cache_hit: bool = False,
 ) -> Prediction:
+    """The mapper's own output (`mapping` is `result` validated), with the raw IDs it returned."""
     raw = tuple(t.technique_id for t in result.techniques)
     invalid = tuple(t for t in raw if t not in catalog.techniques)
-    validated = validate_mapping(result, catalog).result
+    validated = mapping.result
     tactics = list(validated.tactic_ids)
     for t in validated.techniques:
         tactics.extend(t.tactic_ids)
@@ -139,6 +159,42 @@ def to_prediction(
     )
 
 
+def _threat_ids(threat: dict[str, Any]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Technique and tactic IDs of an ECS threat object; a parent listed for its sub-technique is implied."""
+    technique = threat.get("technique") or {}
+    subs = list((technique.get("subtechnique") or {}).get("id") or [])
+    parents = [t for t in technique.get("id") or [] if not any(s.startswith(t + ".") for s in subs)]
+    return tuple(subs + parents), tuple((threat.get("tactic") or {}).get("id") or [])
+
+
+def user_prediction(
+    base: Prediction,
+    case: Case,
+    features: AlertFeatures,
+    decision: Decision,
+    mapping: ValidatedMapping | None,
+    catalog: Catalog,
+) -> Prediction:
+    """What the user receives for this alert: the enriched `threat.*` (none when the alert was
+    skipped) plus the rule's own tags. Mapper confidences are kept; a rule tag counts as certain."""
+    refs = features.rule_threat + features.existing_threat
+    techniques = [r.technique_id for r in refs if r.technique_id]
+    tactics = [r.tactic_id for r in refs if r.tactic_id]
+    if mapping is not None:
+        enriched = enrich_alert(case.alert, features, decision, mapping, catalog, cache_hit=False, settings_hash="")
+        shown_t, shown_ta = _threat_ids(enriched["threat"])
+        techniques.extend(shown_t)
+        tactics.extend(shown_ta)
+    ids, tactic_ids = _threat_ids(build_threat(catalog, techniques, tactics))
+    return replace(
+        base,
+        techniques=ids,
+        tactics=tactic_ids,
+        confidences={t: base.confidences.get(t, 1.0) for t in ids},
+        evidence={**{t: ["rule tag"] for t in ids if t not in base.techniques}, **base.evidence},
+    )
+
+
 class Runner:
     def __init__(
         self,
@@ -149,7 +205,10 @@ class Runner:
         mapper_factory: MapperFactory | None = None,
         cache_dir: Path | None = None,
         progress: bool = True,
+        decision: DecisionSettings | None = None,
     ) -> None:
+        """`decision`: score the user's output under this hybrid rule (see `scoring_decision`);
+        None scores the mapper's own output on every alert."""
         self.catalog = catalog
         self.indicators = indicators
         self.settings = settings
@@ -157,6 +216,7 @@ class Runner:
         self.mapper_factory = mapper_factory
         self.cache_dir = cache_dir
         self.progress = progress
+        self.decision = decision
         self._retriever: CatalogRetriever | None = None
 
     @property
@@ -185,20 +245,47 @@ class Runner:
         tick: Callable[[int], None],
         cache: MappingCache | None,
     ) -> list[Prediction]:
-        decisions = [
-            Decision(kind=DecisionKind.MAP, reason=MODE_ALWAYS, detail="eval", indicators=self.indicators.evaluate(f))
-            for f in features
-        ]
-        out: list[Prediction] = []
+        decisions = [self._decide(f) for f in features]
+        todo = [i for i, d in enumerate(decisions) if d.kind is not DecisionKind.SKIP]
+        mapped = self._map_cases(
+            mapper, [cases[i] for i in todo], [features[i] for i in todo], [decisions[i] for i in todo], tick, cache
+        )
+        results: dict[int, tuple[Prediction, ValidatedMapping | None]] = dict(zip(todo, mapped, strict=True))
+        out = []
+        for i, (case, feat, decision) in enumerate(zip(cases, features, decisions, strict=True)):
+            base, mapping = results.get(i) or (Prediction(case_id=case.id, cost_usd=0.0), None)
+            if self.decision is None:
+                out.append(base)
+            else:
+                out.append(user_prediction(base, case, feat, decision, mapping, self.catalog))
+        tick(len(cases) - len(todo))
+        return out
+
+    def _decide(self, features: AlertFeatures) -> Decision:
+        hits = self.indicators.evaluate(features)
+        if self.decision is None:
+            return Decision(kind=DecisionKind.MAP, reason=MODE_ALWAYS, detail="eval", indicators=hits)
+        return decide(features, hits, self.decision, self.catalog)
+
+    def _map_cases(
+        self,
+        mapper: Mapper,
+        cases: Sequence[Case],
+        features: Sequence[AlertFeatures],
+        decisions: Sequence[Decision],
+        tick: Callable[[int], None],
+        cache: MappingCache | None,
+    ) -> list[tuple[Prediction, ValidatedMapping]]:
+        """The mapper's prediction and validated mapping for each alert it is asked about."""
+        out: list[tuple[Prediction, ValidatedMapping]] = []
         if isinstance(mapper, LocalMapper) and cache is None:
             for start in range(0, len(cases), BATCH):
                 t0 = time.perf_counter()
                 results = mapper.map_many(features[start : start + BATCH], decisions[start : start + BATCH])
                 per = (time.perf_counter() - t0) / max(1, len(results))
-                out.extend(
-                    to_prediction(c, r, self.catalog, per)
-                    for c, r in zip(cases[start : start + BATCH], results, strict=True)
-                )
+                for c, r in zip(cases[start : start + BATCH], results, strict=True):
+                    mapping = validate_mapping(r, self.catalog)
+                    out.append((to_prediction(c, r, mapping, self.catalog, per), mapping))
                 tick(len(results))
             return out
         settings_hash = mapper.settings_hash()
@@ -222,7 +309,8 @@ class Runner:
                 result, hit = cache.get_or_compute(key, compute)
             else:
                 result = mapper.map(feat, decision)
-            out.append(to_prediction(case, result, self.catalog, time.perf_counter() - t0, hit))
+            mapping = validate_mapping(result, self.catalog)
+            out.append((to_prediction(case, result, mapping, self.catalog, time.perf_counter() - t0, hit), mapping))
             tick(1)
         return out
 
@@ -296,6 +384,8 @@ class Runner:
                 "confidence_floor": self.settings.confidence_floor,
                 "weights": (self.weights or LocalWeights()).__dict__,
                 "seed": seed,
+                "scoring": "mapper" if self.decision is None else f"user output, decision mode {self.decision.mode}",
+                "split": dataset.split,
             },
             kb_examples=len(kb_examples) + (len(examples_from_cases(cases)) * (cv - 1) // cv if cv else 0),
         )

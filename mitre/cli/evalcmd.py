@@ -102,12 +102,24 @@ def eval_command(
     max_techniques: Annotated[int | None, typer.Option("--max-techniques")] = None,
     confidence_floor: Annotated[float | None, typer.Option("--confidence-floor")] = None,
     seed: Annotated[int, typer.Option("--seed", help="fold assignment seed")] = 0,
+    split: Annotated[
+        str | None,
+        typer.Option("--split", help="dev | holdout: half of the cases, fixed by a hash of their group (default all)"),
+    ] = None,
+    scoring: Annotated[
+        str,
+        typer.Option(
+            "--scoring",
+            help="user: what the user receives under the workflow's hybrid rule (rule tags on skip/extend); "
+            "mapper: the mapper's own output on every alert",
+        ),
+    ] = "user",
     cache_dir: Annotated[Path | None, typer.Option("--cache-dir", help="mapping cache (LLM mappers)")] = None,
     no_progress: Annotated[bool, typer.Option("--no-progress")] = False,
 ) -> None:
     """Evaluate a mapper on labelled cases (grouped k-fold CV or a separate knowledge base)."""
     from evals.report import write_reports
-    from evals.runner import Runner, prepare
+    from evals.runner import Runner, prepare, scoring_decision
 
     cat = _catalog(workflows, catalog, crosswalk)
     config, _ = load_config(workflows)
@@ -121,8 +133,11 @@ def eval_command(
     if confidence_floor is not None:
         updates["confidence_floor"] = confidence_floor
     settings = settings.model_copy(update=updates)
+    if scoring not in ("user", "mapper"):
+        raise fail(f"unknown --scoring {scoring!r}; known: user, mapper")
+    decision = scoring_decision(config.workflow(workflow).decision) if scoring == "user" else None
     try:
-        data = prepare(dataset, cat)
+        data = prepare(dataset, cat, split)
         kbs = [prepare(spec, cat) for spec in knowledge_base or []]
     except (OSError, ValueError) as exc:
         raise fail(str(exc)) from exc
@@ -141,10 +156,16 @@ def eval_command(
         factory.__name__ = mapper
 
     runner = Runner(
-        cat, load_indicators(cat), settings, mapper_factory=factory, cache_dir=cache_dir, progress=not no_progress
+        cat,
+        load_indicators(cat),
+        settings,
+        mapper_factory=factory,
+        cache_dir=cache_dir,
+        progress=not no_progress,
+        decision=decision,
     )
     result = runner.run(data, knowledge=kbs, cv=cv, seed=seed)
-    name = profile or profile_name(data.kind, cv, [k.kind for k in kbs])
+    name = profile or profile_name(data.kind, cv, [k.kind for k in kbs]) + (f"-{split}" if split else "")
 
     failures: list[str] | None = None
     if gate:

@@ -1,0 +1,93 @@
+"""The eval's dev/holdout split and its scoring of what the user receives (rule tags on skip/extend)."""
+
+from __future__ import annotations
+
+import pytest
+
+from evals.datasets import SPLITS, Case, select_split, split_of
+from evals.metrics import Prediction, Truth, score
+from evals.runner import scoring_decision, user_prediction
+from mitre.catalog import Catalog, load_catalog
+from mitre.config import DecisionSettings, OptOuts
+from mitre.features import extract_features
+from mitre.models import Decision, DecisionKind, MappingResult, TechniqueScore, ValidatedMapping
+
+
+@pytest.fixture(scope="module")
+def catalog() -> Catalog:
+    return load_catalog(None)
+
+
+def _case(case_id: str, group: str | None, alert: dict | None = None) -> Case:
+    return Case(id=case_id, alert=alert or {"message": case_id}, techniques=("T1059",), group=group)
+
+
+def test_split_is_deterministic_disjoint_and_keeps_groups_together() -> None:
+    cases = [_case(f"c{i}", f"g{i // 3}") for i in range(60)] + [_case("lone", None)]
+    dev, holdout = select_split(cases, "dev"), select_split(cases, "holdout")
+    assert {c.id for c in dev} | {c.id for c in holdout} == {c.id for c in cases}
+    assert not {c.id for c in dev} & {c.id for c in holdout}
+    assert dev and holdout
+    for group in {c.group for c in cases}:
+        assert len({split_of(c) for c in cases if c.group == group}) == 1
+    assert [split_of(c) for c in cases] == [split_of(c) for c in cases]  # no hidden state
+    assert select_split(cases, None) == cases
+    assert set(SPLITS) == {"dev", "holdout"}
+    with pytest.raises(ValueError, match="unknown split"):
+        select_split(cases, "test")
+
+
+TAGGED_ALERT = {
+    "kibana.alert.rule.name": "LSASS dump",
+    "kibana.alert.rule.threat": [
+        {
+            "framework": "MITRE ATT&CK",
+            "tactic": {"id": "TA0006", "name": "Credential Access", "reference": "x"},
+            "technique": [{"id": "T1003", "name": "x", "reference": "x", "subtechnique": [{"id": "T1003.001"}]}],
+        }
+    ],
+}
+
+
+def _mapping(*ids: str) -> ValidatedMapping:
+    scores = tuple(TechniqueScore(technique_id=t, confidence=0.9, tactic_ids=("TA0005",)) for t in ids)
+    return ValidatedMapping(result=MappingResult(mapper="local", techniques=scores))
+
+
+def test_skipped_tagged_rule_is_scored_as_its_own_tags(catalog: Catalog) -> None:
+    case = _case("t", "g", TAGGED_ALERT)
+    feats = extract_features(case.alert)
+    skip = Decision(kind=DecisionKind.SKIP, reason="rule_tagged_no_indicator", detail="")
+    got = user_prediction(Prediction(case_id="t"), case, feats, skip, None, catalog)
+    assert got.techniques == ("T1003.001",)  # the parent is implied by its sub-technique
+    assert got.tactics == ("TA0006",)
+    assert got.confidences == {"T1003.001": 1.0}
+
+
+def test_extended_alert_is_scored_as_rule_tags_plus_mapper_additions(catalog: Catalog) -> None:
+    case = _case("t", "g", TAGGED_ALERT)
+    feats = extract_features(case.alert)
+    extend = Decision(kind=DecisionKind.EXTEND, reason="indicator_fired", detail="")
+    base = Prediction(case_id="t", techniques=("T1218.011",), confidences={"T1218.011": 0.9})
+    got = user_prediction(base, case, feats, extend, _mapping("T1218.011"), catalog)
+    assert set(got.techniques) == {"T1003.001", "T1218.011"}
+    assert set(got.tactics) == {"TA0005", "TA0006"}
+    assert got.confidences == {"T1003.001": 1.0, "T1218.011": 0.9}
+
+
+def test_scoring_decision_keeps_the_rule_but_drops_the_enrichment_filters() -> None:
+    settings = DecisionSettings(min_risk_score=70, opt_outs=OptOuts(rule_ids=["r1"]), mode="gap-fill")
+    scored = scoring_decision(settings)
+    assert scored.mode == "gap-fill"
+    assert scored.min_risk_score == 0 and not scored.opt_outs.rule_ids
+
+
+def test_hard_negative_abstention() -> None:
+    truths = [
+        Truth("a", (), (), hard_negative=True),
+        Truth("b", (), (), hard_negative=True),
+        Truth("c", ("T1059",), ()),
+    ]
+    preds = [Prediction("a"), Prediction("b", techniques=("T1059",)), Prediction("c", techniques=("T1059",))]
+    assert score(truths, preds)["hard_negative_abstention"] == pytest.approx(0.5)
+    assert score(truths[2:], preds[2:])["hard_negative_abstention"] == 1.0
