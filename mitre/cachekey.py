@@ -17,7 +17,7 @@ import orjson
 from mitre.models import AlertFeatures
 
 KEY_SCHEMA_VERSION = 1
-_EXCLUDED_FIELDS = frozenset({"user.name", "user.domain", "user.target.name", "host.name", "source.port"})
+IDENTITY_FIELDS = frozenset({"user.name", "user.domain", "user.target.name", "host.name", "source.port"})
 
 _RULES: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:[.,]\d+)?(?:Z|[+-]\d{2}:?\d{2})?"), "<ts>"),
@@ -60,7 +60,7 @@ def stable_features(features: AlertFeatures) -> dict[str, object]:
         "fields": {
             name: normalise_volatile(value, command=name in _COMMAND_FIELDS)
             for name, value in sorted(features.fields.items())
-            if name not in _EXCLUDED_FIELDS
+            if name not in IDENTITY_FIELDS
         },
     }
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,6 +20,17 @@ from mitre.models import AlertFeatures, Decision, DecisionKind, ValidatedMapping
 FRAMEWORK = "MITRE ATT&CK"
 PROVENANCE_FIELD = "attackmap"
 PROVENANCE_SCHEMA = 1
+# The parts of ECS threat.* that hold ATT&CK tags; the rest (indicator, enrichments, feed…) is not ours.
+_ATTACK_TAG_KEYS = frozenset({"framework", "tactic", "technique"})
+
+
+@dataclass(frozen=True)
+class Enrichment:
+    """What enrichment adds to an alert, less the per-alert stamps (cache hit, time).
+    Shared between alerts: treat both dicts as read-only."""
+
+    threat: dict[str, Any]
+    provenance: dict[str, Any]
 
 
 def _existing_ids(alert: Mapping[str, Any]) -> tuple[list[str], list[str]]:
@@ -89,18 +101,19 @@ def provenance_hash(catalog: Catalog, mapping: ValidatedMapping, settings_hash: 
     return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
-def enrich_alert(
+def build_enrichment(
     alert: Mapping[str, Any],
     features: AlertFeatures,
     decision: Decision,
     mapping: ValidatedMapping,
     catalog: Catalog,
     *,
-    cache_hit: bool,
     settings_hash: str,
-    now: datetime | None = None,
-) -> dict[str, Any]:
-    """A copy of the alert with merged ECS threat.* and the `attackmap` provenance object."""
+) -> Enrichment:
+    """The merged ECS threat object and the provenance for one alert, before its per-run stamps.
+
+    It depends only on the alert's existing tags, the decision and the mapping, so the engine
+    reuses it for every alert that shares those."""
     result = mapping.result
     existing_techniques, existing_tactics = _existing_ids(alert)
     techniques = list(existing_techniques)
@@ -115,17 +128,14 @@ def enrich_alert(
         techniques.append(t.technique_id)
         tactics.extend(t.tactic_ids)
     tactics.extend(result.tactic_ids)
-
-    enriched = {k: v for k, v in alert.items() if not k.startswith("threat.")}
-    enriched["threat"] = build_threat(catalog, techniques, tactics)
-    enriched[PROVENANCE_FIELD] = {
+    provenance = {
         "schema": PROVENANCE_SCHEMA,
         "mapper": result.mapper,
         "model": result.model,
         "prompt_hash": result.prompt_hash or None,
         "catalog_version": catalog.version,
         "catalog_fingerprint": catalog.fingerprint,
-        "cache_hit": cache_hit,
+        "cache_hit": False,
         "decision": decision.kind.value,
         "reason": decision.reason,
         "detail": decision.detail,
@@ -143,20 +153,69 @@ def enrich_alert(
         "tactics_only": list(result.tactic_ids),
         "fallback_reason": result.fallback_reason,
         "validation": [i.model_dump(exclude_none=True) for i in mapping.issues],
-        "enriched_at": (now or datetime.now(UTC)).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "enriched_at": "",
         "provenance_hash": provenance_hash(catalog, mapping, settings_hash, decision),
     }
+    return Enrichment(threat=build_threat(catalog, techniques, tactics), provenance=provenance)
+
+
+def apply_enrichment(alert: Mapping[str, Any], enrichment: Enrichment, *, cache_hit: bool, now: str) -> dict[str, Any]:
+    """A copy of the alert carrying the enrichment. Only the ATT&CK tags under threat.* are
+    rewritten (they were merged into the enrichment); other threat data, such as an indicator
+    match rule's threat.enrichments or threat.indicator, is kept as it was."""
+    enriched = {k: v for k, v in alert.items() if not _is_attack_tag(k)}
+    existing = alert.get("threat")
+    threat = dict(enrichment.threat)
+    if isinstance(existing, Mapping):
+        kept = {k: v for k, v in existing.items() if k.split(".", 1)[0] not in _ATTACK_TAG_KEYS}
+        threat = {**kept, **threat}
+    enriched["threat"] = threat
+    provenance = dict(enrichment.provenance)
+    provenance["cache_hit"] = cache_hit
+    provenance["enriched_at"] = now
+    enriched[PROVENANCE_FIELD] = provenance
     return enriched
 
 
-def mark_skipped(alert: Mapping[str, Any], decision: Decision, catalog: Catalog) -> dict[str, Any]:
-    """A skipped alert keeps every field; only the provenance says why it was skipped."""
-    marked = dict(alert)
-    marked[PROVENANCE_FIELD] = {
+def _is_attack_tag(key: str) -> bool:
+    """A top-level flat key holding ATT&CK tags (threat.tactic.id, threat.framework, …)."""
+    return key.startswith("threat.") and key.split(".", 2)[1] in _ATTACK_TAG_KEYS
+
+
+def timestamp(now: datetime | None = None) -> str:
+    """The provenance time format: UTC, milliseconds, Z."""
+    return (now or datetime.now(UTC)).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def enrich_alert(
+    alert: Mapping[str, Any],
+    features: AlertFeatures,
+    decision: Decision,
+    mapping: ValidatedMapping,
+    catalog: Catalog,
+    *,
+    cache_hit: bool,
+    settings_hash: str,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """A copy of the alert with merged ECS threat.* and the `attackmap` provenance object."""
+    enrichment = build_enrichment(alert, features, decision, mapping, catalog, settings_hash=settings_hash)
+    return apply_enrichment(alert, enrichment, cache_hit=cache_hit, now=timestamp(now))
+
+
+def skip_provenance(decision: Decision, catalog: Catalog) -> dict[str, Any]:
+    """Why an alert was skipped; the same for every alert with the same decision."""
+    return {
         "schema": PROVENANCE_SCHEMA,
         "decision": decision.kind.value,
         "reason": decision.reason,
         "detail": decision.detail,
         "catalog_version": catalog.version,
     }
+
+
+def mark_skipped(alert: Mapping[str, Any], provenance: Mapping[str, Any]) -> dict[str, Any]:
+    """A skipped alert keeps every field; only the provenance says why it was skipped."""
+    marked = dict(alert)
+    marked[PROVENANCE_FIELD] = dict(provenance)
     return marked

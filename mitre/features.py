@@ -69,13 +69,48 @@ OBSERVABLE_FIELDS: tuple[str, ...] = (
     "powershell.file.script_block_text",
     "message",
 )
-_NEEDED_ROOTS = frozenset(
-    {f.split(".", 1)[0] for f in OBSERVABLE_FIELDS}
-    | {"kibana", "signal", "threat", "_id", "id", "host", "agent", "event", "cloud", "dns", "network"}
-)
 SCRIPT_FIELDS = frozenset({"powershell.file.script_block_text", "message"})
 
 _RULE_PREFIXES = ("kibana.alert.rule.", "signal.rule.")
+# Rule attributes, read under each prefix in turn (Kibana's first, then legacy signal.rule.*).
+_RULE_ATTRIBUTES = (
+    "threat",
+    "parameters.threat",
+    "name",
+    "rule_id",
+    "uuid",
+    "id",
+    "description",
+    "type",
+    "query",
+    "tags",
+    "risk_score",
+    "severity",
+)
+# Where the alert's own identity lives; it names one alert and never changes a mapping.
+ALERT_ID_FIELDS = ("kibana.alert.uuid", "_id", "event.id", "id")
+_SCORE_FIELDS = ("kibana.alert.risk_score", "event.risk_score", "kibana.alert.severity", "event.severity")
+_PLATFORM_FIELDS = ("host.os.type", "host.os.platform", "host.os.family", "host.os.name", "agent.os")
+_ECS_THREAT_FIELDS = ("threat.technique.id", "threat.technique.subtechnique.id", "threat.tactic.id")
+# Every flattened name extract_features reads (tests hold it to that): what a memo of
+# per-alert outcomes must key on.
+FEATURE_INPUTS: tuple[str, ...] = tuple(
+    dict.fromkeys(
+        (
+            *OBSERVABLE_FIELDS,
+            *(prefix + name for prefix in _RULE_PREFIXES for name in _RULE_ATTRIBUTES),
+            *ALERT_ID_FIELDS,
+            *_SCORE_FIELDS,
+            *_PLATFORM_FIELDS,
+            *_ECS_THREAT_FIELDS,
+        )
+    )
+)
+_INPUT_NAMES = frozenset(FEATURE_INPUTS)
+# Every dotted prefix of an input name: the only objects worth walking into.
+_INPUT_PREFIXES = frozenset(
+    ".".join(parts[:i]) for name in FEATURE_INPUTS if (parts := name.split(".")) for i in range(1, len(parts))
+)
 _PLATFORM_WORDS = {
     "windows": "windows",
     "linux": "linux",
@@ -90,21 +125,28 @@ _PLATFORM_WORDS = {
 }
 
 
-def flatten(
-    doc: Mapping[str, Any], prefix: str = "", out: dict[str, Any] | None = None, roots: frozenset[str] | None = None
-) -> dict[str, Any]:
-    """One dotted-key view of a document; flat and nested forms of a key land on the same name.
-    With `roots`, top-level namespaces outside it are not walked (speed on large documents)."""
+def flatten(doc: Mapping[str, Any], prefix: str = "", out: dict[str, Any] | None = None) -> dict[str, Any]:
+    """One dotted-key view of a document; flat and nested forms of a key land on the same name."""
     out = {} if out is None else out
     for key, value in doc.items():
-        if roots is not None and key.split(".", 1)[0] not in roots:
-            continue
         name = f"{prefix}{key}"
         if type(value) is dict and value:  # JSON objects; exact type check is the hot path
             flatten(value, f"{name}.", out)
         elif name not in out or out[name] in (None, "", []):
             out[name] = value
     return out
+
+
+def _flatten_inputs(doc: Mapping[str, Any], prefix: str, out: dict[str, Any]) -> None:
+    """flatten, keeping only FEATURE_INPUTS and walking only objects on the way to one: an alert
+    carries far more than features read (hashes, PE headers, ancestors…), and this runs per alert."""
+    for key, value in doc.items():
+        name = prefix + key if prefix else key
+        if type(value) is dict and value:
+            if name in _INPUT_PREFIXES:
+                _flatten_inputs(value, name + ".", out)
+        elif name in _INPUT_NAMES and (name not in out or out[name] in (None, "", [])):
+            out[name] = value
 
 
 def _text(value: Any) -> str | None:
@@ -116,6 +158,11 @@ def _text(value: Any) -> str | None:
     if isinstance(value, Mapping):
         return None
     return str(value)
+
+
+def has_text(value: Any) -> bool:
+    """Whether a field value counts as present (what makes a document an alert at all)."""
+    return _text(value) is not None
 
 
 def truncate(name: str, value: str) -> tuple[str, bool]:
@@ -175,7 +222,7 @@ def parse_ecs_threat(flat: Mapping[str, Any]) -> tuple[ThreatRef, ...]:
 
 
 def detect_platform(flat: Mapping[str, Any]) -> str | None:
-    for name in ("host.os.type", "host.os.platform", "host.os.family", "host.os.name", "agent.os"):
+    for name in _PLATFORM_FIELDS:
         value = _text(flat.get(name))
         if value:
             lowered = value.lower()
@@ -206,11 +253,22 @@ def _float(value: Any) -> float | None:
         return None
 
 
-def extract_features(alert: Mapping[str, Any], fields: Iterable[str] = OBSERVABLE_FIELDS) -> AlertFeatures:
-    """Build the typed view. Raises ValueError when the document is not an alert at all."""
+def flatten_alert(alert: Mapping[str, Any]) -> dict[str, Any]:
+    """The dotted view of the parts of an alert that features read."""
     if not isinstance(alert, Mapping):
         raise ValueError(f"alert must be a JSON object, got {type(alert).__name__}")
-    flat = flatten(alert, roots=_NEEDED_ROOTS)
+    out: dict[str, Any] = {}
+    _flatten_inputs(alert, "", out)
+    return out
+
+
+def extract_features(alert: Mapping[str, Any], fields: Iterable[str] = OBSERVABLE_FIELDS) -> AlertFeatures:
+    """Build the typed view. Raises ValueError when the document is not an alert at all."""
+    return features_from_flat(flatten_alert(alert), fields)
+
+
+def features_from_flat(flat: Mapping[str, Any], fields: Iterable[str] = OBSERVABLE_FIELDS) -> AlertFeatures:
+    """extract_features on an already flattened alert (see flatten_alert)."""
     observed: dict[str, str] = {}
     truncated: list[str] = []
     for name in fields:

@@ -18,12 +18,26 @@ from typing import Any
 import orjson
 
 from mitre.cache import DAY_SECONDS, MappingCache
-from mitre.cachekey import cache_key
+from mitre.cachekey import IDENTITY_FIELDS, cache_key
 from mitre.catalog import Catalog, load_catalog
 from mitre.config import Environment, WorkflowsFile
 from mitre.decision import decide
-from mitre.enrich import enrich_alert, mark_skipped
-from mitre.features import extract_features
+from mitre.enrich import (
+    Enrichment,
+    apply_enrichment,
+    build_enrichment,
+    enrich_alert,
+    mark_skipped,
+    skip_provenance,
+    timestamp,
+)
+from mitre.features import (
+    ALERT_ID_FIELDS,
+    extract_features,
+    features_from_flat,
+    flatten_alert,
+    has_text,
+)
 from mitre.indicators import IndicatorSet, load_indicators
 from mitre.knowledge import KnowledgeBase, LabelReport, load_examples
 from mitre.mappers import default_registry
@@ -41,6 +55,7 @@ from mitre.models import (
 from mitre.validate import validate_mapping
 
 VALIDATED_MEMO_ENTRIES = 20_000
+OUTCOME_MEMO_ENTRIES = 20_000
 
 
 @dataclass
@@ -110,6 +125,38 @@ class RawAlert:
     alert: Any = None
 
 
+@dataclass(frozen=True)
+class _Remembered:
+    """What every alert with one outcome signature becomes (see Engine._signature): the outcome
+    less its alert and line, and what to add to the alert."""
+
+    outcome: Outcome
+    enrichment: Enrichment | None = None
+    skip_provenance: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class _Todo:
+    """An alert of a batch on its way through the full pipeline."""
+
+    index: int
+    alert: dict[str, Any]
+    flat: dict[str, Any]
+    signature: bytes | None
+
+
+def signature_fields(indicators: IndicatorSet) -> tuple[frozenset[str], tuple[str, ...]]:
+    """(feature inputs an outcome cannot depend on, identity fields where only presence counts).
+
+    An outcome (decision, mapping, threat.*, provenance) is a function of the feature inputs,
+    less the alert's own id and the identity fields the cache key leaves out (user, host, source
+    port) — unless an indicator reads one of those, which makes it a decision input again. Whether
+    an identity field is present still counts: it alone can make a document an alert at all."""
+    read = {name for ind in indicators.indicators for name in (*ind.fields, *ind.requires)}
+    presence_only = tuple(sorted(IDENTITY_FIELDS - read))
+    return frozenset({*ALERT_ID_FIELDS, *presence_only}), presence_only
+
+
 class Engine:
     def __init__(
         self,
@@ -132,10 +179,14 @@ class Engine:
         # Called with each batch's outcomes (e.g. the LLM budget's decision/cache telemetry).
         self.observers: list[Callable[[Sequence[Outcome]], None]] = []
         self._validated_memo: OrderedDict[str, tuple[MappingResult, ValidatedMapping]] = OrderedDict()
+        # Outcome signature → outcome, so the thousandth copy of an alert costs a parse and a
+        # lookup. Only with a cache: it holds what the cache would return for the same key.
+        self._unsigned_fields, self._presence_fields = signature_fields(indicators)
+        self._outcomes: OrderedDict[bytes, _Remembered] = OrderedDict()
 
     # ------------------------------------------------------------ stages
 
-    def _prepare(self, item: RawAlert) -> tuple[dict[str, Any], AlertFeatures, Decision] | Outcome:
+    def _parse(self, item: RawAlert) -> dict[str, Any] | Outcome:
         alert = item.alert
         if item.raw is not None:
             try:
@@ -144,8 +195,30 @@ class Engine:
                 return self._dead(item, f"invalid_json: {exc}")
         if not isinstance(alert, dict):
             return self._dead(item, f"not_an_object: expected a JSON object, got {type(alert).__name__}")
+        return alert
+
+    def _signature(self, flat: dict[str, Any]) -> bytes | None:
+        """The inputs an outcome depends on (see signature_fields), as bytes; None when not memoised.
+        `flat` holds only feature inputs (flatten_alert), so it is the signature less a few fields."""
+        if self.cache is None:
+            return None
+        unsigned = self._unsigned_fields
         try:
-            features = extract_features(alert)
+            return orjson.dumps(
+                [
+                    {k: v for k, v in flat.items() if k not in unsigned},
+                    [has_text(flat.get(n)) for n in self._presence_fields],
+                ],
+                option=orjson.OPT_SORT_KEYS,
+            )
+        except TypeError:  # a value JSON cannot hold (alerts handed in as Python objects)
+            return None
+
+    def _prepare(
+        self, item: RawAlert, alert: dict[str, Any], flat: dict[str, Any]
+    ) -> tuple[dict[str, Any], AlertFeatures, Decision] | Outcome:
+        try:
+            features = features_from_flat(flat)
         except ValueError as exc:
             return self._dead(item, f"invalid_alert: {exc}")
         hits = self.indicators.evaluate(features)
@@ -154,11 +227,25 @@ class Engine:
             return Outcome(
                 status=OutcomeStatus.SKIPPED,
                 reason=decision.reason,
-                alert=mark_skipped(alert, decision, self.catalog),
+                alert=mark_skipped(alert, skip_provenance(decision, self.catalog)),
                 decision=decision,
                 line=item.line,
             )
         return alert, features, decision
+
+    def _remember(self, signature: bytes, remembered: _Remembered) -> None:
+        self._outcomes[signature] = remembered
+        if len(self._outcomes) > OUTCOME_MEMO_ENTRIES:
+            self._outcomes.popitem(last=False)
+
+    @staticmethod
+    def _replay(remembered: _Remembered, alert: dict[str, Any], line: int | None, now: str) -> Outcome:
+        """The remembered outcome applied to another alert with the same signature (a cache hit)."""
+        if remembered.enrichment is not None:
+            enriched = apply_enrichment(alert, remembered.enrichment, cache_hit=True, now=now)
+        else:
+            enriched = mark_skipped(alert, remembered.skip_provenance or {})
+        return remembered.outcome.model_copy(update={"alert": enriched, "line": line})
 
     def _dead(self, item: RawAlert, reason: str) -> Outcome:
         raw = item.raw.decode("utf-8", "replace") if item.raw is not None else orjson.dumps(item.alert).decode()
@@ -235,32 +322,79 @@ class Engine:
 
     # ------------------------------------------------------------ public
 
-    def process_batch(self, items: Sequence[RawAlert]) -> list[Outcome]:
-        outcomes: list[Outcome | None] = [None] * len(items)
+    def _run(self, items: Sequence[RawAlert], todo: list[_Todo], outcomes: list[Outcome | None], now: str) -> None:
+        """The full pipeline for alerts the outcome memo could not answer; remembers what it may."""
         prepared: list[tuple[dict[str, Any], AlertFeatures, Decision]] = []
-        where: list[int] = []
-        for i, item in enumerate(items):
-            result = self._prepare(item)
+        mapped_todo: list[_Todo] = []
+        for entry in todo:
+            item = items[entry.index]
+            result = self._prepare(item, entry.alert, entry.flat)
             if isinstance(result, Outcome):
-                outcomes[i] = result
+                outcomes[entry.index] = result
+                if entry.signature is not None and result.status is OutcomeStatus.SKIPPED and result.decision:
+                    provenance = skip_provenance(result.decision, self.catalog)
+                    bare = result.model_copy(update={"alert": None, "line": None})
+                    self._remember(entry.signature, _Remembered(bare, skip_provenance=provenance))
             else:
                 prepared.append(result)
-                where.append(i)
-        if prepared:
-            mapped = self._map(prepared)
-            for i, (alert, features, decision), (mapping, hit) in zip(where, prepared, mapped, strict=True):
-                enriched = enrich_alert(
-                    alert, features, decision, mapping, self.catalog, cache_hit=hit, settings_hash=self._settings_hash
-                )
-                outcomes[i] = Outcome(
-                    status=OutcomeStatus.ENRICHED,
-                    reason=decision.reason,
-                    alert=enriched,
-                    decision=decision,
-                    mapping=mapping,
-                    cache_hit=hit,
-                    line=items[i].line,
-                )
+                mapped_todo.append(entry)
+        if not prepared:
+            return
+        for entry, (alert, features, decision), (mapping, hit) in zip(
+            mapped_todo, prepared, self._map(prepared), strict=True
+        ):
+            enrichment = build_enrichment(
+                alert, features, decision, mapping, self.catalog, settings_hash=self._settings_hash
+            )
+            outcome = Outcome(
+                status=OutcomeStatus.ENRICHED,
+                reason=decision.reason,
+                alert=apply_enrichment(alert, enrichment, cache_hit=hit, now=now),
+                decision=decision,
+                mapping=mapping,
+                cache_hit=hit,
+                line=items[entry.index].line,
+            )
+            outcomes[entry.index] = outcome
+            # A mapping the cache did not keep (an LLM fallback) must be asked for again next time.
+            if entry.signature is not None and (hit or mapping.result.fallback_reason is None):
+                bare = outcome.model_copy(update={"alert": None, "line": None, "cache_hit": True})
+                self._remember(entry.signature, _Remembered(bare, enrichment=enrichment))
+
+    def process_batch(self, items: Sequence[RawAlert]) -> list[Outcome]:
+        now = timestamp()
+        outcomes: list[Outcome | None] = [None] * len(items)
+        todo: list[_Todo] = []
+        # Later copies of a signature first seen in this batch wait for its outcome.
+        pending: set[bytes] = set()
+        waiting: list[_Todo] = []
+        for i, item in enumerate(items):
+            alert = self._parse(item)
+            if isinstance(alert, Outcome):
+                outcomes[i] = alert
+                continue
+            flat = flatten_alert(alert)
+            signature = self._signature(flat)
+            if signature is not None:
+                if (remembered := self._outcomes.get(signature)) is not None:
+                    self._outcomes.move_to_end(signature)
+                    outcomes[i] = self._replay(remembered, alert, item.line, now)
+                    continue
+                if signature in pending:
+                    waiting.append(_Todo(i, alert, flat, signature))
+                    continue
+                pending.add(signature)
+            todo.append(_Todo(i, alert, flat, signature))
+        self._run(items, todo, outcomes, now)
+        if waiting:
+            again = []
+            for entry in waiting:
+                assert entry.signature is not None
+                if (remembered := self._outcomes.get(entry.signature)) is not None:
+                    outcomes[entry.index] = self._replay(remembered, entry.alert, items[entry.index].line, now)
+                else:  # its first copy was not remembered (an LLM fallback): map it in its own right
+                    again.append(_Todo(entry.index, entry.alert, entry.flat, None))
+            self._run(items, again, outcomes, now)
         done = [o for o in outcomes if o is not None]
         for observer in self.observers:
             observer(done)

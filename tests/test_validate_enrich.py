@@ -84,3 +84,23 @@ def test_extend_merges_rule_tags_and_analyst_tags_without_clobbering(catalog):
     assert again["attackmap"]["provenance_hash"] == prov["provenance_hash"]
     other = enrich_alert(alert, features, decision, mapping, catalog, cache_hit=False, settings_hash="other")
     assert other["attackmap"]["provenance_hash"] != prov["provenance_hash"]
+
+
+def test_enrichment_keeps_threat_data_that_is_not_attack_tags(catalog):
+    """An indicator match alert carries threat.enrichments / threat.indicator: never ours to drop."""
+    alert = kibana_alert()
+    alert["threat"] = {
+        "enrichments": [{"indicator": {"ip": "203.0.113.9"}, "matched": {"field": "destination.ip"}}],
+        "technique": {"id": ["T1078"]},
+    }
+    alert["threat.feed.name"] = "abuse.ch"
+    alert["threat.tactic.id"] = ["TA0001"]
+    features = extract_features(alert)
+    decision = Decision(kind=DecisionKind.MAP, reason="untagged_rule", detail="d")
+    mapping = validate_mapping(MappingResult(mapper="local", techniques=(score("T1003.001"),)), catalog)
+    enriched = enrich_alert(alert, features, decision, mapping, catalog, cache_hit=False, settings_hash="s")
+    assert enriched["threat"]["enrichments"] == alert["threat"]["enrichments"]
+    assert enriched["threat.feed.name"] == "abuse.ch"
+    assert "threat.tactic.id" not in enriched
+    assert set(enriched["threat"]["technique"]["id"]) == {"T1078", "T1003"}
+    assert {"TA0001", "TA0006"} <= set(enriched["threat"]["tactic"]["id"])

@@ -1,0 +1,144 @@
+"""The engine's outcome memo: replaying a remembered outcome must give exactly what the full
+pipeline gives, for every alert shape, and must never replay what it may not."""
+
+from __future__ import annotations
+
+import copy
+import json
+import random
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from mitre.config import WorkflowsFile
+from mitre.features import FEATURE_INPUTS, features_from_flat, flatten, flatten_alert
+from mitre.models import OutcomeStatus
+from mitre.pipeline import EngineOptions, RawAlert, build_engine
+from tests.helpers import LSASS_COMMAND, kibana_alert, threat_entry
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = [json.loads(line) for line in (REPO / "examples" / "alerts.ndjson").read_text().splitlines() if line]
+
+
+def _engine(tmp_path: Path, cache: bool = True):
+    options = EngineOptions(knowledge_base=(), cache=cache, cache_dir=tmp_path / "cache")
+    return build_engine(WorkflowsFile(), options=options)
+
+
+def _variant(alert: dict[str, Any], rng: random.Random) -> dict[str, Any]:
+    """The same attack from another alert: new id, time, host, user, pid."""
+    doc = copy.deepcopy(alert)
+    doc["@timestamp"] = f"2026-11-{rng.randrange(1, 28):02d}T10:00:00Z"
+    if "kibana.alert.uuid" in doc:
+        doc["kibana.alert.uuid"] = f"{rng.getrandbits(64):016x}"
+    if isinstance(doc.get("host"), dict):
+        doc["host"]["name"] = f"wks-{rng.randrange(1000)}"
+    if isinstance(doc.get("user"), dict):
+        doc["user"]["name"] = rng.choice(["alice", "bob", "svc_backup"])
+    if isinstance(doc.get("process"), dict):
+        doc["process"]["pid"] = rng.randrange(100, 60000)
+    return doc
+
+
+def _twin(alert: dict[str, Any], n: int) -> dict[str, Any]:
+    """The same alert with one observable or rule input changed: must not share its outcome."""
+    doc = copy.deepcopy(alert)
+    if n % 3 == 0 and isinstance(doc.get("process"), dict):
+        doc["process"]["command_line"] = "notepad.exe C:\\reports\\q3.txt"
+    elif n % 3 == 1 and doc.get("kibana.alert.rule.threat"):
+        doc["kibana.alert.rule.threat"] = []
+    else:
+        doc["kibana.alert.risk_score"] = 21
+    return doc
+
+
+def _comparable(outcome: Any) -> tuple[Any, ...]:
+    alert = copy.deepcopy(outcome.alert)
+    if alert is not None and "attackmap" in alert:
+        alert["attackmap"].pop("enriched_at", None)
+        alert["attackmap"].pop("cache_hit", None)
+    mapping = outcome.mapping.model_dump() if outcome.mapping else None
+    decision = outcome.decision.model_dump() if outcome.decision else None
+    return outcome.status, outcome.reason, alert, decision, mapping, outcome.line
+
+
+def test_replayed_outcomes_equal_the_full_pipeline(tmp_path: Path):
+    rng = random.Random(3)
+    alerts = [_variant(EXAMPLES[i % len(EXAMPLES)], rng) for i in range(4 * len(EXAMPLES))]
+    alerts += [_twin(alert, n) for n, alert in enumerate(alerts[: len(EXAMPLES)])]
+    rng.shuffle(alerts)
+    items = [RawAlert(line=n, raw=json.dumps(a).encode()) for n, a in enumerate(alerts, start=1)]
+    memo = _engine(tmp_path)
+    first, second = memo.process_batch(items), memo.process_batch(items)
+    enriched = [o for o in second if o.status is OutcomeStatus.ENRICHED]
+    assert enriched and all(o.cache_hit for o in enriched)
+    assert len(memo._outcomes) < len(items)  # variants share signatures
+    replayed = first + second
+    # Reference: the full pipeline (the memo emptied before each alert) on the same warm cache.
+    reference = _engine(tmp_path)
+    for item, outcome in zip(items + items, replayed, strict=True):
+        reference._outcomes.clear()
+        (expected,) = reference.process_batch([item])
+        assert _comparable(outcome) == _comparable(expected), item.line
+
+
+def test_identity_fields_change_nothing_but_presence_still_counts(tmp_path: Path):
+    engine = _engine(tmp_path)
+    only_host = {"host": {"name": "wks-1"}, "event": {"category": "process"}}
+    assert engine.process(only_host).status is not OutcomeStatus.DEAD_LETTER
+    # Same signature except that no identity field is present: not an alert, however warm the memo.
+    assert engine.process({"host": {"id": "x"}}).status is OutcomeStatus.DEAD_LETTER
+    other = engine.process({"host": {"name": "wks-2"}, "event": {"category": "process"}})
+    assert other.status is not OutcomeStatus.DEAD_LETTER
+
+
+def test_alert_ids_do_not_split_signatures_but_observables_do(tmp_path: Path):
+    engine = _engine(tmp_path)
+    first = engine.process(kibana_alert(command_line=LSASS_COMMAND))
+    again = kibana_alert(command_line=LSASS_COMMAND)
+    again["kibana.alert.uuid"] = "another-alert"
+    assert engine.process(again).cache_hit and not first.cache_hit
+    tagged = kibana_alert(command_line=LSASS_COMMAND, threat=[threat_entry("TA0002", "Execution", "T1059")])
+    extended = engine.process(tagged)
+    assert extended.decision is not None and extended.decision.kind.value == "extend"
+    assert "T1059" in extended.alert["threat"]["technique"]["id"]
+
+
+def test_without_a_cache_nothing_is_remembered(tmp_path: Path):
+    engine = _engine(tmp_path, cache=False)
+    engine.process(kibana_alert(command_line=LSASS_COMMAND))
+    assert not engine.process(kibana_alert(command_line=LSASS_COMMAND)).cache_hit
+
+
+class _Recording(Mapping[str, Any]):
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.data = data
+        self.read: set[str] = set()
+
+    def __getitem__(self, key: str) -> Any:
+        self.read.add(key)
+        return self.data[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        self.read.add(key)
+        return self.data.get(key, default)
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(self.data)
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+
+@pytest.mark.parametrize("index", range(len(EXAMPLES)))
+def test_features_read_only_declared_inputs_and_the_input_view_matches_a_full_flatten(index: int):
+    alert = EXAMPLES[index]
+    full = flatten(alert)
+    recording = _Recording(full)
+    features_from_flat(recording)
+    assert recording.read <= set(FEATURE_INPUTS)
+    inputs = flatten_alert(alert)
+    assert inputs == {k: v for k, v in full.items() if k in set(FEATURE_INPUTS)}
+    assert features_from_flat(inputs) == features_from_flat(full)
