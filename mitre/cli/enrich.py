@@ -11,7 +11,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
-from mitre.batch import ChunkResult, default_workers, merge, run_chunks
+from mitre.batch import ChunkResult, default_workers, merge, run_chunks, run_file
 from mitre.cli.common import (
     EXIT_DEAD_LETTERS,
     EXIT_OK,
@@ -26,7 +26,7 @@ from mitre.cli.common import (
     fail,
     make_engine,
 )
-from mitre.io.ndjson import open_input, open_output, read_lines
+from mitre.io.ndjson import dead_letter_record, open_input, open_output, read_lines
 from mitre.pipeline import Engine, RunSummary
 
 
@@ -66,17 +66,21 @@ def run_enrich(
         console=err,
         disable=not show,
     )
-    with open_input(input_path) as src, open_output(output) as out, Path(dead_letter).open("wb") as dead, bar:
+    with open_output(output) as out, Path(dead_letter).open("wb") as dead, bar:
         task = bar.add_task("enrich", total=total)
 
         def write(result: ChunkResult) -> None:
             merge(summary, result.summary)
             if out is not None:
                 out.write(result.output)
-            dead.write(result.dead)
+            dead.write(b"".join(dead_letter_record(o, input_path) for o in result.dead))
             bar.update(task, advance=result.consumed)
 
-        run_chunks(engine, read_lines(src), input_path, keep_skipped, workers, write)
+        if input_path == "-":
+            with open_input(input_path) as src:
+                run_chunks(engine, read_lines(src), keep_skipped, workers, write)
+        else:
+            run_file(engine, Path(input_path), keep_skipped, workers, write)
     if not summary.dead_letter:
         Path(dead_letter).unlink(missing_ok=True)
     return summary
