@@ -13,7 +13,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -39,7 +39,6 @@ from mitre.features import (
     has_text,
 )
 from mitre.indicators import IndicatorSet, load_indicators
-from mitre.knowledge import KnowledgeBase, LabelReport, load_examples
 from mitre.mappers import default_registry
 from mitre.mappers.base import Mapper, MapperContext, MapperRegistry
 from mitre.mappers.local import LocalMapper
@@ -53,6 +52,9 @@ from mitre.models import (
     ValidatedMapping,
 )
 from mitre.validate import validate_mapping
+
+if TYPE_CHECKING:  # scikit-learn loads only when a knowledge base is actually used
+    from mitre.knowledge import KnowledgeBase, LabelReport
 
 VALIDATED_MEMO_ENTRIES = 20_000
 OUTCOME_MEMO_ENTRIES = 20_000
@@ -446,6 +448,34 @@ def resolve_catalog(config: WorkflowsFile, env: Environment, override: Path | No
 KNOWLEDGE_STORE_FORMAT = 1
 
 
+@dataclass(frozen=True)
+class _KnowledgeStore:
+    """Where a trained knowledge base for these files, catalog and code version is kept."""
+
+    present: list[Path]
+    fingerprint: str
+    warnings: list[str]
+    pickle: Path | None
+
+    @property
+    def notes(self) -> Path | None:
+        """Its load warnings, readable without unpickling it."""
+        return self.pickle.with_suffix(".json") if self.pickle is not None else None
+
+
+def _knowledge_store(paths: Iterable[Path], catalog: Catalog, store: Path | None) -> _KnowledgeStore:
+    present = [p for p in paths if p.is_file()]
+    warnings = [f"knowledge base {p} not found: mapping without it" for p in paths if not p.is_file()]
+    if not present:
+        return _KnowledgeStore(present, "", warnings, None)
+    stats = sorted((str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in present)
+    fingerprint = hashlib.sha256(orjson.dumps(stats)).hexdigest()[:16]
+    key = hashlib.sha256(
+        orjson.dumps([fingerprint, catalog.fingerprint, KNOWLEDGE_STORE_FORMAT, _code_version()])
+    ).hexdigest()[:24]
+    return _KnowledgeStore(present, fingerprint, warnings, store / f"kb-{key}.pickle" if store is not None else None)
+
+
 def load_knowledge(
     paths: Iterable[Path], catalog: Catalog, store: Path | None = None
 ) -> tuple[KnowledgeBase | None, str, list[str]]:
@@ -455,39 +485,58 @@ def load_knowledge(
     knowledge base is pickled under `store` (a directory the user owns), keyed by the files, the
     catalog and the code version, and reloaded by later runs; only the newest one is kept.
     """
-    present = [p for p in paths if p.is_file()]
-    warnings = [f"knowledge base {p} not found: mapping without it" for p in paths if not p.is_file()]
-    if not present:
-        return None, "", warnings
-    stats = sorted((str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in present)
-    fingerprint = hashlib.sha256(orjson.dumps(stats)).hexdigest()[:16]
-    key = hashlib.sha256(
-        orjson.dumps([fingerprint, catalog.fingerprint, KNOWLEDGE_STORE_FORMAT, _code_version()])
-    ).hexdigest()[:24]
-    stored = store / f"kb-{key}.pickle" if store is not None else None
+    from mitre.knowledge import KnowledgeBase, load_examples
+
+    where = _knowledge_store(paths, catalog, store)
+    if not where.present:
+        return None, "", where.warnings
+    stored = where.pickle
     if stored is not None and stored.is_file():
         try:
             with stored.open("rb") as handle:
                 knowledge, kept_warnings = pickle.load(handle)
-            return knowledge, fingerprint, warnings + kept_warnings
+            if where.notes is not None and not where.notes.is_file():
+                where.notes.write_bytes(orjson.dumps(kept_warnings))  # stored before notes existed
+            return knowledge, where.fingerprint, where.warnings + kept_warnings
         except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError):
             stored.unlink(missing_ok=True)  # unreadable or from other code: rebuild below
-    examples, report = load_examples(present, catalog)
+    examples, report = load_examples(where.present, catalog)
     label_warnings = (
         [f"knowledge base labels not in ATT&CK {catalog.version}: {_short(report)}"] if report.unmapped else []
     )
     knowledge = KnowledgeBase(examples) if examples else None
-    if knowledge is not None and stored is not None:
+    if knowledge is not None and stored is not None and where.notes is not None:
         knowledge.warm()
         stored.parent.mkdir(parents=True, exist_ok=True)
         staging = stored.with_suffix(f".{os.getpid()}.tmp")
         with staging.open("wb") as handle:
             pickle.dump((knowledge, label_warnings), handle, protocol=pickle.HIGHEST_PROTOCOL)
         staging.replace(stored)
-        for old in stored.parent.glob("kb-*.pickle"):
-            if old != stored:
+        where.notes.write_bytes(orjson.dumps(label_warnings))
+        for old in stored.parent.glob("kb-*"):
+            if old not in (stored, where.notes):
                 old.unlink(missing_ok=True)
-    return knowledge, fingerprint, warnings + label_warnings
+    return knowledge, where.fingerprint, where.warnings + label_warnings
+
+
+def defer_knowledge(
+    paths: Iterable[Path], catalog: Catalog, store: Path | None
+) -> tuple[KnowledgeBase | Callable[[], KnowledgeBase | None] | None, str, list[str]]:
+    """load_knowledge, except that a stored knowledge base is returned as a loader to call on
+    first use: only its warnings are read now. A run answered from the cache never pays for it."""
+    paths = list(paths)
+    where = _knowledge_store(paths, catalog, store)
+    if where.pickle is None or where.notes is None or not (where.pickle.is_file() and where.notes.is_file()):
+        return load_knowledge(paths, catalog, store)
+    try:
+        kept_warnings = [str(w) for w in orjson.loads(where.notes.read_bytes())]
+    except (OSError, orjson.JSONDecodeError):
+        return load_knowledge(paths, catalog, store)
+
+    def load() -> KnowledgeBase | None:
+        return load_knowledge(paths, catalog, store)[0]
+
+    return load, where.fingerprint, where.warnings + kept_warnings
 
 
 def _code_version() -> str:
@@ -520,8 +569,15 @@ def build_engine(
         if options.knowledge_base is not None
         else tuple(settings.knowledge_base) + ((env.knowledge_base,) if env.knowledge_base else ())
     )
-    knowledge, kb_fingerprint, warnings = load_knowledge(kb_paths, catalog, env.home / "knowledge")
-    local = LocalMapper(catalog, indicators, settings, knowledge=knowledge, knowledge_fingerprint=kb_fingerprint)
+    if settings.provider == LocalMapper.name:
+        knowledge, kb_fingerprint, warnings = defer_knowledge(kb_paths, catalog, env.home / "knowledge")
+    else:  # an LLM provider shortlists candidates with the local mapper on every call
+        knowledge, kb_fingerprint, warnings = load_knowledge(kb_paths, catalog, env.home / "knowledge")
+    local = (
+        LocalMapper(catalog, indicators, settings, load_knowledge=knowledge, knowledge_fingerprint=kb_fingerprint)
+        if callable(knowledge)
+        else LocalMapper(catalog, indicators, settings, knowledge=knowledge, knowledge_fingerprint=kb_fingerprint)
+    )
     registry = registry or default_registry()
     mapper: Mapper = (
         local

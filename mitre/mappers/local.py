@@ -13,18 +13,21 @@ from __future__ import annotations
 import hashlib
 import math
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import orjson
 
 from mitre.catalog import Catalog
 from mitre.config import MapperSettings
 from mitre.indicators import IndicatorSet
-from mitre.knowledge import KnowledgeBase, Neighbour
 from mitre.models import AlertFeatures, Decision, Evidence, IndicatorHit, MappingResult, TechniqueScore
-from mitre.retrieval import CatalogRetriever
 from mitre.text import alert_text
+
+if TYPE_CHECKING:  # numpy, scipy and scikit-learn load only when something is actually mapped
+    from mitre.knowledge import KnowledgeBase, Neighbour
+    from mitre.retrieval import CatalogRetriever
 
 MAPPER_NAME = "local"
 
@@ -66,14 +69,32 @@ class LocalMapper:
         retriever: CatalogRetriever | None = None,
         weights: LocalWeights | None = None,
         knowledge_fingerprint: str = "",
+        load_knowledge: Callable[[], KnowledgeBase | None] | None = None,
     ) -> None:
         self.catalog = catalog
         self.indicators = indicators
         self.settings = settings
-        self.knowledge = knowledge
-        self.retriever = retriever or CatalogRetriever(catalog)
+        self._knowledge = knowledge
+        self._load_knowledge = load_knowledge
+        self._retriever = retriever
         self.weights = weights or LocalWeights()
         self._knowledge_fingerprint = knowledge_fingerprint
+
+    @property
+    def knowledge(self) -> KnowledgeBase | None:
+        """The knowledge base, loaded on first use (`load_knowledge`): a run answered from the
+        cache never needs it, and loading it costs more than the rest of start-up."""
+        if self._load_knowledge is not None:
+            self._knowledge, self._load_knowledge = self._load_knowledge(), None
+        return self._knowledge
+
+    @property
+    def retriever(self) -> CatalogRetriever:
+        if self._retriever is None:
+            from mitre.retrieval import CatalogRetriever
+
+            self._retriever = CatalogRetriever(self.catalog)
+        return self._retriever
 
     def settings_hash(self) -> str:
         payload = {
