@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections import OrderedDict
 from importlib import resources
 from pathlib import Path
 
+import orjson
 import yaml
 from pydantic import Field, model_validator
 
@@ -26,7 +28,7 @@ class Indicator(Contract):
     pattern: str | None = None
     requires: dict[str, str] = Field(default_factory=dict)
     techniques_by_match: dict[str, str] = Field(default_factory=dict)
-    min_distinct: int = 1
+    min_distinct: int = Field(default=1, ge=1)
 
     @model_validator(mode="after")
     def _one_kind(self) -> Indicator:
@@ -48,12 +50,18 @@ class _Compiled:
             (re.compile(rf"(?<![\w-])(?:{key})(?![\w-])", re.IGNORECASE), tid)
             for key, tid in spec.techniques_by_match.items()
         ]
+        # One pass that matches wherever any key would: most values match none, and then the
+        # keys need not be tried one by one.
+        alternatives = "|".join(f"(?:{key})" for key in spec.techniques_by_match)
+        self.any_key = re.compile(rf"(?<![\w-])(?:{alternatives})(?![\w-])", re.IGNORECASE) if alternatives else None
 
     def match_value(self, value: str) -> tuple[str, tuple[str, ...]] | None:
         """(matched text, techniques) when this indicator fires on one field value."""
         if self.pattern is not None:
             match = self.pattern.search(value)
             return (match.group(0), self.spec.techniques) if match else None
+        if self.any_key is None or not self.any_key.search(value):
+            return None
         found = [(m.group(0), tid) for rx, tid in self.by_match if (m := rx.search(value))]
         if len(found) < self.spec.min_distinct:
             return None
@@ -77,6 +85,8 @@ class IndicatorSet:
         if problems:
             raise ValueError("indicator catalog does not fit the ATT&CK catalog: " + "; ".join(problems))
         self.indicators = indicators
+        # Mappings depend on which indicators exist: part of every cache key.
+        self.fingerprint = hashlib.sha256(orjson.dumps([i.model_dump() for i in indicators])).hexdigest()[:16]
         self._compiled = [_Compiled(i) for i in indicators]
         self._by_field: dict[str, list[int]] = {}
         for index, ind in enumerate(indicators):
@@ -142,5 +152,5 @@ class _ActiveIds(dict[tuple[str, ...], tuple[str, ...]]):
 
 def load_indicators(catalog: Catalog, path: Path | None = None) -> IndicatorSet:
     text = path.read_text() if path else (resources.files("mitre") / "data" / "indicators.yaml").read_text()
-    rows = yaml.safe_load(text) or []
+    rows = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or []  # libyaml when present
     return IndicatorSet([Indicator.model_validate(r) for r in rows], catalog)

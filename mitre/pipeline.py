@@ -177,7 +177,9 @@ class Engine:
         self.mapper = mapper
         self.cache = cache
         self.warnings = list(warnings)
-        self._settings_hash = mapper.settings_hash()
+        # The indicator catalog shapes every mapping (decisions, evidence, the local mapper's ranks).
+        identity = f"{mapper.settings_hash()}:{indicators.fingerprint}"
+        self._settings_hash = hashlib.sha256(identity.encode()).hexdigest()[:16]
         # Called with each batch's outcomes (e.g. the LLM budget's decision/cache telemetry).
         self.observers: list[Callable[[Sequence[Outcome]], None]] = []
         self._validated_memo: OrderedDict[str, tuple[MappingResult, ValidatedMapping]] = OrderedDict()

@@ -752,3 +752,48 @@ def test_cases_name_real_indicators(indicators):
     known = {i.id for i in indicators.indicators}
     named = {c[1] for c in POSITIVES} | {i for _, ids in NEGATIVES for i in ids}
     assert named <= known, sorted(named - known)
+
+
+def _key_by_key(compiled, value):
+    """techniques_by_match evaluated the plain way: every key tried on its own."""
+    found = [(m.group(0), tid) for rx, tid in compiled.by_match if (m := rx.search(value))]
+    if len(found) < compiled.spec.min_distinct:
+        return None
+    return ", ".join(text for text, _ in found), tuple(dict.fromkeys(tid for _, tid in found))
+
+
+def test_one_pass_prefilter_changes_no_match(indicators):
+    """The combined any-key pass only skips values where no key matches; results are identical."""
+    import json
+    from pathlib import Path
+
+    from mitre.indicators import _Compiled
+
+    examples = Path(__file__).resolve().parents[1] / "examples" / "alerts.ndjson"
+    values = [
+        v
+        for line in examples.read_text().splitlines()
+        if line
+        for v in extract_features(json.loads(line)).fields.values()
+    ]
+    keyed = [c for c in (_Compiled(i) for i in indicators.indicators) if c.by_match]
+    for compiled in keyed:
+        # Every key's own text, alone and in a command line, plus the example alerts' values.
+        probes = [*values, *(k.replace("\\", "") for k in compiled.spec.techniques_by_match)]
+        probes += [f"cmd.exe /c {p} && whoami" for p in probes[-5:]]
+        for value in probes:
+            assert compiled.match_value(value) == _key_by_key(compiled, value), (compiled.spec.id, value)
+    assert sum(1 for c in keyed for v in values if c.match_value(v)) > 0
+
+
+def test_indicator_catalog_is_part_of_the_cache_key(catalog, tmp_path):
+    from mitre.config import WorkflowsFile
+    from mitre.indicators import IndicatorSet
+    from mitre.pipeline import EngineOptions, build_engine
+
+    engine = build_engine(WorkflowsFile(), options=EngineOptions(knowledge_base=(), cache_dir=tmp_path))
+    features = extract_features({"process": {"command_line": "whoami /all"}})
+    before = engine._key(features)
+    engine.indicators = IndicatorSet(engine.indicators.indicators[1:], catalog)
+    rebuilt = type(engine)(catalog, engine.indicators, engine.config, None, engine.mapper, engine.cache)
+    assert rebuilt._key(features) != before
