@@ -14,6 +14,7 @@ from pydantic import Field, model_validator
 
 from mitre.catalog import Catalog
 from mitre.models import AlertFeatures, Contract, IndicatorHit
+from mitre.prefilter import may_match, required_literals
 
 MATCH_SNIPPET_CHARS = 160
 MEMO_ENTRIES = 50_000
@@ -45,6 +46,8 @@ class _Compiled:
     def __init__(self, spec: Indicator) -> None:
         self.spec = spec
         self.pattern = re.compile(spec.pattern, re.IGNORECASE | re.MULTILINE) if spec.pattern else None
+        # Substrings one of which any match contains (mitre.prefilter): most values have none.
+        self.literals = required_literals(spec.pattern, re.IGNORECASE | re.MULTILINE) if spec.pattern else None
         self.requires = {f: re.compile(p, re.IGNORECASE) for f, p in spec.requires.items()}
         self.by_match = [
             (re.compile(rf"(?<![\w-])(?:{key})(?![\w-])", re.IGNORECASE), tid)
@@ -53,10 +56,16 @@ class _Compiled:
         # One pass that matches wherever any key would: most values match none, and then the
         # keys need not be tried one by one.
         alternatives = "|".join(f"(?:{key})" for key in spec.techniques_by_match)
-        self.any_key = re.compile(rf"(?<![\w-])(?:{alternatives})(?![\w-])", re.IGNORECASE) if alternatives else None
+        any_key = rf"(?<![\w-])(?:{alternatives})(?![\w-])"
+        self.any_key = re.compile(any_key, re.IGNORECASE) if alternatives else None
+        if alternatives:
+            self.literals = required_literals(any_key, re.IGNORECASE)
 
-    def match_value(self, value: str) -> tuple[str, tuple[str, ...]] | None:
-        """(matched text, techniques) when this indicator fires on one field value."""
+    def match_value(self, value: str, lowered: str | None = None) -> tuple[str, tuple[str, ...]] | None:
+        """(matched text, techniques) when this indicator fires on one field value.
+        `lowered`: the value lower-cased when it is ASCII, for the literal prefilter."""
+        if not may_match(self.literals, lowered):
+            return None
         if self.pattern is not None:
             match = self.pattern.search(value)
             return (match.group(0), self.spec.techniques) if match else None
@@ -101,8 +110,9 @@ class IndicatorSet:
         found = self._memo.get(key)
         if found is None:
             found = {}
+            lowered = value.lower() if value.isascii() else None
             for index in self._by_field.get(name, ()):
-                match = self._compiled[index].match_value(value)
+                match = self._compiled[index].match_value(value, lowered)
                 if match is not None:
                     found[index] = match
             self._memo[key] = found
