@@ -46,9 +46,9 @@ def is_opted_out(features: AlertFeatures, settings: DecisionSettings) -> str | N
     return None
 
 
-def decide(
-    features: AlertFeatures, hits: tuple[IndicatorHit, ...], settings: DecisionSettings, catalog: Catalog
-) -> Decision:
+def skip_early(features: AlertFeatures, settings: DecisionSettings) -> Decision | None:
+    """The skips that need no indicators (opt-outs, the risk filter): callers check these first
+    and evaluate indicators only for alerts that pass."""
     if (why := is_opted_out(features, settings)) is not None:
         return Decision(kind=DecisionKind.SKIP, reason=OPTED_OUT, detail=why)
     if features.risk_score is not None and features.risk_score < settings.min_risk_score:
@@ -57,6 +57,14 @@ def decide(
             reason=BELOW_RISK,
             detail=f"risk score {features.risk_score:g} < {settings.min_risk_score:g}",
         )
+    return None
+
+
+def decide(
+    features: AlertFeatures, hits: tuple[IndicatorHit, ...], settings: DecisionSettings, catalog: Catalog
+) -> Decision:
+    if (early := skip_early(features, settings)) is not None:
+        return early
     if settings.mode == "always":
         return Decision(kind=DecisionKind.MAP, reason=MODE_ALWAYS, detail="workflow maps every alert", indicators=hits)
     tagged = rule_techniques(features, catalog)

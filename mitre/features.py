@@ -106,11 +106,31 @@ FEATURE_INPUTS: tuple[str, ...] = tuple(
         )
     )
 )
-_INPUT_NAMES = frozenset(FEATURE_INPUTS)
-# Every dotted prefix of an input name: the only objects worth walking into.
-_INPUT_PREFIXES = frozenset(
-    ".".join(parts[:i]) for name in FEATURE_INPUTS if (parts := name.split(".")) for i in range(1, len(parts))
-)
+# A walk plan over FEATURE_INPUTS: at each level, every key an input can be spelled with there
+# (`process`, `process.parent`, `process.parent.name`, …) → (the input it completes, the plan below).
+_Plan = dict[str, tuple[str | None, "_Plan | None"]]
+
+
+def _plan(names: Iterable[str]) -> _Plan:
+    plan: _Plan = {}
+    for name in names:
+        _add_to_plan(plan, name.split("."), name)
+    return plan
+
+
+def _add_to_plan(node: _Plan, parts: list[str], name: str) -> None:
+    for i in range(1, len(parts) + 1):
+        key = ".".join(parts[:i])
+        leaf, below = node.get(key, (None, None))
+        if i == len(parts):
+            leaf = name
+        else:
+            below = below if below is not None else {}
+            _add_to_plan(below, parts[i:], name)
+        node[key] = (leaf, below)
+
+
+_INPUT_PLAN = _plan(FEATURE_INPUTS)
 _PLATFORM_WORDS = {
     "windows": "windows",
     "linux": "linux",
@@ -137,16 +157,19 @@ def flatten(doc: Mapping[str, Any], prefix: str = "", out: dict[str, Any] | None
     return out
 
 
-def _flatten_inputs(doc: Mapping[str, Any], prefix: str, out: dict[str, Any]) -> None:
+def _flatten_inputs(doc: Mapping[str, Any], plan: _Plan, out: dict[str, Any]) -> None:
     """flatten, keeping only FEATURE_INPUTS and walking only objects on the way to one: an alert
     carries far more than features read (hashes, PE headers, ancestors…), and this runs per alert."""
     for key, value in doc.items():
-        name = prefix + key if prefix else key
+        step = plan.get(key)
+        if step is None:
+            continue
+        leaf, below = step
         if type(value) is dict and value:
-            if name in _INPUT_PREFIXES:
-                _flatten_inputs(value, name + ".", out)
-        elif name in _INPUT_NAMES and (name not in out or out[name] in (None, "", [])):
-            out[name] = value
+            if below is not None:
+                _flatten_inputs(value, below, out)
+        elif leaf is not None and (leaf not in out or out[leaf] in (None, "", [])):
+            out[leaf] = value
 
 
 def _text(value: Any) -> str | None:
@@ -258,7 +281,7 @@ def flatten_alert(alert: Mapping[str, Any]) -> dict[str, Any]:
     if not isinstance(alert, Mapping):
         raise ValueError(f"alert must be a JSON object, got {type(alert).__name__}")
     out: dict[str, Any] = {}
-    _flatten_inputs(alert, "", out)
+    _flatten_inputs(alert, _INPUT_PLAN, out)
     return out
 
 

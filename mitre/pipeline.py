@@ -21,7 +21,7 @@ from mitre.cache import DAY_SECONDS, MappingCache
 from mitre.cachekey import IDENTITY_FIELDS, cache_key
 from mitre.catalog import Catalog, load_catalog
 from mitre.config import Environment, WorkflowsFile
-from mitre.decision import decide
+from mitre.decision import decide, skip_early
 from mitre.enrich import (
     Enrichment,
     apply_enrichment,
@@ -225,8 +225,9 @@ class Engine:
             features = features_from_flat(flat)
         except ValueError as exc:
             return self._dead(item, f"invalid_alert: {exc}")
-        hits = self.indicators.evaluate(features)
-        decision = decide(features, hits, self.workflow.decision, self.catalog)
+        decision = skip_early(features, self.workflow.decision) or decide(
+            features, self.indicators.evaluate(features), self.workflow.decision, self.catalog
+        )
         if decision.kind is DecisionKind.SKIP:
             return Outcome(
                 status=OutcomeStatus.SKIPPED,

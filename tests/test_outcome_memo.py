@@ -142,3 +142,20 @@ def test_features_read_only_declared_inputs_and_the_input_view_matches_a_full_fl
     inputs = flatten_alert(alert)
     assert inputs == {k: v for k, v in full.items() if k in set(FEATURE_INPUTS)}
     assert features_from_flat(inputs) == features_from_flat(full)
+
+
+ODD_SHAPES = [
+    {"kibana": {"alert.rule": {"name": "Dotted mid-level", "threat": []}}, "process.parent": {"name": "winword.exe"}},
+    {"process": {"command_line": "", "parent.name": "a"}, "process.command_line": "whoami /all"},
+    {"process.command_line": "first", "process": {"command_line": "second"}},
+    {"process": {"command_line": {}}, "event": {"category": ["process", "start"]}, "threat": {}},
+    {"signal": {"rule": {"name": "Legacy", "risk_score": 80}}, "host.os": {"type": "linux"}},
+    {"kibana.alert.rule": {"parameters": {"threat": [{"tactic": {"id": "TA0002"}}]}}, "message": None},
+    {"user": {"name": ["alice", ""]}, "dns": {"question": {"name": "x.example"}}, "other": {"process": {"name": "x"}}},
+]
+
+
+@pytest.mark.parametrize("alert", ODD_SHAPES)
+def test_input_view_matches_a_full_flatten_on_odd_shapes(alert: dict[str, Any]):
+    full = flatten(alert)
+    assert flatten_alert(alert) == {k: v for k, v in full.items() if k in set(FEATURE_INPUTS)}
