@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import time
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -58,6 +59,9 @@ if TYPE_CHECKING:  # scikit-learn loads only when a knowledge base is actually u
 
 VALIDATED_MEMO_ENTRIES = 20_000
 OUTCOME_MEMO_ENTRIES = 20_000
+# A long-running worker forgets remembered outcomes this often, so none outlives the cache's own
+# expiry by more than this.
+OUTCOME_MEMO_SECONDS = 3600.0
 
 
 @dataclass
@@ -187,6 +191,8 @@ class Engine:
         # lookup. Only with a cache: it holds what the cache would return for the same key.
         self._unsigned_fields, self._presence_fields = signature_fields(indicators)
         self._outcomes: OrderedDict[bytes, _Remembered] = OrderedDict()
+        self.outcome_memo_seconds = OUTCOME_MEMO_SECONDS
+        self._outcomes_since = time.monotonic()
 
     # ------------------------------------------------------------ stages
 
@@ -368,6 +374,9 @@ class Engine:
 
     def process_batch(self, items: Sequence[RawAlert]) -> list[Outcome]:
         now = timestamp()
+        if time.monotonic() - self._outcomes_since >= self.outcome_memo_seconds:
+            self._outcomes.clear()
+            self._outcomes_since = time.monotonic()
         outcomes: list[Outcome | None] = [None] * len(items)
         todo: list[_Todo] = []
         # Later copies of a signature first seen in this batch wait for its outcome.

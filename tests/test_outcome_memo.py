@@ -106,6 +106,15 @@ def test_alert_ids_do_not_split_signatures_but_observables_do(tmp_path: Path):
     assert "T1059" in extended.alert["threat"]["technique"]["id"]
 
 
+def test_remembered_outcomes_are_forgotten_after_their_time(tmp_path: Path):
+    engine = _engine(tmp_path)
+    engine.process(kibana_alert(command_line=LSASS_COMMAND))
+    assert engine._outcomes
+    engine.outcome_memo_seconds = 0.0
+    engine.process(kibana_alert(command_line="whoami /all"))
+    assert len(engine._outcomes) == 1  # only the alert just seen
+
+
 def test_without_a_cache_nothing_is_remembered(tmp_path: Path):
     engine = _engine(tmp_path, cache=False)
     engine.process(kibana_alert(command_line=LSASS_COMMAND))
