@@ -11,10 +11,13 @@ from __future__ import annotations
 import gc
 import multiprocessing
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from mitre.io.ndjson import alert_record, read_lines
 from mitre.models import Outcome, OutcomeStatus
@@ -27,13 +30,44 @@ RANGE_BYTES = 4 * 2**20
 @dataclass
 class ChunkResult:
     """One chunk's enriched lines, dead letters and counts. From a byte range, `lines` counts its
-    input lines and dead letters are numbered from the range's first line (run_file shifts them)."""
+    input lines and dead letters are numbered from the range's first line (run_file shifts them);
+    a worker leaves its lines in a spool file rather than shipping them through a pipe."""
 
     output: bytes
     summary: RunSummary
     consumed: int
     lines: int = 0
     dead: list[Outcome] = field(default_factory=list)
+    spooled: Path | None = None
+
+    def write_output(self, out: BinaryIO | None) -> None:
+        """Append the enriched lines to `out` (None: discard them)."""
+        if self.spooled is None:
+            if out is not None:
+                out.write(self.output)
+            return
+        try:
+            if out is not None:
+                out.flush()
+                with self.spooled.open("rb") as src:
+                    _copy(src, out)
+        finally:
+            self.spooled.unlink(missing_ok=True)
+
+
+def _copy(src: BinaryIO, out: BinaryIO) -> None:
+    """File to file (or pipe) inside the kernel when it can; through Python when it cannot."""
+    size = os.fstat(src.fileno()).st_size
+    sent = 0
+    try:
+        while sent < size:
+            step = os.sendfile(out.fileno(), src.fileno(), sent, size - sent)
+            if step == 0:
+                break
+            sent += step
+    except OSError:
+        src.seek(sent)
+        shutil.copyfileobj(src, out)
 
 
 def process_chunk(engine: Engine, items: list[RawAlert], keep_skipped: bool) -> ChunkResult:
@@ -108,20 +142,30 @@ def process_range(engine: Engine, path: Path, span: tuple[int, int], keep_skippe
     return result
 
 
+@dataclass(frozen=True)
+class _Job:
+    engine: Engine
+    path: Path
+    keep_skipped: bool
+    spool: Path | None = None
+
+
 # Set in the parent just before forking; read only by the forked workers.
-_FORKED: tuple[Engine, Path, bool] | None = None
+_FORKED: _Job | None = None
 
 
 def _work_chunk(items: list[RawAlert]) -> ChunkResult:
     assert _FORKED is not None
-    engine, _, keep_skipped = _FORKED
-    return process_chunk(engine, items, keep_skipped)
+    return process_chunk(_FORKED.engine, items, _FORKED.keep_skipped)
 
 
 def _work_range(span: tuple[int, int]) -> ChunkResult:
-    assert _FORKED is not None
-    engine, path, keep_skipped = _FORKED
-    return process_range(engine, path, span, keep_skipped)
+    assert _FORKED is not None and _FORKED.spool is not None
+    result = process_range(_FORKED.engine, _FORKED.path, span, _FORKED.keep_skipped)
+    result.spooled = _FORKED.spool / f"{span[0]:016d}.ndjson"
+    result.spooled.write_bytes(result.output)
+    result.output = b""
+    return result
 
 
 def default_workers() -> int:
@@ -142,11 +186,11 @@ def _long_lived(engine: Engine) -> Iterator[None]:
 
 
 @contextmanager
-def _forked(engine: Engine, path: Path, keep_skipped: bool, workers: int) -> Iterator[multiprocessing.pool.Pool]:
+def _forked(job: _Job, workers: int) -> Iterator[multiprocessing.pool.Pool]:
     global _FORKED
-    if engine.cache is not None:
-        engine.cache.close()  # SQLite connections must not cross a fork; each side reopens lazily
-    _FORKED = (engine, path, keep_skipped)
+    if job.engine.cache is not None:
+        job.engine.cache.close()  # SQLite connections must not cross a fork; each side reopens lazily
+    _FORKED = job
     try:
         with multiprocessing.get_context("fork").Pool(workers) as pool:
             yield pool
@@ -165,15 +209,20 @@ def run_file(
     workers: int,
     on_result: Callable[[ChunkResult], None],
     range_bytes: int = RANGE_BYTES,
+    spool_dir: Path | None = None,
 ) -> None:
-    """Feed a file's results to `on_result` in input order, dead letters numbered by file line."""
+    """Feed a file's results to `on_result` in input order, dead letters numbered by file line.
+    Workers spool their lines under `spool_dir` (default: the system's temporary directory)."""
     with _long_lived(engine):
         if not _can_fork(workers):
             with path.open("rb") as handle:
                 for batch in chunks(read_lines(handle)):
                     on_result(process_chunk(engine, batch, keep_skipped))
             return
-        with _forked(engine, path, keep_skipped, workers) as pool:
+        with (
+            tempfile.TemporaryDirectory(prefix="attackmap-spool-", dir=spool_dir) as spool,
+            _forked(_Job(engine, path, keep_skipped, Path(spool)), workers) as pool,
+        ):
             before = 0
             for result in pool.imap(_work_range, split_ranges(path, range_bytes), chunksize=1):
                 if before:
@@ -195,6 +244,6 @@ def run_chunks(
             for batch in chunks(items):
                 on_result(process_chunk(engine, batch, keep_skipped))
             return
-        with _forked(engine, Path(), keep_skipped, workers) as pool:
+        with _forked(_Job(engine, Path(), keep_skipped), workers) as pool:
             for result in pool.imap(_work_chunk, chunks(items), chunksize=1):
                 on_result(result)

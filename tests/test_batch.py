@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import itertools
 import json
 from pathlib import Path
@@ -47,7 +48,9 @@ def _run(src: Path, tmp_path: Path, workers: int, range_bytes: int = 8192) -> tu
     summary = RunSummary()
 
     def collect(result: ChunkResult) -> None:
-        out.append(result.output)
+        handle = io.BytesIO()
+        result.write_output(handle)
+        out.append(handle.getvalue())
         dead.extend((o.line, o.raw or "") for o in result.dead)
         merge(summary, result.summary)
 
@@ -73,3 +76,30 @@ def test_two_workers_give_the_serial_result_with_file_line_numbers(tmp_path: Pat
     assert _stable(parallel_out) == _stable(serial_out)
     assert parallel_summary.as_dict()["skipped"] == serial_summary.as_dict()["skipped"]
     assert parallel_summary.total == serial_summary.total == sum(1 for line in lines if line.strip())
+
+
+def test_cli_two_workers_to_a_file_and_to_stdout_match_one_worker(tmp_path: Path):
+    """Workers' spooled lines reach a file and a pipe (stdout) intact and in order."""
+    import os
+    import subprocess
+    import sys
+
+    src = tmp_path / "a.ndjson"
+    lines = _write(src, 3000)
+    src.write_bytes(b"\n".join(lines * 6) + b"\n")  # more than two 4 MiB ranges
+    assert src.stat().st_size > 2 * 4 * 2**20
+    env = {**os.environ, "ATTACKMAP_HOME": str(tmp_path / "home")}
+
+    def enrich(*args: str) -> subprocess.CompletedProcess[bytes]:
+        command = [sys.executable, "-m", "mitre", "enrich", str(src), "--cache-dir", str(tmp_path / "c"), *args]
+        return subprocess.run(command, capture_output=True, cwd=tmp_path, env=env, timeout=300)
+
+    one = enrich("-j", "1", "-o", "one.ndjson", "--dead-letter", "d1.ndjson")
+    two = enrich("-j", "2", "-o", "two.ndjson", "--dead-letter", "d2.ndjson")
+    piped = enrich("-j", "2", "-o", "-", "--dead-letter", "d3.ndjson")
+    assert one.returncode == two.returncode == piped.returncode == 3
+    expected = _stable((tmp_path / "one.ndjson").read_bytes())
+    assert _stable((tmp_path / "two.ndjson").read_bytes()) == expected
+    assert _stable(piped.stdout) == expected
+    assert (tmp_path / "d1.ndjson").read_bytes() == (tmp_path / "d2.ndjson").read_bytes()
+    assert not list(tmp_path.glob("attackmap-spool-*"))

@@ -71,8 +71,7 @@ def run_enrich(
 
         def write(result: ChunkResult) -> None:
             merge(summary, result.summary)
-            if out is not None:
-                out.write(result.output)
+            result.write_output(out)
             dead.write(b"".join(dead_letter_record(o, input_path) for o in result.dead))
             bar.update(task, advance=result.consumed)
 
@@ -80,7 +79,8 @@ def run_enrich(
             with open_input(input_path) as src:
                 run_chunks(engine, read_lines(src), keep_skipped, workers, write)
         else:
-            run_file(engine, Path(input_path), keep_skipped, workers, write)
+            spool = Path(output).parent if output not in (None, "-") else None
+            run_file(engine, Path(input_path), keep_skipped, workers, write, spool_dir=spool)
     if not summary.dead_letter:
         Path(dead_letter).unlink(missing_ok=True)
     return summary
