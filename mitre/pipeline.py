@@ -189,7 +189,8 @@ class Engine:
         self._validated_memo: OrderedDict[str, tuple[MappingResult, ValidatedMapping]] = OrderedDict()
         # Outcome signature → outcome, so the thousandth copy of an alert costs a parse and a
         # lookup. Only with a cache: it holds what the cache would return for the same key.
-        self._unsigned_fields, self._presence_fields = signature_fields(indicators)
+        self._unsigned_fields, presence = signature_fields(indicators)
+        self._presence_fields = frozenset(presence)
         self._outcomes: OrderedDict[bytes, _Remembered] = OrderedDict()
         self.outcome_memo_seconds = OUTCOME_MEMO_SECONDS
         self._outcomes_since = time.monotonic()
@@ -212,15 +213,15 @@ class Engine:
         `flat` holds only feature inputs (flatten_alert), so it is the signature less a few fields."""
         if self.cache is None:
             return None
-        unsigned = self._unsigned_fields
+        signed = flat
+        if unsigned := flat.keys() & self._unsigned_fields:
+            signed = dict(flat)
+            for name in unsigned:
+                value = signed.pop(name)
+                if name in self._presence_fields:
+                    signed[name] = has_text(value)
         try:
-            return orjson.dumps(
-                [
-                    {k: v for k, v in flat.items() if k not in unsigned},
-                    [has_text(flat.get(n)) for n in self._presence_fields],
-                ],
-                option=orjson.OPT_SORT_KEYS,
-            )
+            return orjson.dumps(signed, option=orjson.OPT_SORT_KEYS)
         except TypeError:  # a value JSON cannot hold (alerts handed in as Python objects)
             return None
 
