@@ -25,6 +25,8 @@ from mitre.models import Contract
 TECHNIQUE_ID = re.compile(r"^T\d{4}(?:\.\d{3})?$")
 TACTIC_ID = re.compile(r"^TA\d{4}$")
 _CITATION = re.compile(r"\(Citation:[^)]*\)")
+_LINK = re.compile(r"\[[^\]]*\]\([^)]*\)")  # "[APT29](https://…)": the actor's name says nothing about the technique
+_MARKUP = re.compile(r"</?code>")
 ATTACK_SITE = "https://attack.mitre.org"
 
 
@@ -63,6 +65,15 @@ class Technique(Contract):
 Resolution = Literal["active", "revoked", "newer_version", "parent_of_unknown", "deprecated", "unknown"]
 
 
+class TechniqueExample(Contract):
+    """Text ATT&CK itself ties to a technique: a procedure example (how a group or a piece of software
+    used it) or a detection analytic. Labelled data that comes with every bundle, for the local mapper."""
+
+    technique: str
+    kind: Literal["procedure", "analytic"]
+    text: str
+
+
 class ResolvedId(Contract):
     """How a requested technique ID maps onto the loaded catalog."""
 
@@ -81,6 +92,7 @@ class CatalogData(Contract):
     redirects: dict[str, str | None] = Field(default_factory=dict)
     newer_ids: dict[str, str] = Field(default_factory=dict)
     newer_tactics: dict[str, str] = Field(default_factory=dict)
+    examples: tuple[TechniqueExample, ...] = ()
 
 
 class CatalogInfo(Contract):
@@ -222,6 +234,45 @@ def _data_sources(objects: list[dict[str, Any]], by_id: dict[str, dict[str, Any]
     return result
 
 
+def _prose(text: str) -> str:
+    return " ".join(_MARKUP.sub("", _LINK.sub("", _clean(text))).split())
+
+
+def _technique_examples(
+    objects: list[dict[str, Any]], by_id: dict[str, dict[str, Any]], active: Mapping[str, str]
+) -> tuple[TechniqueExample, ...]:
+    """Procedure examples (`uses` relationships to a technique) and the analytics of its detection
+    strategies (strategy name, analytic description, log sources, tunable elements)."""
+    out: list[TechniqueExample] = []
+    for rel in objects:
+        if rel.get("type") != "relationship" or rel.get("revoked") or rel.get("x_mitre_deprecated"):
+            continue
+        tid = active.get(rel.get("target_ref", ""))
+        if tid is None:
+            continue
+        if rel.get("relationship_type") == "uses" and (text := _prose(rel.get("description", ""))):
+            out.append(TechniqueExample(technique=tid, kind="procedure", text=text))
+        elif rel.get("relationship_type") == "detects":
+            strategy = by_id.get(rel.get("source_ref", ""), {})
+            for ref in strategy.get("x_mitre_analytic_refs", ()):
+                analytic = by_id.get(ref, {})
+                if not analytic or analytic.get("revoked") or analytic.get("x_mitre_deprecated"):
+                    continue
+                parts = [str(strategy.get("name", "")), _prose(analytic.get("description", ""))]
+                parts += [
+                    f"{s.get('name', '')} {s.get('channel', '')}"
+                    for s in analytic.get("x_mitre_log_source_references", ())
+                ]
+                parts += [
+                    f"{m.get('field', '')} {m.get('description', '')}"
+                    for m in analytic.get("x_mitre_mutable_elements", ())
+                ]
+                out.append(
+                    TechniqueExample(technique=tid, kind="analytic", text="\n".join(p for p in parts if p.strip()))
+                )
+    return tuple(out)
+
+
 def parse_stix_bundle(raw: bytes, path: Path) -> CatalogData:
     """Compile an official enterprise-attack STIX bundle (2.0 or 2.1) into CatalogData."""
     try:
@@ -286,12 +337,14 @@ def parse_stix_bundle(raw: bytes, path: Path) -> CatalogData:
     redirects = {eid: _follow(revoked_by, eid, active) if eid in revoked_by else None for eid in retired}
     redirects = {k: v for k, v in redirects.items() if k not in active}
     spec = bundle.get("spec_version") or "2.1"
+    active_refs = {sid: eid for sid, eid in stix_to_eid.items() if eid in active}
     return CatalogData(
         version=_bundle_version(objects, path),
         source=f"stix-{spec}:{path}",
         tactics=tactics,
         techniques=tuple(sorted(techniques, key=lambda t: t.id)),
         redirects=dict(sorted(redirects.items())),
+        examples=_technique_examples(objects, by_id, active_refs),
     )
 
 

@@ -3,7 +3,8 @@
 Rows may be Sigma rules (SigmaHQ rules.jsonl), generic rules (name, description, query,
 techniques), eval cases (alert + expected), Atomic Red Team tests, or tagged Kibana alerts.
 Labels from other ATT&CK versions are normalised to the active catalog; labels that cannot
-be mapped are counted, never silently dropped.
+be mapped are counted, never silently dropped. Every knowledge base also learns from the
+catalog's own procedure examples and detection analytics (`catalog_examples`).
 """
 
 from __future__ import annotations
@@ -97,6 +98,52 @@ def example_from_row(row: Mapping[str, Any], index: int, source: str) -> tuple[s
     return alert_text(features), techniques, tactics, None
 
 
+CATALOG_CHUNK = 600  # characters of procedure examples per row: each is one short sentence
+
+
+def catalog_examples(catalog: Catalog) -> list[Example]:
+    """The catalog's technique descriptions, procedure examples (joined per technique into rows of about
+    `CATALOG_CHUNK` characters, which keeps the classifiers' Gram matrix small) and detection analytics,
+    labelled with the technique and all of its tactics. None for a catalog without procedure examples
+    or analytics (the offline package): its descriptions alone are already searched by BM25."""
+    if not catalog.data.examples:
+        return []
+    source = f"ATT&CK {catalog.version}"
+    grouped: dict[tuple[str, str], list[str]] = {}
+    for item in catalog.data.examples:
+        grouped.setdefault((item.technique, item.kind), []).append(item.text)
+    rows: list[tuple[str, str, str]] = []
+    for tid, tech in catalog.techniques.items():
+        parent = catalog.techniques.get(tech.parent) if tech.parent else None
+        name = f"{parent.name}: {tech.name}" if parent else tech.name
+        rows.append((tid, "description", f"{name}\n{tech.description}"))
+    for (tid, kind), texts in grouped.items():
+        if kind == "analytic":
+            rows += [(tid, kind, text) for text in texts]
+            continue
+        chunk: list[str] = []
+        for text in texts:
+            if chunk and sum(len(t) for t in chunk) + len(text) > CATALOG_CHUNK:
+                rows.append((tid, kind, "\n".join(chunk)))
+                chunk = []
+            chunk.append(text)
+        rows.append((tid, kind, "\n".join(chunk)))
+    seen: Counter[tuple[str, str]] = Counter()
+    out = []
+    for tid, kind, text in rows:
+        seen[tid, kind] += 1
+        out.append(
+            Example(
+                id=f"{tid} {kind} {seen[tid, kind]}",
+                text=text,
+                techniques=(tid,),
+                tactics=tuple(t.id for t in catalog.tactics_of(tid)),
+                source=source,
+            )
+        )
+    return out
+
+
 def load_examples(paths: Sequence[Path], catalog: Catalog) -> tuple[list[Example], LabelReport]:
     examples: list[Example] = []
     unmapped: Counter[str] = Counter()
@@ -124,7 +171,7 @@ def load_examples(paths: Sequence[Path], catalog: Catalog) -> tuple[list[Example
                 )
             )
     report = LabelReport(rows=rows, examples=len(examples), redirected=redirected, unmapped=dict(unmapped))
-    return examples, report
+    return examples + catalog_examples(catalog), report
 
 
 class Neighbour(Contract):
@@ -143,7 +190,13 @@ class KnowledgeBase:
             raise ValueError("knowledge base is empty")
         self.examples = list(examples)
         self._vectorizer = TfidfVectorizer(
-            tokenizer=tokenize, lowercase=False, token_pattern=None, ngram_range=(1, 2), sublinear_tf=True, min_df=1
+            tokenizer=tokenize,
+            lowercase=False,
+            token_pattern=None,
+            ngram_range=(1, 2),
+            sublinear_tf=True,
+            min_df=1,
+            dtype=np.float32,  # single precision halves the stored matrices and the Gram/Cholesky time
         )
         texts = [e.text for e in self.examples]
         self._matrix = self._vectorizer.fit_transform(texts)
@@ -157,6 +210,14 @@ class KnowledgeBase:
         self._tactic_labels: list[str] = []
         self._tactic_dual: Any = None
         self._last_kernel: tuple[tuple[str, ...], Any] | None = None
+
+    def with_catalog(self, catalog: Catalog) -> KnowledgeBase:
+        """This knowledge base if it already learnt from the catalog's own examples (as one built by
+        `load_examples` did), else a new one that also does (one built from eval folds, say)."""
+        extra = catalog_examples(catalog)
+        if not extra or any(e.source == extra[0].source for e in self.examples):
+            return self
+        return KnowledgeBase([*self.examples, *extra], self._ridge_lambda, self._char_ngrams)
 
     def _features(self, texts: Sequence[str], fit: bool = False) -> Any:
         """Classifier features: word TF-IDF, plus character 3–4-grams (within word boundaries; those in over 20% of
@@ -174,6 +235,7 @@ class KnowledgeBase:
                 min_df=2 if large else 1,
                 max_df=0.2 if large else 1.0,
                 max_features=200_000,
+                dtype=np.float32,
             )
             char = self._char_vectorizer.fit_transform(texts)
         else:
@@ -192,7 +254,7 @@ class KnowledgeBase:
             self._factor = cho_factor(gram, overwrite_a=True, check_finite=False)
         labels = sorted({t for ls in label_sets for t in ls})
         index = {t: i for i, t in enumerate(labels)}
-        y = -np.ones((len(label_sets), len(labels)))
+        y = -np.ones((len(label_sets), len(labels)), dtype=np.float32)
         for row, ls in enumerate(label_sets):
             for t in ls:
                 y[row, index[t]] = 1.0

@@ -1,7 +1,8 @@
 """The local mapper: no LLM, no network. Combines three kinds of evidence into ranked techniques:
 
 1. indicators (high-confidence patterns from the indicator catalog),
-2. nearest neighbours among labelled examples (the optional knowledge base),
+2. nearest neighbours among labelled examples (the optional knowledge base, which always also
+   learns from the catalog's own procedure examples and detection analytics),
 3. BM25 retrieval over the catalog's technique text.
 
 Scores are combined with a noisy-or, so independent evidence adds up and no single weak
@@ -76,6 +77,7 @@ class LocalMapper:
         self.settings = settings
         self._knowledge = knowledge
         self._load_knowledge = load_knowledge
+        self._knows_catalog = False
         self._retriever = retriever
         self.weights = weights or LocalWeights()
         self._knowledge_fingerprint = knowledge_fingerprint
@@ -86,6 +88,11 @@ class LocalMapper:
         cache never needs it, and loading it costs more than the rest of start-up."""
         if self._load_knowledge is not None:
             self._knowledge, self._load_knowledge = self._load_knowledge(), None
+        if self._knowledge is not None and not self._knows_catalog:
+            # It always also learns from the catalog's own procedure examples and analytics; one
+            # built without them (eval folds, say) is rebuilt once with them.
+            self._knowledge = self._knowledge.with_catalog(self.catalog)
+            self._knows_catalog = True
         return self._knowledge
 
     @property
