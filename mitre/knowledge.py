@@ -101,6 +101,11 @@ def example_from_row(row: Mapping[str, Any], index: int, source: str) -> tuple[s
 CATALOG_CHUNK = 600  # characters of procedure examples per row: each is one short sentence
 
 
+def catalog_source(catalog: Catalog) -> str:
+    """The `source` of the rows `catalog_examples` makes, by which a knowledge base tells it has them."""
+    return f"ATT&CK {catalog.version}"
+
+
 def catalog_examples(catalog: Catalog) -> list[Example]:
     """The catalog's technique descriptions, procedure examples (joined per technique into rows of about
     `CATALOG_CHUNK` characters, which keeps the classifiers' Gram matrix small) and detection analytics,
@@ -108,7 +113,7 @@ def catalog_examples(catalog: Catalog) -> list[Example]:
     or analytics (the offline package): its descriptions alone are already searched by BM25."""
     if not catalog.data.examples:
         return []
-    source = f"ATT&CK {catalog.version}"
+    source = catalog_source(catalog)
     grouped: dict[tuple[str, str], list[str]] = {}
     for item in catalog.data.examples:
         grouped.setdefault((item.technique, item.kind), []).append(item.text)
@@ -214,10 +219,10 @@ class KnowledgeBase:
     def with_catalog(self, catalog: Catalog) -> KnowledgeBase:
         """This knowledge base if it already learnt from the catalog's own examples (as one built by
         `load_examples` did), else a new one that also does (one built from eval folds, say)."""
-        extra = catalog_examples(catalog)
-        if not extra or any(e.source == extra[0].source for e in self.examples):
-            return self
-        return KnowledgeBase([*self.examples, *extra], self._ridge_lambda, self._char_ngrams)
+        source = catalog_source(catalog)
+        if not catalog.data.examples or any(e.source == source for e in self.examples):
+            return self  # checked without building the rows: a stored knowledge base has them
+        return KnowledgeBase([*self.examples, *catalog_examples(catalog)], self._ridge_lambda, self._char_ngrams)
 
     def _features(self, texts: Sequence[str], fit: bool = False) -> Any:
         """Classifier features: word TF-IDF, plus character 3–4-grams (within word boundaries; those in over 20% of
