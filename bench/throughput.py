@@ -5,6 +5,8 @@ Generates N alerts from examples/alerts.ndjson with per-copy variation in every 
   1. a bare orjson read + write of the same file (the floor),
   2. `attackmap enrich` with an empty cache (cold),
   3. the same again with the cache it left (warm).
+The floor and the warm run are repeated (--repeat, default 3) and their medians reported: on a
+shared 2-core machine single runs swing by a third.
 Usage: python bench/throughput.py --alerts 100000 [--workdir /tmp/attackmap-bench]
 """
 
@@ -13,6 +15,7 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import statistics
 import subprocess
 import sys
 import time
@@ -112,12 +115,17 @@ def enrich(source: Path, target: Path, cache: Path, env: dict[str, str]) -> floa
     return elapsed
 
 
+def _runs(times: list[float]) -> str:
+    return ", ".join(f"{t:.2f} s" for t in times)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--alerts", type=int, default=100_000)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/attackmap-bench"))
     parser.add_argument("--examples", type=Path, default=REPO / "examples" / "alerts.ndjson")
     parser.add_argument("--unique", type=int, default=10_000, help="alerts in the all-distinct (truly cold) run")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of the floor and the warm run; medians reported")
     args = parser.parse_args()
     args.workdir.mkdir(parents=True, exist_ok=True)
     src = args.workdir / "alerts.ndjson"
@@ -125,7 +133,8 @@ def main() -> None:
     cache = args.workdir / "cache"
     subprocess.run(["rm", "-rf", str(cache)], check=True)
     env = {**os.environ, "ATTACKMAP_HOME": str(args.workdir / "home")}
-    floor = bare_copy(src, args.workdir / "copy.ndjson")
+    floors = sorted(bare_copy(src, args.workdir / "copy.ndjson") for _ in range(args.repeat))
+    floor = statistics.median(floors)
     # Start-up (catalog, indicators, knowledge base, BM25 index) is timed separately on empty input:
     # the first run trains and stores the knowledge base, later runs reload it.
     empty = args.workdir / "empty.ndjson"
@@ -133,13 +142,14 @@ def main() -> None:
     first_startup = enrich(empty, args.workdir / "empty.out.ndjson", args.workdir / "startup-cache", env)
     startup = enrich(empty, args.workdir / "empty.out.ndjson", args.workdir / "startup-cache", env)
     cold = enrich(src, args.workdir / "cold.ndjson", cache, env)
-    warm = enrich(src, args.workdir / "warm.ndjson", cache, env)
+    warms = sorted(enrich(src, args.workdir / "warm.ndjson", cache, env) for _ in range(args.repeat))
+    warm = statistics.median(warms)
     unique = args.workdir / "unique.ndjson"
     generate_unique(args.examples, unique, args.unique)
     unique_time = enrich(unique, args.workdir / "unique.out.ndjson", args.workdir / "unique-cache", env)
     n = args.alerts
     print(f"alerts: {n}  file: {src.stat().st_size / 2**20:.1f} MiB")
-    print(f"bare orjson read+write: {floor:.2f} s  ({n / floor:,.0f} alerts/s)")
+    print(f"bare orjson read+write: {floor:.2f} s  ({n / floor:,.0f} alerts/s); runs {_runs(floors)}")
     print(f"start-up (empty input): first run {first_startup:.2f} s (trains the knowledge base), then {startup:.2f} s")
     keys = distinct_keys(src)
     print(f"distinct cache keys in the file: {keys} (a cold run computes each once)")
@@ -149,6 +159,7 @@ def main() -> None:
             f"enrich, {label}: {t:.2f} s wall ({n / t:,.0f} alerts/s); excluding start-up {n / steady:,.0f} alerts/s;"
             f" {steady / floor:.1f}x the bare read+write"
         )
+    print(f"warm runs: {_runs(warms)} (the median is reported above)")
     steady_unique = max(unique_time - startup, 1e-9)
     print(
         f"enrich, {args.unique} all-distinct alerts (nothing reusable): {unique_time:.2f} s wall;"
