@@ -478,8 +478,9 @@ class _KnowledgeStore:
 
 def _knowledge_store(paths: Iterable[Path], catalog: Catalog, store: Path | None) -> _KnowledgeStore:
     present = [p for p in paths if p.is_file()]
-    warnings = [f"knowledge base {p} not found: mapping without it" for p in paths if not p.is_file()]
-    if not present:
+    fallback = "the ATT&CK catalog's own examples only" if catalog.data.examples else "without it"
+    warnings = [f"knowledge base {p} not found: mapping with {fallback}" for p in paths if not p.is_file()]
+    if not present and not catalog.data.examples:
         return _KnowledgeStore(present, "", warnings, None)
     stats = sorted((str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in present)
     fingerprint = hashlib.sha256(orjson.dumps(stats)).hexdigest()[:16]
@@ -494,6 +495,9 @@ def load_knowledge(
 ) -> tuple[KnowledgeBase | None, str, list[str]]:
     """(knowledge base or None, content fingerprint, warnings).
 
+    A full ATT&CK bundle's procedure examples and detection analytics are always part of it
+    (mitre.knowledge.catalog_examples), so with such a catalog there is one even without files.
+
     Building the vectorisers and classifiers over a few thousand rules takes seconds, so a trained
     knowledge base is pickled under `store` (a directory the user owns), keyed by the files, the
     catalog and the code version, and reloaded by later runs; only the newest one is kept.
@@ -501,7 +505,7 @@ def load_knowledge(
     from mitre.knowledge import KnowledgeBase, load_examples
 
     where = _knowledge_store(paths, catalog, store)
-    if not where.present:
+    if not where.present and not catalog.data.examples:
         return None, "", where.warnings
     stored = where.pickle
     if stored is not None and stored.is_file():

@@ -65,3 +65,19 @@ def test_deferred_knowledge_matches_the_loaded_one(tmp_path: Path):
     assert loaded is not None
     text = ["rundll32.exe comsvcs.dll MiniDump lsass"]
     assert deferred().classify_many(text, 1) == loaded.classify_many(text, 1)
+
+
+def test_a_full_catalog_alone_makes_a_knowledge_base(tmp_path: Path, shared_data: Path):
+    """Without any knowledge-base file, a full ATT&CK bundle's procedure examples and analytics
+    still train one; the offline package (no relationships) gives none."""
+    from mitre.catalog import load_catalog as load
+
+    full = load(shared_data / "attack" / "enterprise-attack.json")
+    knowledge, fingerprint, warnings = load_knowledge([tmp_path / "missing.jsonl"], full, tmp_path / "store")
+    assert knowledge is not None and fingerprint
+    assert warnings == [
+        f"knowledge base {tmp_path / 'missing.jsonl'} not found: mapping with the ATT&CK catalog's own examples only"
+    ]
+    text = ["rundll32.exe C:\\windows\\system32\\comsvcs.dll, MiniDump 624 C:\\temp\\lsass.dmp full"]
+    assert knowledge.classify_many(text, 3)[0][0][0].startswith("T1003")
+    assert load_knowledge([], load_catalog(None), tmp_path / "store2")[0] is None
