@@ -22,8 +22,17 @@ import orjson
 
 from mitre.catalog import Catalog
 from mitre.config import MapperSettings
+from mitre.decision import rule_techniques
 from mitre.indicators import IndicatorSet
-from mitre.models import AlertFeatures, Decision, Evidence, IndicatorHit, MappingResult, TechniqueScore
+from mitre.models import (
+    AlertFeatures,
+    Decision,
+    DecisionKind,
+    Evidence,
+    IndicatorHit,
+    MappingResult,
+    TechniqueScore,
+)
 from mitre.text import alert_text
 
 if TYPE_CHECKING:  # numpy, scipy and scikit-learn load only when something is actually mapped
@@ -49,11 +58,20 @@ class LocalWeights:
     classifier_top: int = 3
     keep_ratio: float = 0.9  # a technique after the first is kept only at ≥ keep_ratio × the top confidence
     indicator_keep: float = 0.95  # an indicator-backed technique at or above this is always kept
+    indicator_rank: float = 0.8  # an indicator hit at or above this is ranked before neighbour-only candidates
+    # Once an indicator-backed technique is chosen, a candidate without indicator evidence joins it
+    # only at or above this absolute confidence (keep_ratio alone is relative to the weaker rest).
+    after_indicator_min: float = 0.7
     abstain_below: float = 0.4  # with no indicator evidence, a top confidence below this maps nothing
     # Tactic classifier over the knowledge base (a 14-class problem, far more stable than technique IDs):
     tactic_classifier: bool = True
     tactic_keep_margin: float = -0.6  # a technique's own tactics with a margin at or above this are reported
     tactic_only_margin: float = -0.2  # when nothing is mapped, the best tactic at or above this is reported
+
+
+def _covered(technique_id: str, tagged: frozenset[str]) -> bool:
+    """Tagged exactly, or a parent of a tagged sub-technique (as in the hybrid rule)."""
+    return technique_id in tagged or any(t.startswith(technique_id + ".") for t in tagged)
 
 
 class LocalMapper:
@@ -129,6 +147,11 @@ class LocalMapper:
         results = []
         for i, (feat, decision) in enumerate(zip(features, decisions, strict=True)):
             hits = decision.indicators or self.indicators.evaluate(feat)
+            carried: frozenset[str] = frozenset()
+            if decision.kind is DecisionKind.EXTEND:
+                # The rule's own techniques are on the alert already: they do not compete with the
+                # techniques the extension is about.
+                carried = frozenset(rule_techniques(feat, self.catalog))
             results.append(
                 self._rank(
                     texts[i],
@@ -136,6 +159,7 @@ class LocalMapper:
                     neighbours[i] if neighbours is not None else [],
                     classified[i] if classified is not None else [],
                     tactic_scores[i] if tactic_scores is not None else {},
+                    carried=carried,
                 )
             )
         return results
@@ -147,7 +171,10 @@ class LocalMapper:
         neighbours: list[Neighbour],
         classified: Sequence[tuple[str, float]] = (),
         tactic_scores: Mapping[str, float] | None = None,
+        carried: frozenset[str] = frozenset(),
     ) -> MappingResult:
+        """`carried`: the techniques a tagged rule already carries, when the alert is being extended.
+        They are left out of the choice, and the techniques the extending indicators name are kept."""
         w = self.weights
         misses: dict[str, float] = defaultdict(lambda: 1.0)  # product of (1 - p) per technique
         evidence: dict[str, list[Evidence]] = defaultdict(list)
@@ -237,7 +264,11 @@ class LocalMapper:
                 )
             )
         scored.sort(key=lambda s: (-s.confidence, s.technique_id))
-        chosen = self._choose(scored)
+        if carried:
+            keep = frozenset(t for h in hits for t in h.techniques if not _covered(t, carried))
+            chosen = self._choose([s for s in scored if not _covered(s.technique_id, carried)], keep)
+        else:
+            chosen = self._choose(scored)
         tactic_only: tuple[str, ...] = ()
         if not chosen and tactic_scores:
             best_t, best_m = max(tactic_scores.items(), key=lambda kv: kv[1])
@@ -251,19 +282,28 @@ class LocalMapper:
             mapper=MAPPER_NAME, techniques=tuple(chosen), tactic_ids=tactic_only, candidates=tuple(scored[:10])
         )
 
-    def _choose(self, scored: list[TechniqueScore]) -> list[TechniqueScore]:
-        """Indicator-backed techniques first (they are precise), then the best of the rest: above the
-        floor and within `keep_ratio` of the best of them. A parent is dropped when its own
-        sub-technique is chosen. With no indicator and only weak evidence, nothing is chosen."""
+    def _choose(self, scored: list[TechniqueScore], keep: frozenset[str] = frozenset()) -> list[TechniqueScore]:
+        """Techniques in `keep` first (those an extending indicator named), then indicator-backed
+        ones (they are precise), then the best of the rest: above the floor and within `keep_ratio`
+        of the best of them, indicator hits at or above `indicator_rank` ranked before the others,
+        and, next to a chosen indicator-backed technique, only at or above `after_indicator_min`.
+        A parent is dropped when its own sub-technique is chosen. With no indicator and only weak
+        evidence, nothing is chosen."""
         w = self.weights
         limit = self.settings.max_techniques
+
+        def indicator_score(c: TechniqueScore) -> float:
+            return max((e.score for e in c.evidence if e.source == "indicator"), default=0.0)
+
+        forced = [c for c in scored if c.technique_id in keep]
         strong = [
             c
             for c in scored
-            if any(e.source == "indicator" for e in c.evidence)
+            if c not in forced
+            and indicator_score(c) > 0.0
             and (c.confidence >= w.indicator_keep or any(e.score >= w.indicator_keep for e in c.evidence))
         ]
-        if not strong and (not scored or scored[0].confidence < w.abstain_below):
+        if not forced and not strong and (not scored or scored[0].confidence < w.abstain_below):
             return []
         chosen: list[TechniqueScore] = []
 
@@ -278,16 +318,25 @@ class LocalMapper:
                 return
             chosen.append(cand)
 
+        for cand in forced:
+            take(cand)  # always kept, even past the limit: they are why the alert is extended
         for cand in strong:
             if len(chosen) < limit:
                 take(cand)
-        rest = [c for c in scored if c not in strong]
+        rest = [c for c in scored if c not in forced and c not in strong]
         top = rest[0].confidence if rest else 0.0
+        rest.sort(key=lambda c: indicator_score(c) < w.indicator_rank)  # stable: confidence order within
         for cand in rest:
-            if len(chosen) >= limit or cand.confidence < self.settings.confidence_floor:
+            if len(chosen) >= limit:
                 break
-            if cand.confidence < w.keep_ratio * top:
-                break
+            if cand.confidence < self.settings.confidence_floor or cand.confidence < w.keep_ratio * top:
+                continue
+            if (
+                indicator_score(cand) == 0.0
+                and cand.confidence < w.after_indicator_min
+                and any(indicator_score(c) > 0.0 for c in chosen)
+            ):
+                continue
             take(cand)
         return chosen
 

@@ -1,0 +1,120 @@
+"""How the local mapper chooses its final techniques from the ranked candidates (synthetic evidence)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from mitre.catalog import Catalog, load_catalog
+from mitre.config import MapperSettings
+from mitre.features import extract_features
+from mitre.indicators import IndicatorSet
+from mitre.mappers.local import LocalMapper, LocalWeights
+from mitre.models import Decision, DecisionKind, IndicatorHit, MappingResult
+from tests.helpers import kibana_alert, threat_entry
+
+W = LocalWeights()
+
+
+def margin_for(p: float) -> float:
+    """The classifier margin the local mapper turns into confidence `p`."""
+    return -math.log(W.classifier_weight / p - 1.0) / W.classifier_scale - W.classifier_shift
+
+
+class StubKnowledge:
+    """A knowledge base whose classifier proposes fixed techniques (no neighbours, no tactics)."""
+
+    def __init__(self, classified: list[tuple[str, float]]) -> None:
+        self.classified = classified
+
+    def with_catalog(self, catalog: Catalog) -> StubKnowledge:
+        return self
+
+    def neighbours_many(self, texts: Sequence[str], k: int) -> list[list[Any]]:
+        return [[] for _ in texts]
+
+    def classify_many(self, texts: Sequence[str], top: int) -> list[list[tuple[str, float]]]:
+        return [list(self.classified) for _ in texts]
+
+    def classify_tactics_many(self, texts: Sequence[str]) -> list[dict[str, float]]:
+        return [{} for _ in texts]
+
+
+class NoRetrieval:
+    def search(self, text: str, top: int) -> list[tuple[str, float]]:
+        return []
+
+
+@pytest.fixture(scope="module")
+def catalog() -> Catalog:
+    return load_catalog(None)
+
+
+def hit(technique: str, confidence: float) -> IndicatorHit:
+    return IndicatorHit(
+        indicator_id=f"test-{technique}",
+        techniques=(technique,),
+        field="process.command_line",
+        matched="x",
+        confidence=confidence,
+    )
+
+
+def run(
+    catalog: Catalog,
+    classified: list[tuple[str, float]],
+    decision: Decision,
+    threat: list[dict[str, Any]] | None = None,
+) -> MappingResult:
+    mapper = LocalMapper(
+        catalog,
+        IndicatorSet([], catalog),
+        MapperSettings(),
+        knowledge=StubKnowledge([(t, margin_for(p)) for t, p in classified]),  # type: ignore[arg-type]
+        retriever=NoRetrieval(),  # type: ignore[arg-type]
+    )
+    return mapper.map(extract_features(kibana_alert(threat=threat)), decision)
+
+
+def chosen(result: MappingResult) -> list[str]:
+    return [t.technique_id for t in result.techniques]
+
+
+def test_the_technique_an_extending_indicator_names_is_kept(catalog: Catalog) -> None:
+    # The rule carries T1003.003, which the knowledge base also finds at 0.94; the indicator that
+    # extended the alert shows T1047 at 0.82, below keep_ratio × 0.94: it must still be kept.
+    decision = Decision(kind=DecisionKind.EXTEND, reason="indicator_fired", detail="", indicators=(hit("T1047", 0.82),))
+    result = run(
+        catalog,
+        [("T1003.003", 0.94)],
+        decision,
+        threat=[threat_entry("TA0006", "Credential Access", "T1003", "T1003.003")],
+    )
+    assert "T1047" in chosen(result)
+    # The rule's own technique (and its parent) is on the alert already: it takes no slot.
+    assert not {"T1003", "T1003.003"} & set(chosen(result))
+
+
+def test_the_rules_techniques_compete_when_the_alert_is_mapped(catalog: Catalog) -> None:
+    decision = Decision(kind=DecisionKind.MAP, reason="untagged_rule", detail="", indicators=(hit("T1047", 0.82),))
+    assert chosen(run(catalog, [("T1003.003", 0.94)], decision)) == ["T1003.003"]
+
+
+def test_weak_knowledge_base_candidates_are_not_padded_next_to_an_indicator_hit(catalog: Catalog) -> None:
+    decision = Decision(kind=DecisionKind.MAP, reason="untagged_rule", detail="", indicators=(hit("T1059.001", 0.98),))
+    result = run(catalog, [("T1105", 0.52)], decision)
+    assert chosen(result) == ["T1059.001"]
+    assert "T1105" in {c.technique_id for c in result.candidates}  # still a candidate, just not chosen
+
+
+def test_a_confident_knowledge_base_candidate_still_joins_an_indicator_hit(catalog: Catalog) -> None:
+    decision = Decision(kind=DecisionKind.MAP, reason="untagged_rule", detail="", indicators=(hit("T1059.001", 0.98),))
+    assert chosen(run(catalog, [("T1105", 0.9)], decision)) == ["T1059.001", "T1105"]
+
+
+def test_without_an_indicator_the_relative_cut_alone_applies(catalog: Catalog) -> None:
+    decision = Decision(kind=DecisionKind.MAP, reason="untagged_rule", detail="")
+    assert chosen(run(catalog, [("T1105", 0.55), ("T1082", 0.52)], decision)) == ["T1105", "T1082"]
