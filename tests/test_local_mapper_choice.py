@@ -100,7 +100,7 @@ def test_the_technique_an_extending_indicator_names_is_kept(catalog: Catalog) ->
 
 def test_the_rules_techniques_compete_when_the_alert_is_mapped(catalog: Catalog) -> None:
     decision = Decision(kind=DecisionKind.MAP, reason="untagged_rule", detail="", indicators=(hit("T1047", 0.82),))
-    assert chosen(run(catalog, [("T1003.003", 0.94)], decision)) == ["T1003.003"]
+    assert chosen(run(catalog, [("T1003.003", 0.94)], decision)) == ["T1047", "T1003.003"]
 
 
 def test_weak_knowledge_base_candidates_are_not_padded_next_to_an_indicator_hit(catalog: Catalog) -> None:
@@ -118,3 +118,10 @@ def test_a_confident_knowledge_base_candidate_still_joins_an_indicator_hit(catal
 def test_without_an_indicator_the_relative_cut_alone_applies(catalog: Catalog) -> None:
     decision = Decision(kind=DecisionKind.MAP, reason="untagged_rule", detail="")
     assert chosen(run(catalog, [("T1105", 0.55), ("T1082", 0.52)], decision)) == ["T1105", "T1082"]
+
+
+def test_a_sub_technique_an_indicator_names_beats_its_parent_found_by_neighbours(catalog: Catalog) -> None:
+    # T1496 gets 0.94 from the knowledge base plus a share of its sub-technique's indicator hit;
+    # the hit (0.85, above the extend bar) falls below keep_ratio × that, yet it is the precise answer.
+    decision = Decision(kind=DecisionKind.MAP, reason="untagged_rule", detail="", indicators=(hit("T1496.001", 0.85),))
+    assert chosen(run(catalog, [("T1496", 0.94)], decision)) == ["T1496.001"]

@@ -58,7 +58,9 @@ class LocalWeights:
     classifier_top: int = 3
     keep_ratio: float = 0.9  # a technique after the first is kept only at ≥ keep_ratio × the top confidence
     indicator_keep: float = 0.95  # an indicator-backed technique at or above this is always kept
-    indicator_rank: float = 0.8  # an indicator hit at or above this is ranked before neighbour-only candidates
+    # An indicator hit at or above this (the extend bar) ranks before neighbour-only candidates and
+    # is not cut by keep_ratio.
+    indicator_rank: float = 0.8
     # Once an indicator-backed technique is chosen, a candidate without indicator evidence joins it
     # only at or above this absolute confidence (keep_ratio alone is relative to the weaker rest).
     after_indicator_min: float = 0.7
@@ -285,7 +287,7 @@ class LocalMapper:
     def _choose(self, scored: list[TechniqueScore], keep: frozenset[str] = frozenset()) -> list[TechniqueScore]:
         """Techniques in `keep` first (those an extending indicator named), then indicator-backed
         ones (they are precise), then the best of the rest: above the floor and within `keep_ratio`
-        of the best of them, indicator hits at or above `indicator_rank` ranked before the others,
+        of the best of them, indicator hits at or above `indicator_rank` first and exempt from that cut,
         and, next to a chosen indicator-backed technique, only at or above `after_indicator_min`.
         A parent is dropped when its own sub-technique is chosen. With no indicator and only weak
         evidence, nothing is chosen."""
@@ -329,7 +331,9 @@ class LocalMapper:
         for cand in rest:
             if len(chosen) >= limit:
                 break
-            if cand.confidence < self.settings.confidence_floor or cand.confidence < w.keep_ratio * top:
+            if cand.confidence < self.settings.confidence_floor:
+                continue
+            if cand.confidence < w.keep_ratio * top and indicator_score(cand) < w.indicator_rank:
                 continue
             if (
                 indicator_score(cand) == 0.0
