@@ -63,7 +63,7 @@ class LocalWeights:
     indicator_rank: float = 0.8
     # Once an indicator-backed technique is chosen, a candidate without indicator evidence joins it
     # only at or above this absolute confidence (keep_ratio alone is relative to the weaker rest).
-    after_indicator_min: float = 0.7
+    after_indicator_min: float = 0.8
     abstain_below: float = 0.4  # with no indicator evidence, a top confidence below this maps nothing
     # Tactic classifier over the knowledge base (a 14-class problem, far more stable than technique IDs):
     tactic_classifier: bool = True
