@@ -173,7 +173,7 @@ def default_workers() -> int:
 
 
 @contextmanager
-def _long_lived(engine: Engine) -> Iterator[None]:
+def _long_lived() -> Iterator[None]:
     """The engine (catalog, indicators, knowledge base) lives for the whole run: keep its objects
     out of every garbage collection (a third of the time per alert otherwise), and out of the
     pages forked workers would copy."""
@@ -213,7 +213,7 @@ def run_file(
 ) -> None:
     """Feed a file's results to `on_result` in input order, dead letters numbered by file line.
     Workers spool their lines under `spool_dir` (default: the system's temporary directory)."""
-    with _long_lived(engine):
+    with _long_lived():
         if not _can_fork(workers):
             with path.open("rb") as handle:
                 for batch in chunks(read_lines(handle)):
@@ -239,7 +239,7 @@ def run_chunks(
     on_result: Callable[[ChunkResult], None],
 ) -> None:
     """Feed a stream's results to `on_result` in input order, using `workers` processes (1: in-process)."""
-    with _long_lived(engine):
+    with _long_lived():
         if not _can_fork(workers):
             for batch in chunks(items):
                 on_result(process_chunk(engine, batch, keep_skipped))
