@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from mitre.catalog import Catalog, load_catalog
+from mitre.indicators import IndicatorSet, load_indicators
+
 pytest_plugins: list[str] = ["tests.es_fixtures", "tests.prefect_fixtures"]
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -20,3 +23,14 @@ def shared_data() -> Path:
             pytest.fail(f"ATTACKMAP_REQUIRE_SHARED=1 but {SHARED_DATA} is missing")
         pytest.skip(f"../shared/data not found at {SHARED_DATA}: the ATT&CK bundle and corpora are loaded by path")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def catalog() -> Catalog:
+    """The offline ATT&CK catalog (the bundled package): what a fresh install runs with."""
+    return load_catalog(None)
+
+
+@pytest.fixture(scope="session")
+def indicators(catalog: Catalog) -> IndicatorSet:
+    return load_indicators(catalog)

@@ -13,16 +13,6 @@ from mitre.models import DecisionKind
 from tests.helpers import LSASS_COMMAND, kibana_alert, threat_entry
 
 
-@pytest.fixture(scope="module")
-def catalog():
-    return load_catalog(None)
-
-
-@pytest.fixture(scope="module")
-def indicators(catalog):
-    return load_indicators(catalog)
-
-
 def run(alert, catalog, indicators, **settings):
     features = extract_features(alert)
     return decide(features, indicators.evaluate(features), DecisionSettings(**settings), catalog)

@@ -41,11 +41,6 @@ ART_ROW = {
 }
 
 
-@pytest.fixture(scope="module")
-def catalog() -> Catalog:
-    return load_catalog(None)
-
-
 def test_sigma_case_is_untagged_kibana_alert() -> None:
     case = sigma_case(SIGMA_ROW)
     features = extract_features(case.alert)

@@ -7,15 +7,10 @@ import pytest
 from evals.datasets import SPLITS, Case, select_split, split_of
 from evals.metrics import Prediction, Truth, score
 from evals.runner import scoring_decision, user_prediction
-from mitre.catalog import Catalog, load_catalog
+from mitre.catalog import Catalog
 from mitre.config import DecisionSettings, OptOuts
 from mitre.features import extract_features
 from mitre.models import Decision, DecisionKind, MappingResult, TechniqueScore, ValidatedMapping
-
-
-@pytest.fixture(scope="module")
-def catalog() -> Catalog:
-    return load_catalog(None)
 
 
 def _case(case_id: str, group: str | None, alert: dict | None = None) -> Case:

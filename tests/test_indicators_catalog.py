@@ -5,21 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from mitre.catalog import load_catalog
 from mitre.features import extract_features
-from mitre.indicators import load_indicators
 
 EXTEND_BAR = 0.8  # DecisionSettings.extend_min_confidence default
-
-
-@pytest.fixture(scope="module")
-def catalog():
-    return load_catalog(None)
-
-
-@pytest.fixture(scope="module")
-def indicators(catalog):
-    return load_indicators(catalog)
 
 
 def hits_for(indicators, alert):

@@ -13,7 +13,6 @@ import httpx
 import pytest
 import respx
 
-from mitre.catalog import load_catalog
 from mitre.config import MapperSettings
 from mitre.indicators import load_indicators
 from mitre.mappers import default_registry
@@ -31,11 +30,6 @@ ANTHROPIC_KEY = "sk-ant-api03-TESTKEY-do-not-log-0123456789abcdef"
 OPENAI_KEY = "sk-proj-TESTKEY-do-not-log-0123456789abcdef"
 MESSAGES_URL = "https://api.anthropic.com/v1/messages"
 CHAT_URL = "https://api.openai.com/v1/chat/completions"
-
-
-@pytest.fixture(scope="module")
-def catalog():
-    return load_catalog(None)
 
 
 @pytest.fixture(scope="module")

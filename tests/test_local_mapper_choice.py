@@ -6,9 +6,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-import pytest
-
-from mitre.catalog import Catalog, load_catalog
+from mitre.catalog import Catalog
 from mitre.config import MapperSettings
 from mitre.features import extract_features
 from mitre.indicators import IndicatorSet
@@ -46,11 +44,6 @@ class StubKnowledge:
 class NoRetrieval:
     def search(self, text: str, top: int) -> list[tuple[str, float]]:
         return []
-
-
-@pytest.fixture(scope="module")
-def catalog() -> Catalog:
-    return load_catalog(None)
 
 
 def hit(technique: str, confidence: float) -> IndicatorHit:

@@ -1,18 +1,10 @@
 from __future__ import annotations
 
-import pytest
-
-from mitre.catalog import load_catalog
 from mitre.enrich import build_threat, enrich_alert
 from mitre.features import extract_features
 from mitre.models import Decision, DecisionKind, MappingResult, TechniqueScore
 from mitre.validate import validate_mapping
 from tests.helpers import kibana_alert, threat_entry
-
-
-@pytest.fixture(scope="module")
-def catalog():
-    return load_catalog(None)
 
 
 def score(tid: str, conf: float = 0.9, tactics: tuple[str, ...] = ()) -> TechniqueScore:
