@@ -4,12 +4,8 @@ Every converter yields `Case` objects whose `alert` is exactly what the mapper r
 no ATT&CK tags on the rule (so the mapper cannot read the answer) and whose `expected` holds
 the raw labels of the source (normalised later by `evals.labels`).
 
-- Sigma rules → a Kibana-shaped alert of an untagged rule: title, description, and a readable
-  rendering of logsource + detection as `rule.query`.
-- Atomic Red Team tests → only what an EDR process alert shows: the command line, the executor's
-  process name/executable, the host OS. Never the test name or description. Technique IDs that
-  appear literally in a command (`PathToAtomicsFolder\\T1003.001\\...`) are masked, since a real
-  alert would not carry the label in the path of an attack tool.
+- Sigma rules and Atomic Red Team tests → the alerts `mitre.corpora` makes of them, the same
+  conversion the knowledge base learns from.
 - Elastic detection-rules TOML (`[rule]` + `[[rule.threat]]`) and generic rules JSONL
   (`name`, `description`, `query`, `techniques`) → untagged Kibana-shaped alerts.
 """
@@ -17,7 +13,6 @@ the raw labels of the source (normalised later by `evals.labels`).
 from __future__ import annotations
 
 import hashlib
-import re
 import tomllib
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
@@ -27,19 +22,12 @@ from typing import Any
 
 import orjson
 
+from mitre.corpora import atomic_alert, kibana_alert, sigma_alert, uuid_like
+
 HANDWRITTEN_DIR = Path(__file__).resolve().parent / "cases"
 SIGMA_RULE_URL = "https://github.com/SigmaHQ/sigma/blob/master/{path}"
 DATASET_KINDS = ("cases", "sigma", "atomic", "elastic", "rules")
 SPLITS = ("dev", "holdout")
-
-_TECHNIQUE_IN_TEXT = re.compile(r"(?<![A-Za-z0-9])T\d{4}(?:[._]?\d{3})?(?![0-9])", re.IGNORECASE)
-_OS_PLATFORMS = {"windows": "windows", "linux": "linux", "macos": "macos"}
-_EXECUTORS: dict[str, tuple[str, str]] = {
-    "powershell": ("powershell.exe", r"C:\Windows\System32\WindowsPowerShell\v1.0\powershell.exe"),
-    "command_prompt": ("cmd.exe", r"C:\Windows\System32\cmd.exe"),
-    "sh": ("sh", "/bin/sh"),
-    "bash": ("bash", "/bin/bash"),
-}
 
 
 @dataclass
@@ -87,118 +75,13 @@ def _jsonl(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
                 yield index, row
 
 
-def _uuid_like(text: str) -> str:
-    digest = hashlib.sha256(text.encode()).hexdigest()
-    return f"{digest[:8]}-{digest[8:12]}-{digest[12:16]}-{digest[16:20]}-{digest[20:32]}"
-
-
-def kibana_alert(
-    *,
-    rule_id: str,
-    name: str,
-    description: str,
-    query: str,
-    language: str,
-    rule_type: str = "query",
-    extra: Mapping[str, Any] | None = None,
-    author: str | None = None,
-) -> dict[str, Any]:
-    """A Kibana security alert of an UNTAGGED rule (no threat, no tactic tags)."""
-    alert: dict[str, Any] = {
-        "@timestamp": "2026-01-01T00:00:00.000Z",
-        "kibana.alert.uuid": _uuid_like(rule_id + name),
-        "kibana.alert.status": "active",
-        "kibana.alert.workflow_status": "open",
-        "kibana.alert.rule.rule_id": rule_id,
-        "kibana.alert.rule.uuid": _uuid_like(rule_id),
-        "kibana.alert.rule.name": name,
-        "kibana.alert.rule.description": description,
-        "kibana.alert.rule.type": rule_type,
-        "kibana.alert.rule.language": language,
-        "kibana.alert.rule.query": query,
-        "kibana.alert.rule.threat": [],
-        "kibana.alert.risk_score": 73,
-        "kibana.alert.severity": "high",
-    }
-    if author:
-        alert["kibana.alert.rule.author"] = [author]
-    if extra:
-        alert.update(extra)
-    return alert
-
-
 # ---------------------------------------------------------------- Sigma
 
 
-def _scalar(value: Any) -> str:
-    if isinstance(value, str):
-        return "'" + value.replace("'", "''") + "'"
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return str(value)
-
-
-def _render_selection(value: Any) -> str:
-    """A Sigma search identifier as one readable boolean expression."""
-    if isinstance(value, Mapping):
-        parts = []
-        for key, inner in value.items():
-            if isinstance(inner, list | tuple):
-                if not inner:
-                    parts.append(f"{key}: ()")
-                    continue
-                joiner = " AND " if "|all" in str(key) else " OR "
-                items = joiner.join(_scalar(v) for v in inner)
-                parts.append(f"{key}: ({items})" if len(inner) > 1 else f"{key}: {items}")
-            else:
-                parts.append(f"{key}: {_scalar(inner)}")
-        return " AND ".join(parts)
-    if isinstance(value, list | tuple):
-        rendered = [_render_selection(v) for v in value]
-        if all(not isinstance(v, Mapping) for v in value):
-            return "keywords: (" + " OR ".join(rendered) + ")"
-        return " OR ".join(f"({r})" for r in rendered)
-    return _scalar(value)
-
-
-def render_sigma_detection(logsource: Mapping[str, Any], detection: Mapping[str, Any]) -> str:
-    """Logsource + detection as readable text: one line per search identifier, then the condition."""
-    lines = []
-    if logsource:
-        lines.append("logsource: " + " ".join(f"{k}={v}" for k, v in logsource.items() if k != "definition"))
-    condition = detection.get("condition")
-    for name, value in detection.items():
-        if name in ("condition", "timeframe"):
-            continue
-        lines.append(f"{name}: {_render_selection(value)}")
-    if condition:
-        cond = " | ".join(str(c) for c in condition) if isinstance(condition, list) else str(condition)
-        lines.append(f"condition: {cond}")
-    if detection.get("timeframe"):
-        lines.append(f"timeframe: {detection['timeframe']}")
-    return "\n".join(lines)
-
-
 def sigma_case(row: Mapping[str, Any], source: str = "sigma") -> Case:
-    logsource = row.get("logsource") or {}
-    detection = row.get("detection") or {}
-    query = render_sigma_detection(logsource, detection)
-    extra: dict[str, Any] = {}
-    product = str(logsource.get("product") or "").lower()
-    if product in _OS_PLATFORMS:
-        extra["host.os.type"] = _OS_PLATFORMS[product]
+    alert = sigma_alert(row)
+    product = str((row.get("logsource") or {}).get("product") or "").lower()
     author = row.get("author") if isinstance(row.get("author"), str) else None
-    alert = kibana_alert(
-        rule_id=str(row["id"]),
-        name=str(row.get("title") or ""),
-        description=str(row.get("description") or "").strip(),
-        query=query,
-        language="sigma",
-        extra=extra,
-        author=author,
-    )
     related = tuple(str(r.get("id")) for r in row.get("related") or () if isinstance(r, Mapping) and r.get("id"))
     path = row.get("path")
     return Case(
@@ -212,7 +95,7 @@ def sigma_case(row: Mapping[str, Any], source: str = "sigma") -> Case:
         reference=SIGMA_RULE_URL.format(path=path) if path else None,
         related=related,
         family=None,
-        dedup_text=query,
+        dedup_text=alert["kibana.alert.rule.query"],
         meta={"title": row.get("title"), "path": path, "license": "DRL-1.1"},
     )
 
@@ -233,33 +116,16 @@ def load_sigma(path: Path) -> tuple[list[Case], LoadReport]:
 # ---------------------------------------------------------------- Atomic Red Team
 
 
-def mask_technique_ids(text: str) -> str:
-    """Replace literal technique IDs (a label leak in ART paths like PathToAtomicsFolder\\T1003\\)."""
-    return _TECHNIQUE_IN_TEXT.sub("Txxxx", text)
-
-
 def atomic_case(row: Mapping[str, Any], source: str = "atomic") -> Case | None:
-    executor = str(row.get("executor") or "")
-    if executor not in _EXECUTORS:
+    alert = atomic_alert(row)
+    if alert is None:
         return None
-    command = mask_technique_ids(str(row.get("command") or "").strip())
-    if not command:
-        return None
-    name, executable = _EXECUTORS[executor]
+    command = alert["process"]["command_line"]
+    os_type = alert.get("host", {}).get("os", {}).get("type")
     platforms = [str(p) for p in row.get("platforms") or ()]
-    os_type = next((_OS_PLATFORMS[p] for p in platforms if p in _OS_PLATFORMS), None)
-    if os_type in ("linux", "macos") and executor == "powershell":
-        name, executable = "pwsh", "/usr/bin/pwsh"
-    alert: dict[str, Any] = {
-        "@timestamp": "2026-01-01T00:00:00.000Z",
-        "event": {"kind": "event", "category": ["process"], "type": ["start"]},
-        "process": {"name": name, "executable": executable, "command_line": command},
-    }
-    if os_type:
-        alert["host"] = {"os": {"type": os_type}}
     technique = str(row["technique"])
     return Case(
-        id=str(row.get("guid") or _uuid_like(command)),
+        id=str(row.get("guid") or uuid_like(command)),
         alert=alert,
         techniques=(technique,),
         tactics=(),
@@ -267,7 +133,7 @@ def atomic_case(row: Mapping[str, Any], source: str = "atomic") -> Case | None:
         platform=os_type or (platforms[0] if platforms else None),
         family=str(row.get("path") or technique),
         dedup_text=command,
-        meta={"test_name": row.get("test_name"), "technique_file": row.get("path"), "executor": executor},
+        meta={"test_name": row.get("test_name"), "technique_file": row.get("path"), "executor": str(row["executor"])},
     )
 
 

@@ -22,9 +22,10 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.preprocessing import normalize
 
 from mitre.catalog import Catalog
+from mitre.corpora import atomic_alert, sigma_alert
 from mitre.features import extract_features
 from mitre.models import Contract
-from mitre.text import alert_text, flatten_values, tokenize
+from mitre.text import alert_text, tokenize
 
 
 class Example(Contract):
@@ -44,6 +45,7 @@ class LabelReport(Contract):
     examples: int = 0
     redirected: dict[str, str] = Field(default_factory=dict)
     unmapped: dict[str, int] = Field(default_factory=dict)
+    no_text: int = 0  # rows left out for giving no text to learn from (an Atomic Red Team test run by hand)
 
 
 def normalise_labels(
@@ -72,23 +74,21 @@ def normalise_labels(
     return tuple(dict.fromkeys(active)), tuple(dict.fromkeys(tactic_ids))
 
 
-def sigma_text(row: Mapping[str, Any]) -> str:
-    logsource = " ".join(str(v) for v in (row.get("logsource") or {}).values())
-    detection = " ".join(flatten_values(row.get("detection") or {}))
-    return "\n".join(str(p) for p in (row.get("title"), row.get("description"), logsource, detection) if p)
-
-
 def example_from_row(row: Mapping[str, Any], index: int, source: str) -> tuple[str, list[str], list[str], str | None]:
-    """(text, raw technique labels, raw tactic labels, group) for any supported row shape."""
+    """(text, raw technique labels, raw tactic labels, group) for any supported row shape; no text for a
+    row that makes no alert. Sigma and Atomic Red Team rows become the alerts the evals make of them."""
     if "alert" in row and "expected" in row:
         expected = row["expected"]
         text = alert_text(extract_features(row["alert"]))
         return text, list(expected.get("techniques", ())), list(expected.get("tactics", ())), row.get("group")
     if "detection" in row and "title" in row:
-        return sigma_text(row), list(row.get("techniques", ())), list(row.get("tactics", ())), None
+        text = alert_text(extract_features(sigma_alert(row)))
+        return text, list(row.get("techniques", ())), list(row.get("tactics", ())), None
     if "command" in row and "technique" in row:
-        text = f"{row.get('executor', '')} {row['command']}"
-        return text, [row["technique"]], [], None
+        alert = atomic_alert(row)
+        if alert is None:
+            return "", [], [], None
+        return alert_text(extract_features(alert)), [row["technique"]], [], None
     if "techniques" in row and ("name" in row or "description" in row):
         text = "\n".join(str(row.get(k) or "") for k in ("name", "description", "query"))
         return text, list(row.get("techniques", ())), list(row.get("tactics", ())), None
@@ -153,7 +153,7 @@ def load_examples(paths: Sequence[Path], catalog: Catalog) -> tuple[list[Example
     examples: list[Example] = []
     unmapped: Counter[str] = Counter()
     redirected: dict[str, str] = {}
-    rows = 0
+    rows = no_text = 0
     for path in paths:
         for index, line in enumerate(path.read_bytes().splitlines()):
             if not line.strip():
@@ -161,6 +161,9 @@ def load_examples(paths: Sequence[Path], catalog: Catalog) -> tuple[list[Example
             rows += 1
             row = orjson.loads(line)
             text, raw_techniques, raw_tactics, group = example_from_row(row, index, path.name)
+            if not text:
+                no_text += 1
+                continue
             techniques, tactics = normalise_labels(raw_techniques, raw_tactics, catalog, unmapped, redirected)
             if not techniques:
                 continue
@@ -175,7 +178,9 @@ def load_examples(paths: Sequence[Path], catalog: Catalog) -> tuple[list[Example
                     author=row.get("author") if isinstance(row.get("author"), str) else None,
                 )
             )
-    report = LabelReport(rows=rows, examples=len(examples), redirected=redirected, unmapped=dict(unmapped))
+    report = LabelReport(
+        rows=rows, examples=len(examples), redirected=redirected, unmapped=dict(unmapped), no_text=no_text
+    )
     return examples + catalog_examples(catalog), report
 
 

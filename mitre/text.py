@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
-from typing import Any
 
 from mitre.models import AlertFeatures
 
@@ -28,17 +26,3 @@ def alert_text(features: AlertFeatures) -> str:
     parts = [features.rule_name or "", features.rule_description or "", features.rule_query or ""]
     parts += [value for name, value in features.fields.items() if name not in _SKIP_FIELDS]
     return "\n".join(p for p in parts if p)
-
-
-def flatten_values(value: Any) -> Iterable[str]:
-    """Every key and scalar of a nested structure (e.g. a Sigma detection block)."""
-    if isinstance(value, Mapping):
-        for key, inner in value.items():
-            if key != "condition":
-                yield str(key)
-            yield from flatten_values(inner)
-    elif isinstance(value, list | tuple):
-        for inner in value:
-            yield from flatten_values(inner)
-    elif value is not None:
-        yield str(value)

@@ -58,3 +58,31 @@ LSASS_COMMAND = (
     r"C:\Windows\System32\rundll32.exe C:\Windows\System32\comsvcs.dll, MiniDump 624 "
     r"C:\Users\jdoe\AppData\Local\Temp\lsass.dmp full"
 )
+
+# A SigmaHQ rules.jsonl row and an Atomic Red Team tests.jsonl row, as in ../shared/data.
+SIGMA_ROW = {
+    "id": "11111111-0000-0000-0000-000000000001",
+    "title": "Suspicious Certutil Decode",
+    "description": "Detects certutil decoding a base64 file",
+    "logsource": {"category": "process_creation", "product": "windows"},
+    "detection": {
+        "selection": {"Image|endswith": "\\certutil.exe", "CommandLine|contains": ["-decode", "-decodehex"]},
+        "condition": "selection",
+    },
+    "techniques": ["T1027"],
+    "tactics": ["stealth"],
+    "author": "Jane Doe",
+    "related": [],
+    "path": "rules/windows/process_creation/proc_creation_win_certutil_decode.yml",
+}
+ART_ROW = {
+    "technique": "T1003.001",
+    "technique_name": "OS Credential Dumping: LSASS Memory",
+    "test_name": "Dump LSASS with procdump",
+    "description": "Secret description that must not leak",
+    "guid": "22222222-0000-0000-0000-000000000002",
+    "platforms": ["windows"],
+    "executor": "command_prompt",
+    "command": "PathToAtomicsFolder\\T1003.001\\bin\\procdump.exe -accepteula -ma lsass.exe lsass_dump.dmp",
+    "path": "atomics/T1003.001/T1003.001.yaml",
+}

@@ -7,64 +7,34 @@ from pathlib import Path
 
 import pytest
 
-from evals.datasets import _TECHNIQUE_IN_TEXT, atomic_case, load_dataset, mask_technique_ids, sigma_case
+from evals.datasets import atomic_case, load_dataset, sigma_case
 from evals.grouping import fold_assignment, group_cases
 from evals.labels import normalise_cases
 from mitre.catalog import Catalog, load_catalog
+from mitre.corpora import atomic_alert, mask_technique_ids, sigma_alert
 from mitre.features import extract_features
-
-SIGMA_ROW = {
-    "id": "11111111-0000-0000-0000-000000000001",
-    "title": "Suspicious Certutil Decode",
-    "description": "Detects certutil decoding a base64 file",
-    "logsource": {"category": "process_creation", "product": "windows"},
-    "detection": {
-        "selection": {"Image|endswith": "\\certutil.exe", "CommandLine|contains": ["-decode", "-decodehex"]},
-        "condition": "selection",
-    },
-    "techniques": ["T1027"],
-    "tactics": ["stealth"],
-    "author": "Jane Doe",
-    "related": [],
-    "path": "rules/windows/process_creation/proc_creation_win_certutil_decode.yml",
-}
-ART_ROW = {
-    "technique": "T1003.001",
-    "technique_name": "OS Credential Dumping: LSASS Memory",
-    "test_name": "Dump LSASS with procdump",
-    "description": "Secret description that must not leak",
-    "guid": "22222222-0000-0000-0000-000000000002",
-    "platforms": ["windows"],
-    "executor": "command_prompt",
-    "command": "PathToAtomicsFolder\\T1003.001\\bin\\procdump.exe -accepteula -ma lsass.exe lsass_dump.dmp",
-    "path": "atomics/T1003.001/T1003.001.yaml",
-}
+from tests.helpers import ART_ROW, SIGMA_ROW
 
 
-def test_sigma_case_is_untagged_kibana_alert() -> None:
+def test_sigma_case_carries_labels_and_attribution_beside_the_alert() -> None:
     case = sigma_case(SIGMA_ROW)
-    features = extract_features(case.alert)
-    assert features.rule_name == "Suspicious Certutil Decode"
-    assert features.rule_threat == ()
-    assert "CommandLine|contains: ('-decode' OR '-decodehex')" in (features.rule_query or "")
-    assert "logsource: category=process_creation product=windows" in (features.rule_query or "")
-    assert "T1027" not in json.dumps(case.alert)
-    assert case.techniques == ("T1027",)
+    assert case.alert == sigma_alert(SIGMA_ROW)
+    assert case.techniques == ("T1027",) and case.tactics == ("stealth",)
     assert case.author == "Jane Doe"  # DRL 1.1 attribution travels with the case
     assert case.reference and case.reference.endswith("proc_creation_win_certutil_decode.yml")
+    assert case.platform == "windows"
+    assert case.dedup_text == case.alert["kibana.alert.rule.query"]
 
 
-def test_atomic_case_shows_only_what_an_edr_sees() -> None:
+def test_atomic_case_carries_the_label_beside_the_alert() -> None:
     case = atomic_case(ART_ROW)
     assert case is not None
-    text = json.dumps(case.alert)
-    assert "procdump.exe -accepteula -ma lsass.exe" in text
-    assert "Dump LSASS" not in text and "Secret description" not in text
-    assert "T1003" not in text  # the label in PathToAtomicsFolder paths is masked
-    assert case.alert["process"]["name"] == "cmd.exe"
-    assert case.alert["host"]["os"]["type"] == "windows"
+    assert case.alert == atomic_alert(ART_ROW)
+    assert case.id == ART_ROW["guid"] and case.techniques == ("T1003.001",)
+    assert case.platform == "windows"
     assert case.family == "atomics/T1003.001/T1003.001.yaml"
-    assert mask_technique_ids("x\\T1059.001\\y t1105_z T1222002") == "x\\Txxxx\\y Txxxx_z Txxxx"
+    assert case.dedup_text == case.alert["process"]["command_line"]
+    assert atomic_case({**ART_ROW, "executor": "manual"}) is None
 
 
 def test_manual_atomic_tests_are_counted_not_dropped(tmp_path: Path) -> None:
@@ -171,8 +141,8 @@ def test_real_corpora_convert(shared_data: Path) -> None:
     assert stats.excluded.get("no_mappable_technique", 0) == 0
     _, atomic, atomic_report = load_dataset(f"atomic:{shared_data / 'atomic-red-team' / 'tests.jsonl'}")
     assert len(atomic) + sum(atomic_report.skipped.values()) == 1819
-    leaked = [c.id for c in atomic if _TECHNIQUE_IN_TEXT.search(c.alert["process"]["command_line"])]
-    assert leaked == []
+    commands = [c.alert["process"]["command_line"] for c in atomic]
+    assert [c for c in commands if mask_technique_ids(c) != c] == []  # no technique ID left in a command
     scored_art, art_stats = normalise_cases(atomic, catalog)
     assert art_stats.excluded == {}
     assert all(c.tactics for c in scored_art)
