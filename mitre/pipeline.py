@@ -483,10 +483,10 @@ def _knowledge_store(paths: Iterable[Path], catalog: Catalog, store: Path | None
     if not present and not catalog.data.examples:
         return _KnowledgeStore(present, "", warnings, None)
     stats = sorted((str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in present)
-    fingerprint = hashlib.sha256(orjson.dumps(stats)).hexdigest()[:16]
-    key = hashlib.sha256(
-        orjson.dumps([fingerprint, catalog.fingerprint, KNOWLEDGE_STORE_FORMAT, _code_version()])
-    ).hexdigest()[:24]
+    # The fingerprint is part of every mapping's cache key: it changes with the files and with the
+    # knowledge-base code, so a mapping made by an older knowledge base is never served.
+    fingerprint = hashlib.sha256(orjson.dumps([stats, _code_version()])).hexdigest()[:16]
+    key = hashlib.sha256(orjson.dumps([fingerprint, catalog.fingerprint, KNOWLEDGE_STORE_FORMAT])).hexdigest()[:24]
     return _KnowledgeStore(present, fingerprint, warnings, store / f"kb-{key}.pickle" if store is not None else None)
 
 
@@ -558,7 +558,9 @@ def defer_knowledge(
 
 def _code_version() -> str:
     """Changes whenever the knowledge-base code changes, so stored objects never outlive their class."""
-    source = Path(__file__).with_name("knowledge.py").read_bytes() + Path(__file__).with_name("text.py").read_bytes()
+    here = Path(__file__).parent
+    # Example text comes from corpora (rows as alerts), features and text; the model from knowledge.
+    source = b"".join((here / name).read_bytes() for name in ("knowledge.py", "text.py", "corpora.py", "features.py"))
     return hashlib.sha256(source).hexdigest()[:16]
 
 

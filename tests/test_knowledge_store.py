@@ -51,3 +51,16 @@ def test_unreadable_store_is_rebuilt_and_changed_files_replace_the_old_entry(tmp
     load_knowledge([rules], catalog, store)
     (newer,) = store.glob("kb-*.pickle")
     assert newer.name != entry.name
+
+
+def test_changed_knowledge_base_code_changes_the_fingerprint_in_cache_keys(tmp_path: Path, monkeypatch):
+    """The fingerprint goes into every mapping's cache key: mappings made by older knowledge-base
+    code must not be served after an upgrade, even when the rule files are unchanged."""
+    import mitre.pipeline as pipeline
+
+    catalog = load_catalog(None)
+    rules = _rules(tmp_path / "rules.jsonl")
+    _, before, _ = load_knowledge([rules], catalog, tmp_path / "store")
+    monkeypatch.setattr(pipeline, "_code_version", lambda: "another version")
+    _, after, _ = load_knowledge([rules], catalog, tmp_path / "store")
+    assert before and after and before != after
