@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from mitre.corpora import atomic_alert, kibana_alert, sigma_alert, uuid_like
+from mitre.corpora import atomic_alert, atomic_prose, kibana_alert, sigma_alert, uuid_like
 
 HANDWRITTEN_DIR = Path(__file__).resolve().parent / "cases"
 SIGMA_RULE_URL = "https://github.com/SigmaHQ/sigma/blob/master/{path}"
@@ -48,6 +48,8 @@ class Case:
     related: tuple[str, ...] = ()
     family: str | None = None
     dedup_text: str = ""
+    # Labelled text a knowledge base may learn from but the mapper never sees (an ART test's description).
+    prose: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
 
 
@@ -133,6 +135,7 @@ def atomic_case(row: Mapping[str, Any], source: str = "atomic") -> Case | None:
         platform=os_type or (platforms[0] if platforms else None),
         family=str(row.get("path") or technique),
         dedup_text=command,
+        prose=atomic_prose(row),
         meta={"test_name": row.get("test_name"), "technique_file": row.get("path"), "executor": str(row["executor"])},
     )
 

@@ -98,20 +98,34 @@ def case_features(case: Case) -> AlertFeatures:
     return extract_features(case.alert)
 
 
-def examples_from_cases(cases: Sequence[Case], features: Sequence[AlertFeatures] | None = None) -> list[Example]:
+def case_examples(cases: Sequence[Case], features: Sequence[AlertFeatures] | None = None) -> list[tuple[int, Example]]:
+    """(case index, example) for every labelled case: its alert's text and, when it has some, its prose
+    (as `mitre.knowledge.load_examples` learns from the same corpus rows)."""
     feats = features if features is not None else [case_features(c) for c in cases]
-    return [
-        Example(
-            id=c.id,
-            text=alert_text(f),
-            techniques=c.techniques,
-            tactics=c.tactics,
-            source=c.source,
-            author=c.author,
-        )
-        for c, f in zip(cases, feats, strict=True)
-        if c.techniques
-    ]
+    out = []
+    for i, (c, f) in enumerate(zip(cases, feats, strict=True)):
+        if not c.techniques:
+            continue
+        for example_id, text in ((c.id, alert_text(f)), (f"{c.id} prose", c.prose)):
+            if text:
+                out.append(
+                    (
+                        i,
+                        Example(
+                            id=example_id,
+                            text=text,
+                            techniques=c.techniques,
+                            tactics=c.tactics,
+                            source=c.source,
+                            author=c.author,
+                        ),
+                    )
+                )
+    return out
+
+
+def examples_from_cases(cases: Sequence[Case], features: Sequence[AlertFeatures] | None = None) -> list[Example]:
+    return [e for _, e in case_examples(cases, features)]
 
 
 def _cost(result: MappingResult) -> float | None:
@@ -351,7 +365,7 @@ class Runner:
                 groups = group_cases(cases, grouping)
                 n_groups = len(set(groups))
                 folds = fold_assignment(groups, cv, seed)
-                own = list(zip(_labelled_index(cases), examples_from_cases(cases, features), strict=True))
+                own = case_examples(cases, features)
                 for fold in range(cv):
                     idx = [i for i, f in enumerate(folds) if f == fold]
                     train = [e for i, e in own if folds[i] != fold] + kb_examples
@@ -393,7 +407,3 @@ class Runner:
     def _mapper(self, examples: Sequence[Example]) -> Mapper:
         local = self.local_mapper(examples)
         return self.mapper_factory(local) if self.mapper_factory else local
-
-
-def _labelled_index(cases: Sequence[Case]) -> list[int]:
-    return [i for i, c in enumerate(cases) if c.techniques]

@@ -149,6 +149,12 @@ def mask_technique_ids(text: str) -> str:
     return _TECHNIQUE_IN_TEXT.sub("Txxxx", text)
 
 
+def atomic_prose(row: Mapping[str, Any]) -> str:
+    """An Atomic Red Team test's name and description: labelled prose a knowledge base can learn a
+    technique's vocabulary from, beside the test's alert. Never part of an alert the mapper sees."""
+    return "\n".join(str(row.get(key) or "").strip() for key in ("test_name", "description")).strip()
+
+
 def atomic_alert(row: Mapping[str, Any]) -> dict[str, Any] | None:
     """The EDR process alert of running this Atomic Red Team test; None when no EDR would see it as one
     (a test run by hand, an executor not modelled here, an empty command)."""

@@ -1,7 +1,8 @@
 """A knowledge base of already-tagged rules or alerts, searched by nearest neighbours.
 
 Rows may be Sigma rules (SigmaHQ rules.jsonl), generic rules (name, description, query,
-techniques), eval cases (alert + expected), Atomic Red Team tests, or tagged Kibana alerts.
+techniques), eval cases (alert + expected), Atomic Red Team tests (their alert, and their name and
+description as a second example), or tagged Kibana alerts.
 Labels from other ATT&CK versions are normalised to the active catalog; labels that cannot
 be mapped are counted, never silently dropped. Every knowledge base also learns from the
 catalog's own procedure examples and detection analytics (`catalog_examples`).
@@ -22,7 +23,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.preprocessing import normalize
 
 from mitre.catalog import Catalog
-from mitre.corpora import atomic_alert, sigma_alert
+from mitre.corpora import atomic_alert, atomic_prose, sigma_alert
 from mitre.features import extract_features
 from mitre.models import Contract
 from mitre.text import alert_text, tokenize
@@ -167,17 +168,22 @@ def load_examples(paths: Sequence[Path], catalog: Catalog) -> tuple[list[Example
             techniques, tactics = normalise_labels(raw_techniques, raw_tactics, catalog, unmapped, redirected)
             if not techniques:
                 continue
-            examples.append(
-                Example(
-                    id=str(row.get("id") or row.get("guid") or f"{path.name}:{index + 1}"),
-                    text=text,
-                    techniques=techniques,
-                    tactics=tactics,
-                    group=group,
-                    source=path.name,
-                    author=row.get("author") if isinstance(row.get("author"), str) else None,
-                )
-            )
+            row_id = str(row.get("id") or row.get("guid") or f"{path.name}:{index + 1}")
+            author = row.get("author") if isinstance(row.get("author"), str) else None
+            prose = atomic_prose(row) if "command" in row and "technique" in row else ""
+            for example_id, example_text in ((row_id, text), (f"{row_id} prose", prose)):
+                if example_text:
+                    examples.append(
+                        Example(
+                            id=example_id,
+                            text=example_text,
+                            techniques=techniques,
+                            tactics=tactics,
+                            group=group,
+                            source=path.name,
+                            author=author,
+                        )
+                    )
     report = LabelReport(
         rows=rows, examples=len(examples), redirected=redirected, unmapped=dict(unmapped), no_text=no_text
     )

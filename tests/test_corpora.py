@@ -10,9 +10,9 @@ import orjson
 import pytest
 
 from evals.datasets import atomic_case, sigma_case
-from evals.runner import case_features
+from evals.runner import case_examples, case_features
 from mitre.catalog import Catalog
-from mitre.corpora import atomic_alert, mask_technique_ids, sigma_alert
+from mitre.corpora import atomic_alert, atomic_prose, mask_technique_ids, sigma_alert
 from mitre.features import extract_features
 from mitre.knowledge import example_from_row, load_examples
 from mitre.text import alert_text
@@ -69,11 +69,14 @@ def test_knowledge_base_learns_the_alert_text_and_counts_rows_without_one(tmp_pa
     manual = {**ART_ROW, "guid": "g-manual", "executor": "manual"}
     tests.write_bytes(orjson.dumps(ART_ROW) + b"\n" + orjson.dumps(manual) + b"\n")
     examples, report = load_examples([tests], catalog)
-    (example,) = [e for e in examples if e.source == "tests.jsonl"]
+    example, prose = [e for e in examples if e.source == "tests.jsonl"]
     alert = atomic_alert(ART_ROW)
     assert alert is not None and example.text == alert_text(extract_features(alert))
     assert "Txxxx" in example.text and "cmd.exe" in example.text
-    assert report.rows == 2 and report.examples == 1 and report.no_text == 1
+    # The test's name and description teach as a second example with the same labels.
+    assert prose.text == atomic_prose(ART_ROW) and prose.techniques == example.techniques
+    assert ART_ROW["test_name"] in prose.text and prose.id == f"{example.id} prose"
+    assert report.rows == 2 and report.examples == 2 and report.no_text == 1
 
 
 def _sample(path: Path, size: int) -> list[dict[str, Any]]:
@@ -107,3 +110,17 @@ def test_knowledge_base_and_evals_make_the_same_text_of_an_atomic_test(shared_da
             continue
         assert text == alert_text(case_features(case)), row["guid"]
         assert tuple(techniques) == case.techniques
+
+
+@pytest.mark.shared_data
+def test_knowledge_base_and_evals_learn_the_same_examples_from_atomic_tests(
+    shared_data: Path, tmp_path: Path, catalog: Catalog
+) -> None:
+    rows = _sample(shared_data / "atomic-red-team" / "tests.jsonl", 300)
+    tests = tmp_path / "tests.jsonl"
+    tests.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+    shipped, _ = load_examples([tests], catalog)
+    cases = [c for r in rows if (c := atomic_case(r)) is not None]
+    evaluated = [e for _, e in case_examples(cases)]
+    assert any(e.id.endswith(" prose") for e in evaluated)
+    assert [(e.id, e.text) for e in shipped if e.source == "tests.jsonl"] == [(e.id, e.text) for e in evaluated]
