@@ -39,7 +39,7 @@ from mitre.decision import MODE_ALWAYS, decide
 from mitre.enrich import build_threat, enrich_alert
 from mitre.features import extract_features
 from mitre.indicators import IndicatorSet
-from mitre.knowledge import Example, KnowledgeBase
+from mitre.knowledge import Example, KnowledgeBase, row_examples
 from mitre.mappers.base import Mapper
 from mitre.mappers.local import LocalMapper, LocalWeights
 from mitre.models import AlertFeatures, Decision, DecisionKind, MappingResult, ValidatedMapping
@@ -102,26 +102,14 @@ def case_examples(cases: Sequence[Case], features: Sequence[AlertFeatures] | Non
     """(case index, example) for every labelled case: its alert's text and, when it has some, its prose
     (as `mitre.knowledge.load_examples` learns from the same corpus rows)."""
     feats = features if features is not None else [case_features(c) for c in cases]
-    out = []
-    for i, (c, f) in enumerate(zip(cases, feats, strict=True)):
-        if not c.techniques:
-            continue
-        for example_id, text in ((c.id, alert_text(f)), (f"{c.id} prose", c.prose)):
-            if text:
-                out.append(
-                    (
-                        i,
-                        Example(
-                            id=example_id,
-                            text=text,
-                            techniques=c.techniques,
-                            tactics=c.tactics,
-                            source=c.source,
-                            author=c.author,
-                        ),
-                    )
-                )
-    return out
+    return [
+        (i, example)
+        for i, (c, f) in enumerate(zip(cases, feats, strict=True))
+        if c.techniques
+        for example in row_examples(
+            c.id, alert_text(f), c.prose, techniques=c.techniques, tactics=c.tactics, source=c.source, author=c.author
+        )
+    ]
 
 
 def examples_from_cases(cases: Sequence[Case], features: Sequence[AlertFeatures] | None = None) -> list[Example]:

@@ -150,6 +150,16 @@ def catalog_examples(catalog: Catalog) -> list[Example]:
     return out
 
 
+def row_examples(example_id: str, text: str, prose: str, **labels: Any) -> list[Example]:
+    """A corpus row's examples: its alert's text and, when it has some, its prose (an ART test's name
+    and description) as a second example with the same labels. The evals build theirs here too."""
+    return [
+        Example(id=row_id, text=row_text, **labels)
+        for row_id, row_text in ((example_id, text), (f"{example_id} prose", prose))
+        if row_text
+    ]
+
+
 def load_examples(paths: Sequence[Path], catalog: Catalog) -> tuple[list[Example], LabelReport]:
     examples: list[Example] = []
     unmapped: Counter[str] = Counter()
@@ -168,22 +178,16 @@ def load_examples(paths: Sequence[Path], catalog: Catalog) -> tuple[list[Example
             techniques, tactics = normalise_labels(raw_techniques, raw_tactics, catalog, unmapped, redirected)
             if not techniques:
                 continue
-            row_id = str(row.get("id") or row.get("guid") or f"{path.name}:{index + 1}")
-            author = row.get("author") if isinstance(row.get("author"), str) else None
-            prose = atomic_prose(row) if "command" in row and "technique" in row else ""
-            for example_id, example_text in ((row_id, text), (f"{row_id} prose", prose)):
-                if example_text:
-                    examples.append(
-                        Example(
-                            id=example_id,
-                            text=example_text,
-                            techniques=techniques,
-                            tactics=tactics,
-                            group=group,
-                            source=path.name,
-                            author=author,
-                        )
-                    )
+            examples += row_examples(
+                str(row.get("id") or row.get("guid") or f"{path.name}:{index + 1}"),
+                text,
+                atomic_prose(row) if "command" in row and "technique" in row else "",
+                techniques=techniques,
+                tactics=tactics,
+                group=group,
+                source=path.name,
+                author=row.get("author") if isinstance(row.get("author"), str) else None,
+            )
     report = LabelReport(
         rows=rows, examples=len(examples), redirected=redirected, unmapped=dict(unmapped), no_text=no_text
     )
