@@ -23,10 +23,11 @@ def margin_for(p: float) -> float:
 
 
 class StubKnowledge:
-    """A knowledge base whose classifier proposes fixed techniques (no neighbours, no tactics)."""
+    """A knowledge base whose classifiers propose fixed techniques and tactic margins (no neighbours)."""
 
-    def __init__(self, classified: list[tuple[str, float]]) -> None:
+    def __init__(self, classified: list[tuple[str, float]], tactics: dict[str, float] | None = None) -> None:
         self.classified = classified
+        self.tactics = tactics or {}
 
     def with_catalog(self, catalog: Catalog) -> StubKnowledge:
         return self
@@ -38,7 +39,7 @@ class StubKnowledge:
         return [list(self.classified) for _ in texts]
 
     def classify_tactics_many(self, texts: Sequence[str]) -> list[dict[str, float]]:
-        return [{} for _ in texts]
+        return [dict(self.tactics) for _ in texts]
 
 
 class NoRetrieval:
@@ -61,12 +62,13 @@ def run(
     classified: list[tuple[str, float]],
     decision: Decision,
     threat: list[dict[str, Any]] | None = None,
+    tactics: dict[str, float] | None = None,
 ) -> MappingResult:
     mapper = LocalMapper(
         catalog,
         IndicatorSet([], catalog),
         MapperSettings(),
-        knowledge=StubKnowledge([(t, margin_for(p)) for t, p in classified]),  # type: ignore[arg-type]
+        knowledge=StubKnowledge([(t, margin_for(p)) for t, p in classified], tactics),  # type: ignore[arg-type]
         retriever=NoRetrieval(),  # type: ignore[arg-type]
     )
     return mapper.map(extract_features(kibana_alert(threat=threat)), decision)
@@ -118,3 +120,14 @@ def test_a_sub_technique_an_indicator_names_beats_its_parent_found_by_neighbours
     # the hit (0.85, above the extend bar) falls below keep_ratio × that, yet it is the precise answer.
     decision = Decision(kind=DecisionKind.MAP, reason="untagged_rule", detail="", indicators=(hit("T1496.001", 0.85),))
     assert chosen(run(catalog, [("T1496", 0.94)], decision)) == ["T1496.001"]
+
+
+def test_the_tactic_classifier_breaks_a_near_tie_between_techniques(catalog: Catalog) -> None:
+    decision = Decision(kind=DecisionKind.MAP, reason="untagged_rule", detail="")
+    close = [("T1082", 0.62), ("T1105", 0.60)]  # System Information Discovery vs Ingress Tool Transfer
+    assert chosen(run(catalog, close, decision))[0] == "T1082"  # no tactic scores: confidence order
+    tactics = {"TA0011": 0.8, "TA0007": -0.9}  # the alert serves Command and Control, not Discovery
+    result = run(catalog, close, decision, tactics=tactics)
+    assert chosen(result)[0] == "T1105"
+    (agreement,) = [e for e in result.techniques[0].evidence if e.detail.startswith("tactic classifier")]
+    assert "TA0011" in agreement.detail and agreement.score == round(W.tactic_agreement * 0.8, 4)

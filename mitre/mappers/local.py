@@ -69,6 +69,9 @@ class LocalWeights:
     tactic_classifier: bool = True
     tactic_keep_margin: float = -0.6  # a technique's own tactics with a margin at or above this are reported
     tactic_only_margin: float = -0.2  # when nothing is mapped, the best tactic at or above this is reported
+    # A candidate's confidence moves by this × the tactic classifier's best margin among its own tactics:
+    # the tactic an alert serves is easier to learn than its technique, and it breaks near-ties.
+    tactic_agreement: float = 0.1
 
 
 def _covered(technique_id: str, tagged: frozenset[str]) -> bool:
@@ -257,10 +260,26 @@ class LocalMapper:
         for tid, miss in misses.items():
             if tid not in self.catalog.techniques:
                 continue
+            confidence = 1.0 - miss
+            if tactic_scores and w.tactic_agreement:
+                tactic, margin = max(
+                    ((t.id, tactic_scores.get(t.id, -1.0)) for t in self.catalog.tactics_of(tid)),
+                    key=lambda item: item[1],
+                    default=(None, -1.0),
+                )
+                shift = w.tactic_agreement * margin
+                confidence = min(max(confidence + shift, 0.0), 0.999)
+                evidence[tid].append(
+                    Evidence(
+                        source="knowledge_base",
+                        detail=f"tactic classifier: {tactic or 'no tactic'} margin {margin:+.2f}",
+                        score=round(shift, 4),
+                    )
+                )
             scored.append(
                 TechniqueScore(
                     technique_id=tid,
-                    confidence=round(1.0 - miss, 4),
+                    confidence=round(confidence, 4),
                     tactic_ids=self._tactics(tid, tactic_votes, tactic_scores),
                     evidence=tuple(evidence.get(tid, ())),
                 )
