@@ -150,11 +150,23 @@ def catalog_examples(catalog: Catalog) -> list[Example]:
     return out
 
 
-def row_examples(example_id: str, text: str, prose: str, **labels: Any) -> list[Example]:
+def row_examples(
+    example_id: str,
+    text: str,
+    prose: str,
+    *,
+    techniques: tuple[str, ...],
+    tactics: tuple[str, ...],
+    source: str,
+    author: str | None,
+    group: str | None = None,
+) -> list[Example]:
     """A corpus row's examples: its alert's text and, when it has some, its prose (an ART test's name
     and description) as a second example with the same labels. The evals build theirs here too."""
     return [
-        Example(id=row_id, text=row_text, **labels)
+        Example(
+            id=row_id, text=row_text, techniques=techniques, tactics=tactics, group=group, source=source, author=author
+        )
         for row_id, row_text in ((example_id, text), (f"{example_id} prose", prose))
         if row_text
     ]
