@@ -8,7 +8,11 @@
   recall = credit / |expected|; F1 per case, averaged over cases (the headline figure);
 - abstention rate (overall, on positives, on hard negatives), invalid-ID rate, cost / latency per
   alert, cache hit rate, per-tactic F1, most frequent confusions, and calibration bins (confidence
-  vs precision).
+  vs precision);
+- case outcomes: how many labelled cases got only right techniques, a right one plus others the
+  labels do not name (and which evidence named those), only wrong ones, or none; and top-1
+  accuracy. They tell a mapper's mistakes from a labelling convention: Atomic Red Team names one
+  technique per test, its purpose, even where the command also shows a download or an interpreter.
 """
 
 from __future__ import annotations
@@ -136,6 +140,13 @@ class _Counts:
         return {m: statistics.fmean(v[m] for v in per.values()) for m in ("precision", "recall", "f1")}
 
 
+def _leading_source(evidence: Sequence[str]) -> str:
+    """The kind of evidence that put a technique in a prediction: an indicator when one did, else the
+    first listed (evidence reads `source[@field]: detail`, or `rule tag`)."""
+    sources = [item.split(":", 1)[0].split("@", 1)[0] for item in evidence]
+    return "indicator" if "indicator" in sources else (sources[0] if sources else "unknown")
+
+
 def _percentile(values: Sequence[float], q: float) -> float:
     if not values:
         return 0.0
@@ -154,6 +165,9 @@ def score(truths: Sequence[Truth], predictions: Sequence[Prediction], top_confus
     calib: list[list[tuple[float, bool, bool]]] = [[] for _ in range(CALIBRATION_BINS)]
     abstained = abstained_positive = abstained_negative = 0
     raw_ids = invalid = 0
+    outcomes: Counter[str] = Counter()
+    extra_sources: Counter[str] = Counter()
+    top1 = 0
     per_case = []
     for truth, pred in zip(truths, predictions, strict=True):
         p_set, e_set = set(pred.techniques), set(truth.techniques)
@@ -173,6 +187,19 @@ def score(truths: Sequence[Truth], predictions: Sequence[Prediction], top_confus
                 abstained_negative += 1
         raw_ids += len(pred.raw_ids)
         invalid += len(pred.invalid_ids)
+        if e_set:
+            extra = p_set - e_set
+            if not p_set:
+                outcomes["none"] += 1
+            elif extra == p_set:
+                outcomes["wrong"] += 1
+            elif extra:
+                outcomes["right_plus_extra"] += 1
+                extra_sources.update(_leading_source(pred.evidence.get(t, ())) for t in extra)
+            else:
+                outcomes["right_only"] += 1
+            if pred.techniques and max(pred.techniques, key=lambda t: pred.confidences.get(t, 0.0)) in e_set:
+                top1 += 1
         _, matched = hierarchical_match(list(pred.techniques), list(truth.techniques))
         got_p = {m[0] for m in matched}
         got_e = {m[1] for m in matched}
@@ -200,6 +227,7 @@ def score(truths: Sequence[Truth], predictions: Sequence[Prediction], top_confus
             }
         )
     n = len(truths)
+    positives = sum(1 for t in truths if t.techniques)
     latencies = [p.latency_s for p in predictions]
     costs = [p.cost_usd for p in predictions if p.cost_usd is not None]
     per_tactic = tactics.per_label()
@@ -234,6 +262,12 @@ def score(truths: Sequence[Truth], predictions: Sequence[Prediction], top_confus
         "invalid_id_rate": invalid / raw_ids if raw_ids else 0.0,
         "invalid_ids": invalid,
         "predicted_per_case": h_pred / n if n else 0.0,
+        "outcomes": {
+            "positives": positives,
+            **{k: outcomes[k] for k in ("right_only", "right_plus_extra", "wrong", "none")},
+            "top1_accuracy": top1 / positives if positives else 0.0,
+            "extra_by_source": dict(extra_sources.most_common()),
+        },
         "latency_s": {
             "mean": statistics.fmean(latencies) if latencies else 0.0,
             "p50": _percentile(latencies, 0.5),
@@ -265,6 +299,7 @@ def headline(metrics: dict[str, Any]) -> dict[str, float]:
         "abstention_rate": metrics["abstention_rate"],
         "hard_negative_abstention": metrics["hard_negative_abstention"],
         "invalid_id_rate": metrics["invalid_id_rate"],
+        "top1_accuracy": metrics["outcomes"]["top1_accuracy"],
         "latency_mean_s": metrics["latency_s"]["mean"],
         "cost_per_alert_usd": metrics["cost_usd"]["per_alert"],
         "cache_hit_rate": metrics["cache_hit_rate"],

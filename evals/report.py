@@ -95,6 +95,26 @@ def _pct(x: float | None) -> str:
     return "—" if x is None else f"{x:.3f}"
 
 
+OUTCOMES = (
+    ("right_only", "only right techniques"),
+    ("right_plus_extra", "a right technique plus others the labels do not name"),
+    ("wrong", "only techniques the labels do not name"),
+    ("none", "nothing"),
+)
+
+
+def outcome_lines(outcomes: dict[str, Any]) -> list[str]:
+    """Markdown lines for `metrics["outcomes"]`: where labelled cases' predictions went."""
+    positives = outcomes["positives"] or 1
+    lines = ["| labelled cases that got | n | share |", "|---|---|---|"]
+    lines += [f"| {label} | {outcomes[key]} | {outcomes[key] / positives:.3f} |" for key, label in OUTCOMES]
+    lines.append(f"| right technique first (top-1 accuracy) | | {outcomes['top1_accuracy']:.3f} |")
+    if outcomes["extra_by_source"]:
+        named = ", ".join(f"{source} {count}" for source, count in outcomes["extra_by_source"].items())
+        lines += ["", f"Unnamed techniques beside a right one, by the evidence that named them: {named}."]
+    return lines
+
+
 def to_markdown(rep: dict[str, Any], catalog: Catalog, gate: list[str] | None = None) -> str:
     h = rep["headline"]
     m = rep["metrics"]
@@ -126,6 +146,7 @@ def to_markdown(rep: dict[str, Any], catalog: Catalog, gate: list[str] | None = 
     lines.append(f"| hierarchical (per case) | {_pct(hi['precision'])} | {_pct(hi['recall'])} | {_pct(hi['f1'])} | |")
     if gate is not None:
         lines += ["", "## Gate", ""] + ([f"- FAIL {g}" for g in gate] or ["- pass"])
+    lines += ["", "## Case outcomes", "", *outcome_lines(m["outcomes"])]
     lines += ["", "## Per-tactic F1", "", "| tactic | P | R | F1 | support |", "|---|---|---|---|---|"]
     for tid, s in sorted(m["per_tactic"].items(), key=lambda kv: -kv[1]["support"]):
         lines.append(
@@ -211,6 +232,13 @@ def to_html(rep: dict[str, Any], catalog: Catalog, gate: list[str] | None = None
     confusion_items = [(f"{c['expected']} → {c['predicted']}", float(c["count"])) for c in m["confusions"][:15]]
     max_conf = max((v for _, v in confusion_items), default=1.0)
     head_rows = "".join(f"<tr><td>{e(k)}</td><td>{v:.4f}</td></tr>" for k, v in rep["headline"].items())
+    outcomes = m["outcomes"]
+    positives = outcomes["positives"] or 1
+    outcome_rows = "".join(
+        f"<tr><td>{e(label)}</td><td>{outcomes[key]}</td><td>{outcomes[key] / positives:.3f}</td></tr>"
+        for key, label in OUTCOMES
+    )
+    extra = ", ".join(f"{source} {count}" for source, count in outcomes["extra_by_source"].items()) or "none"
     misses = []
     for w in rep["worst_misses"]:
         ev = "".join(f"<li><b>{e(t)}</b>: {e('; '.join(items))}</li>" for t, items in w["evidence"].items())
@@ -244,6 +272,10 @@ td,th{{border:1px solid #ddd;padding:2px 8px}} pre{{white-space:pre-wrap;backgro
 {m["cases"]} cases, {rep["seconds"]} s. Excluded: {e(str(rep["labels"]["excluded"] or "none"))}.</p>
 <table><tr><th>figure</th><th>value</th></tr>{head_rows}</table>
 {gate_html}
+<h2>Case outcomes</h2>
+<table><tr><th>labelled cases that got</th><th>n</th><th>share</th></tr>{outcome_rows}
+<tr><td>right technique first (top-1 accuracy)</td><td></td><td>{outcomes["top1_accuracy"]:.3f}</td></tr></table>
+<p>Unnamed techniques beside a right one, by the evidence that named them: {e(extra)}.</p>
 <h2>Per-tactic F1</h2>{svg_bars(tactic_items)}
 <h2>Top confusions (expected → predicted)</h2>{svg_bars(confusion_items, max_value=max_conf)}
 <h2>Calibration (confidence vs precision)</h2>{svg_calibration(m["calibration"])}

@@ -68,6 +68,40 @@ def test_score_strict_parent_tactic_and_rates() -> None:
     assert top["count"] == 1 and top["precision"] == 1.0
 
 
+def test_case_outcomes_tell_extra_techniques_from_wrong_ones() -> None:
+    truths = [
+        Truth("only-right", ("T1003.001",), ()),
+        Truth("extra", ("T1003.001",), ()),
+        Truth("wrong", ("T1003.001",), ()),
+        Truth("none", ("T1003.001",), ()),
+        Truth("benign", (), (), hard_negative=True),
+    ]
+    download = ["indicator@process.command_line: download-cradle: iwr http://x/m.exe"]
+    preds = [
+        Prediction("only-right", ("T1003.001",), {"T1003.001": 0.9}),
+        # Right but not first by confidence: counted as right + extra, not as top-1.
+        Prediction(
+            "extra",
+            ("T1003.001", "T1105"),
+            {"T1003.001": 0.6, "T1105": 0.95},
+            evidence={"T1003.001": ["knowledge_base: x"], "T1105": ["lexical: BM25 rank 1", *download]},
+        ),
+        Prediction("wrong", ("T1105",), {"T1105": 0.9}, evidence={"T1105": ["knowledge_base: y"]}),
+        Prediction("none"),
+        Prediction("benign", ("T1105",), {"T1105": 0.9}),
+    ]
+    outcomes = score(truths, preds)["outcomes"]
+    assert outcomes == {
+        "positives": 4,
+        "right_only": 1,
+        "right_plus_extra": 1,
+        "wrong": 1,
+        "none": 1,
+        "top1_accuracy": 0.25,
+        "extra_by_source": {"indicator": 1},
+    }
+
+
 def test_macro_averages_over_expected_labels() -> None:
     truths = [Truth("a", ("T1059",), ()), Truth("b", ("T1059",), ()), Truth("c", ("T1003",), ())]
     preds = [Prediction("a", ("T1059",)), Prediction("b", ("T1059",)), Prediction("c", ("T1059",))]
