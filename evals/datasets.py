@@ -22,7 +22,7 @@ from typing import Any
 
 import orjson
 
-from mitre.corpora import atomic_alert, atomic_prose, kibana_alert, sigma_alert, uuid_like
+from mitre.corpora import atomic_alert, atomic_prose, kibana_alert, row_kind, sigma_alert, uuid_like
 
 HANDWRITTEN_DIR = Path(__file__).resolve().parent / "cases"
 SIGMA_RULE_URL = "https://github.com/SigmaHQ/sigma/blob/master/{path}"
@@ -311,14 +311,8 @@ def sniff_kind(path: Path) -> str:
     if path.suffix == ".toml":
         return "elastic"
     for _, row in _jsonl(path):
-        if "alert" in row and "expected" in row:
-            return "cases"
-        if "detection" in row and "title" in row:
-            return "sigma"
-        if "command" in row and "technique" in row:
-            return "atomic"
-        if "techniques" in row and ("name" in row or "description" in row):
-            return "rules"
+        if kind := row_kind(row):
+            return kind
         break
     raise ValueError(f"{path}: cannot tell which kind of dataset this is; prefix it with sigma:, atomic:, ...")
 

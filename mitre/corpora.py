@@ -28,6 +28,20 @@ _EXECUTORS: dict[str, tuple[str, str]] = {
 }
 
 
+def row_kind(row: Mapping[str, Any]) -> str | None:
+    """The shape of a labelled row, told by its keys: "cases" (an eval case), "sigma" (a SigmaHQ rule),
+    "atomic" (an Atomic Red Team test), "rules" (generic rules JSONL); None for anything else (an alert)."""
+    if "alert" in row and "expected" in row:
+        return "cases"
+    if "detection" in row and "title" in row:
+        return "sigma"
+    if "command" in row and "technique" in row:
+        return "atomic"
+    if "techniques" in row and ("name" in row or "description" in row):
+        return "rules"
+    return None
+
+
 def uuid_like(text: str) -> str:
     """A UUID-shaped id that is stable for the same text (alerts need ids; corpus rows may have none)."""
     digest = hashlib.sha256(text.encode()).hexdigest()

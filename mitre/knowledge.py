@@ -23,7 +23,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.preprocessing import normalize
 
 from mitre.catalog import Catalog
-from mitre.corpora import atomic_alert, atomic_prose, sigma_alert
+from mitre.corpora import atomic_alert, atomic_prose, row_kind, sigma_alert
 from mitre.features import extract_features
 from mitre.models import Contract
 from mitre.text import alert_text, tokenize
@@ -78,19 +78,20 @@ def normalise_labels(
 def example_from_row(row: Mapping[str, Any], index: int, source: str) -> tuple[str, list[str], list[str], str | None]:
     """(text, raw technique labels, raw tactic labels, group) for any supported row shape; no text for a
     row that makes no alert. Sigma and Atomic Red Team rows become the alerts the evals make of them."""
-    if "alert" in row and "expected" in row:
+    kind = row_kind(row)
+    if kind == "cases":
         expected = row["expected"]
         text = alert_text(extract_features(row["alert"]))
         return text, list(expected.get("techniques", ())), list(expected.get("tactics", ())), row.get("group")
-    if "detection" in row and "title" in row:
+    if kind == "sigma":
         text = alert_text(extract_features(sigma_alert(row)))
         return text, list(row.get("techniques", ())), list(row.get("tactics", ())), None
-    if "command" in row and "technique" in row:
+    if kind == "atomic":
         alert = atomic_alert(row)
         if alert is None:
             return "", [], [], None
         return alert_text(extract_features(alert)), [row["technique"]], [], None
-    if "techniques" in row and ("name" in row or "description" in row):
+    if kind == "rules":
         text = "\n".join(str(row.get(k) or "") for k in ("name", "description", "query"))
         return text, list(row.get("techniques", ())), list(row.get("tactics", ())), None
     features = extract_features(row)
@@ -193,7 +194,7 @@ def load_examples(paths: Sequence[Path], catalog: Catalog) -> tuple[list[Example
             examples += row_examples(
                 str(row.get("id") or row.get("guid") or f"{path.name}:{index + 1}"),
                 text,
-                atomic_prose(row) if "command" in row and "technique" in row else "",
+                atomic_prose(row) if row_kind(row) == "atomic" else "",
                 techniques=techniques,
                 tactics=tactics,
                 group=group,

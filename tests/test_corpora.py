@@ -12,11 +12,19 @@ import pytest
 from evals.datasets import atomic_case, sigma_case
 from evals.runner import case_examples, case_features
 from mitre.catalog import Catalog
-from mitre.corpora import atomic_alert, atomic_prose, mask_technique_ids, sigma_alert
+from mitre.corpora import atomic_alert, atomic_prose, mask_technique_ids, row_kind, sigma_alert
 from mitre.features import extract_features
 from mitre.knowledge import example_from_row, load_examples
 from mitre.text import alert_text
 from tests.helpers import ART_ROW, SIGMA_ROW
+
+
+def test_row_kind_tells_every_labelled_shape_from_an_alert() -> None:
+    case = {"id": "c", "alert": {}, "expected": {"techniques": ["T1059"]}}
+    rules = {"name": "Encoded PowerShell", "query": "process.args:-enc", "techniques": ["T1059.001"]}
+    assert [row_kind(r) for r in (case, SIGMA_ROW, ART_ROW, rules)] == ["cases", "sigma", "atomic", "rules"]
+    # A tagged Kibana alert is read as an alert (its rule's threat), not as a corpus row.
+    assert row_kind(sigma_alert(SIGMA_ROW)) is None
 
 
 def test_sigma_alert_is_an_untagged_kibana_alert() -> None:
