@@ -64,6 +64,8 @@ OBSERVABLE_FIELDS: tuple[str, ...] = (
     "host.os.name",
     "cloud.provider",
     "cloud.service.name",
+    "aws.cloudtrail.request_parameters",
+    "kubernetes.audit.requestURI",
     "service.name",
     "winlog.event_id",
     "powershell.file.script_block_text",

@@ -27,6 +27,18 @@ def test_fully_nested_kibana_alert_and_mixed_keys():
     assert features.fields["process.parent.name"] == "winword.exe"
 
 
+def test_cloud_api_parameters_are_observables():
+    """A cloud alert's specifics (the command an SSM call runs, the pod a Kubernetes exec enters)
+    live in the API request, not in process fields."""
+    ssm = {
+        "event": {"action": "SendCommand", "provider": "ssm.amazonaws.com"},
+        "aws": {"cloudtrail": {"request_parameters": '{"documentName": "AWS-RunShellScript", "commands": ["id"]}'}},
+    }
+    k8s = {"kubernetes.audit.requestURI": "/api/v1/namespaces/prod/pods/api-0/exec?command=sh&command=-c"}
+    assert "AWS-RunShellScript" in extract_features(ssm).fields["aws.cloudtrail.request_parameters"]
+    assert extract_features(k8s).fields["kubernetes.audit.requestURI"].endswith("command=sh&command=-c")
+
+
 def test_rule_threat_keeps_techniques_subtechniques_and_tactic_only_entries():
     threat = [
         threat_entry("TA0006", "Credential Access", "T1003", "T1003.001"),
