@@ -103,16 +103,16 @@ OUTCOMES = (
 )
 
 
-def outcome_lines(outcomes: dict[str, Any]) -> list[str]:
-    """Markdown lines for `metrics["outcomes"]`: where labelled cases' predictions went."""
+def outcome_rows(outcomes: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(what labelled cases got, count, share) rows of `metrics["outcomes"]`, top-1 accuracy last."""
     positives = outcomes["positives"] or 1
-    lines = ["| labelled cases that got | n | share |", "|---|---|---|"]
-    lines += [f"| {label} | {outcomes[key]} | {outcomes[key] / positives:.3f} |" for key, label in OUTCOMES]
-    lines.append(f"| right technique first (top-1 accuracy) | | {outcomes['top1_accuracy']:.3f} |")
-    if outcomes["extra_by_source"]:
-        named = ", ".join(f"{source} {count}" for source, count in outcomes["extra_by_source"].items())
-        lines += ["", f"Unnamed techniques beside a right one, by the evidence that named them: {named}."]
-    return lines
+    rows = [(label, str(outcomes[key]), f"{outcomes[key] / positives:.3f}") for key, label in OUTCOMES]
+    return [*rows, ("right technique first (top-1 accuracy)", "", f"{outcomes['top1_accuracy']:.3f}")]
+
+
+def extra_sources_line(outcomes: dict[str, Any]) -> str:
+    named = ", ".join(f"{source} {count}" for source, count in outcomes["extra_by_source"].items())
+    return f"Unnamed techniques beside a right one, by the evidence that named them: {named or 'none'}."
 
 
 def to_markdown(rep: dict[str, Any], catalog: Catalog, gate: list[str] | None = None) -> str:
@@ -146,7 +146,9 @@ def to_markdown(rep: dict[str, Any], catalog: Catalog, gate: list[str] | None = 
     lines.append(f"| hierarchical (per case) | {_pct(hi['precision'])} | {_pct(hi['recall'])} | {_pct(hi['f1'])} | |")
     if gate is not None:
         lines += ["", "## Gate", ""] + ([f"- FAIL {g}" for g in gate] or ["- pass"])
-    lines += ["", "## Case outcomes", "", *outcome_lines(m["outcomes"])]
+    lines += ["", "## Case outcomes", "", "| labelled cases that got | n | share |", "|---|---|---|"]
+    lines += [f"| {label} | {n} | {share} |" for label, n, share in outcome_rows(m["outcomes"])]
+    lines += ["", extra_sources_line(m["outcomes"])]
     lines += ["", "## Per-tactic F1", "", "| tactic | P | R | F1 | support |", "|---|---|---|---|---|"]
     for tid, s in sorted(m["per_tactic"].items(), key=lambda kv: -kv[1]["support"]):
         lines.append(
@@ -232,13 +234,9 @@ def to_html(rep: dict[str, Any], catalog: Catalog, gate: list[str] | None = None
     confusion_items = [(f"{c['expected']} → {c['predicted']}", float(c["count"])) for c in m["confusions"][:15]]
     max_conf = max((v for _, v in confusion_items), default=1.0)
     head_rows = "".join(f"<tr><td>{e(k)}</td><td>{v:.4f}</td></tr>" for k, v in rep["headline"].items())
-    outcomes = m["outcomes"]
-    positives = outcomes["positives"] or 1
-    outcome_rows = "".join(
-        f"<tr><td>{e(label)}</td><td>{outcomes[key]}</td><td>{outcomes[key] / positives:.3f}</td></tr>"
-        for key, label in OUTCOMES
+    outcome_html = "".join(
+        f"<tr><td>{e(label)}</td><td>{n}</td><td>{share}</td></tr>" for label, n, share in outcome_rows(m["outcomes"])
     )
-    extra = ", ".join(f"{source} {count}" for source, count in outcomes["extra_by_source"].items()) or "none"
     misses = []
     for w in rep["worst_misses"]:
         ev = "".join(f"<li><b>{e(t)}</b>: {e('; '.join(items))}</li>" for t, items in w["evidence"].items())
@@ -273,9 +271,8 @@ td,th{{border:1px solid #ddd;padding:2px 8px}} pre{{white-space:pre-wrap;backgro
 <table><tr><th>figure</th><th>value</th></tr>{head_rows}</table>
 {gate_html}
 <h2>Case outcomes</h2>
-<table><tr><th>labelled cases that got</th><th>n</th><th>share</th></tr>{outcome_rows}
-<tr><td>right technique first (top-1 accuracy)</td><td></td><td>{outcomes["top1_accuracy"]:.3f}</td></tr></table>
-<p>Unnamed techniques beside a right one, by the evidence that named them: {e(extra)}.</p>
+<table><tr><th>labelled cases that got</th><th>n</th><th>share</th></tr>{outcome_html}</table>
+<p>{e(extra_sources_line(m["outcomes"]))}</p>
 <h2>Per-tactic F1</h2>{svg_bars(tactic_items)}
 <h2>Top confusions (expected → predicted)</h2>{svg_bars(confusion_items, max_value=max_conf)}
 <h2>Calibration (confidence vs precision)</h2>{svg_calibration(m["calibration"])}

@@ -86,3 +86,42 @@ def test_hard_negative_abstention() -> None:
     preds = [Prediction("a"), Prediction("b", techniques=("T1059",)), Prediction("c", techniques=("T1059",))]
     assert score(truths, preds)["hard_negative_abstention"] == pytest.approx(0.5)
     assert score(truths[2:], preds[2:])["hard_negative_abstention"] == 1.0
+
+
+def test_eval_command_writes_reports_whose_outcomes_match_the_cases(tmp_path, monkeypatch) -> None:
+    """`attackmap eval --report` end to end on the hand-written cases (offline catalog, no knowledge
+    base): JSON, Markdown and HTML, with case outcomes that agree with the per-case predictions."""
+    import orjson
+    from typer.testing import CliRunner
+
+    from mitre.cli import app
+
+    monkeypatch.setenv("ATTACKMAP_HOME", str(tmp_path / "home"))
+    result = CliRunner().invoke(
+        app, ["eval", "--dataset", "handwritten", "--mapper", "local", "--report", str(tmp_path), "--no-progress"]
+    )
+    assert result.exit_code == 0, result.output
+    report = orjson.loads((tmp_path / "cases-no-kb.json").read_bytes())
+    outcomes = report["metrics"]["outcomes"]
+    counted = {"right_only": 0, "right_plus_extra": 0, "wrong": 0, "none": 0}
+    for row in report["per_case"]:
+        expected, predicted = set(row["expected"]), set(row["predicted"])
+        if expected:
+            right = expected & predicted
+            kind = (
+                "none"
+                if not predicted
+                else "wrong"
+                if not right
+                else "right_plus_extra"
+                if predicted - right
+                else "right_only"
+            )
+            counted[kind] += 1
+    assert {k: outcomes[k] for k in counted} == counted
+    assert outcomes["positives"] == sum(counted.values()) > 150
+    assert report["headline"]["top1_accuracy"] == outcomes["top1_accuracy"]
+    markdown = (tmp_path / "cases-no-kb.md").read_text()
+    assert f"| only right techniques | {counted['right_only']} |" in markdown
+    page = (tmp_path / "cases-no-kb.html").read_text()
+    assert f"<td>only right techniques</td><td>{counted['right_only']}</td>" in page
