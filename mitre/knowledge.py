@@ -207,6 +207,12 @@ def load_examples(paths: Sequence[Path], catalog: Catalog) -> tuple[list[Example
     return examples + catalog_examples(catalog), report
 
 
+def _kernel(queries: Any, examples: Any) -> Any:
+    """queries @ examples.T for CSR matrices, transposing the small side: `examples.T` would be converted
+    back to CSR on every call, which costs more than mapping one alert."""
+    return (examples @ queries.T).T
+
+
 class Neighbour(Contract):
     example: Example
     similarity: float
@@ -298,7 +304,7 @@ class KnowledgeBase:
         # character n-gram transform is the costliest step of mapping an unseen alert).
         key = tuple(texts)
         if self._last_kernel is None or self._last_kernel[0] != key:
-            self._last_kernel = (key, self._features(texts) @ self._class_matrix.T)
+            self._last_kernel = (key, _kernel(self._features(texts), self._class_matrix))
         return np.asarray(self._last_kernel[1] @ dual)
 
     def _train(self) -> None:
@@ -343,7 +349,7 @@ class KnowledgeBase:
 
     def neighbours_many(self, texts: Sequence[str], k: int = 10) -> list[list[Neighbour]]:
         query = self._vectorizer.transform(texts)
-        sims = (query @ self._matrix.T).toarray()
+        sims = _kernel(query, self._matrix).toarray()
         result = []
         for row in sims:
             top = np.argpartition(-row, min(k, len(row) - 1))[:k]
