@@ -261,9 +261,10 @@ class LocalMapper:
             if tid not in self.catalog.techniques:
                 continue
             confidence = 1.0 - miss
+            own = [t.id for t in self.catalog.tactics_of(tid)]
             if tactic_scores and w.tactic_agreement:
                 tactic, margin = max(
-                    ((t.id, tactic_scores.get(t.id, -1.0)) for t in self.catalog.tactics_of(tid)),
+                    ((t, tactic_scores.get(t, -1.0)) for t in own),
                     key=lambda item: item[1],
                     default=(None, -1.0),
                 )
@@ -280,7 +281,7 @@ class LocalMapper:
                 TechniqueScore(
                     technique_id=tid,
                     confidence=round(confidence, 4),
-                    tactic_ids=self._tactics(tid, tactic_votes, tactic_scores),
+                    tactic_ids=self._tactics(own, tactic_votes, tactic_scores),
                     evidence=tuple(evidence.get(tid, ())),
                 )
             )
@@ -364,11 +365,10 @@ class LocalMapper:
         return chosen
 
     def _tactics(
-        self, tid: str, votes: dict[str, float], tactic_scores: Mapping[str, float] | None = None
+        self, own: Sequence[str], votes: dict[str, float], tactic_scores: Mapping[str, float] | None = None
     ) -> tuple[str, ...]:
-        """The technique's tactics, narrowed to those the tactic classifier predicts (or the best of
-        them) when it is available, else to those the neighbours voted for when they did."""
-        own = [t.id for t in self.catalog.tactics_of(tid)]
+        """A technique's own tactics (`own`), narrowed to those the tactic classifier predicts (or the
+        best of them) when it is available, else to those the neighbours voted for when they did."""
         if tactic_scores and len(own) > 1:
             margins = {t: tactic_scores.get(t, -99.0) for t in own}
             kept = [t for t in own if margins[t] >= self.weights.tactic_keep_margin]
