@@ -7,6 +7,7 @@ Outcome: enriched, skipped (with a reason) or dead-lettered.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import time
 from collections import OrderedDict
@@ -23,6 +24,7 @@ from mitre.config import WorkflowsFile
 from mitre.decision import decide, skip_early
 from mitre.enrich import (
     Enrichment,
+    WorkflowRef,
     apply_enrichment,
     build_enrichment,
     enrich_alert,
@@ -56,6 +58,35 @@ OUTCOME_MEMO_ENTRIES = 20_000
 # A long-running worker forgets remembered outcomes this often, so none outlives the cache's own
 # expiry by more than this.
 OUTCOME_MEMO_SECONDS = 3600.0
+
+
+@dataclass(frozen=True)
+class EngineConfiguration:
+    """What an engine runs with, as run summaries, provenance and eval reports state it."""
+
+    workflows: str  # the workflows file in effect, or that the built-in defaults are
+    workflow: str
+    catalog_version: str
+    catalog_fingerprint: str
+    catalog_source: str
+    knowledge_sources: tuple[str, ...]
+    knowledge_fingerprint: str
+    mapper: str
+    model: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "workflows": self.workflows,
+            "workflow": self.workflow,
+            "catalog": {
+                "version": self.catalog_version,
+                "fingerprint": self.catalog_fingerprint,
+                "source": self.catalog_source,
+            },
+            "knowledge_base": {"sources": list(self.knowledge_sources), "fingerprint": self.knowledge_fingerprint},
+            "mapper": self.mapper,
+            "model": self.model,
+        }
 
 
 @dataclass(frozen=True)
@@ -119,6 +150,7 @@ class Engine:
         mapper: Mapper,
         cache: MappingCache | None,
         warnings: Sequence[str] = (),
+        configuration: EngineConfiguration | None = None,
     ) -> None:
         self.catalog = catalog
         self.indicators = indicators
@@ -127,6 +159,19 @@ class Engine:
         self.mapper = mapper
         self.cache = cache
         self.warnings = list(warnings)
+        configuration = configuration or EngineConfiguration(
+            workflows=config.describe_source(),
+            workflow=self.workflow.name,
+            catalog_version=catalog.version,
+            catalog_fingerprint=catalog.fingerprint,
+            catalog_source=catalog.source,
+            knowledge_sources=(),
+            knowledge_fingerprint="",
+            mapper=mapper.name,
+            model=mapper.model,
+        )
+        self.configuration = configuration
+        self._origin = WorkflowRef(configuration.workflows, configuration.workflow)
         # The indicator catalog shapes every mapping (decisions, evidence, the local mapper's ranks).
         identity = f"{mapper.settings_hash()}:{indicators.fingerprint}"
         self._settings_hash = hashlib.sha256(identity.encode()).hexdigest()[:16]
@@ -183,7 +228,7 @@ class Engine:
             return Outcome(
                 status=OutcomeStatus.SKIPPED,
                 reason=decision.reason,
-                alert=mark_skipped(alert, skip_provenance(decision, self.catalog)),
+                alert=mark_skipped(alert, skip_provenance(decision, self.catalog, self._origin)),
                 decision=decision,
                 line=item.line,
             )
@@ -204,8 +249,17 @@ class Engine:
         return remembered.outcome.model_copy(update={"alert": enriched, "line": line})
 
     def _dead(self, item: RawAlert, reason: str) -> Outcome:
-        raw = item.raw.decode("utf-8", "replace") if item.raw is not None else orjson.dumps(item.alert).decode()
-        return Outcome(status=OutcomeStatus.DEAD_LETTER, reason=reason, line=item.line, raw=raw)
+        """A dead letter keeps its input: the text, and the original bytes when they are not UTF-8."""
+        raw_b64 = None
+        if item.raw is None:
+            raw = orjson.dumps(item.alert, default=str).decode()
+        else:
+            try:
+                raw = item.raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raw = item.raw.decode("utf-8", "replace")
+                raw_b64 = base64.b64encode(item.raw).decode()
+        return Outcome(status=OutcomeStatus.DEAD_LETTER, reason=reason, line=item.line, raw=raw, raw_b64=raw_b64)
 
     def _key(self, features: AlertFeatures) -> str:
         return cache_key(
@@ -285,7 +339,7 @@ class Engine:
             if isinstance(result, Outcome):
                 outcomes[entry.index] = result
                 if entry.signature is not None and result.status is OutcomeStatus.SKIPPED and result.decision:
-                    provenance = skip_provenance(result.decision, self.catalog)
+                    provenance = skip_provenance(result.decision, self.catalog, self._origin)
                     bare = result.model_copy(update={"alert": None, "line": None})
                     self._remember(entry.signature, _Remembered(bare, skip_provenance=provenance))
             else:
@@ -296,7 +350,13 @@ class Engine:
         mapped = self.map_decided([p.features for p in prepared], [p.decision for p in prepared])
         for entry, done, (mapping, hit) in zip(mapped_todo, prepared, mapped, strict=True):
             enrichment = build_enrichment(
-                done.alert, done.features, done.decision, mapping, self.catalog, settings_hash=self._settings_hash
+                done.alert,
+                done.features,
+                done.decision,
+                mapping,
+                self.catalog,
+                settings_hash=self._settings_hash,
+                workflow=self._origin,
             )
             outcome = Outcome(
                 status=OutcomeStatus.ENRICHED,
