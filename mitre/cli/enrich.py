@@ -53,7 +53,8 @@ def _summary_table(summary: RunSummary, engine: Engine, output: str | None, dead
             table.add_row(f"techniques in {tactic.name}", str(summary.tactics[tactic.id]))
     conf = engine.configuration
     knowledge = ", ".join(Path(s).name if "/" in s else s for s in conf.knowledge_sources) or "none"
-    table.add_row("mapper / catalog", f"{conf.mapper} / ATT&CK {conf.catalog_version} ({conf.catalog_source})")
+    catalog_file = Path(conf.catalog_source.split(":", 1)[-1]).name
+    table.add_row("mapper / catalog", f"{conf.mapper} / ATT&CK {conf.catalog_version} ({catalog_file})")
     table.add_row("knowledge base", knowledge)
     if summary.warnings:
         table.add_row("[yellow]warnings[/]", str(len(summary.warnings)))
