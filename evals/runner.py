@@ -192,7 +192,8 @@ def fold_knowledge(
     examples: Sequence[Example], base: LoadedKnowledge, held_out: Mapping[str, set[str]], label: str
 ) -> LoadedKnowledge:
     """The knowledge base less the held-out rows: `held_out` maps a file name (an example's source) to
-    the row ids of that file in the evaluated fold; a row's prose example goes with it."""
+    the rows of that file in the evaluated fold, by id or by "<file>:<line>" (an id-less row's id);
+    a row's prose example goes with it."""
     kept = [e for e in examples if not (e.source in held_out and e.id.removesuffix(" prose") in held_out[e.source])]
     digest = hashlib.sha256(f"{base.fingerprint}|{label}|{len(kept)}".encode()).hexdigest()[:16]
     return LoadedKnowledge(KnowledgeBase(kept) if kept else None, digest, base.sources, base.warnings)
@@ -363,8 +364,9 @@ class Runner:
             idx = [i for i, f in enumerate(folds) if f == fold]
             held_out: dict[str, set[str]] = {}
             for i in idx:  # rows by file: the KB file's name, or the case's own source when it joined here
-                for name in own_in_kb or {cases[i].source}:
-                    held_out.setdefault(name, set()).add(cases[i].id)
+                case = cases[i]
+                for name in own_in_kb or {case.source}:
+                    held_out.setdefault(name, set()).update(r for r in (case.id, case.origin) if r)
             engine = self.engine(fold_knowledge(examples, base, held_out, f"fold {fold}/{cv} seed {seed}"))
             for i, p in zip(idx, self._predict(engine, [cases[i] for i in idx], tick), strict=True):
                 predictions[i] = p

@@ -139,3 +139,43 @@ def test_eval_command_writes_reports_whose_outcomes_match_the_cases(tmp_path, mo
     assert f"| only right techniques | {counted['right_only']} |" in markdown
     page = (tmp_path / "cases-no-kb.html").read_text()
     assert f"<td>only right techniques</td><td>{counted['right_only']}</td>" in page
+
+
+def test_cross_validation_leaves_each_folds_rows_out_of_the_configured_knowledge_base(tmp_path, monkeypatch) -> None:
+    """The evaluated corpus is in the workflow's knowledge base: each fold's engine learns from it less
+    that fold's rows, found by id or, for an id-less row, by file and line."""
+    import json
+
+    from evals.runner import Runner, prepare
+    from mitre.assemble import EngineOptions
+    from mitre.config import load_workflows
+
+    rules = tmp_path / "rules.jsonl"
+    rows = [
+        {"id": f"r{i}", "name": f"{verb} rule {i}", "description": f"{verb} {i}", "techniques": [tid]}
+        for i, (verb, tid) in enumerate([("powershell encoded", "T1059.001"), ("lsass dump", "T1003.001")] * 5)
+    ]
+    rows[3].pop("id")  # an id-less row: the knowledge base names it rules.jsonl:4
+    rules.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    workflows = tmp_path / "workflows.yaml"
+    workflows.write_text("version: 1\nworkflows:\n  - name: w\n    mapper: {knowledge_base: [rules.jsonl]}\n")
+    runner = Runner(load_workflows(workflows), options=EngineOptions(cache=False), progress=False)
+    seen: list[set[str]] = []
+    build = runner.engine
+
+    def engine(knowledge=None):
+        seen.append({e.id for e in knowledge.base.examples})
+        return build(knowledge)
+
+    monkeypatch.setattr(runner, "engine", engine)
+    data = prepare(f"rules:{rules}", runner.catalog)
+    result = runner.run(data, cv=2)
+    assert result.folds is not None and len(seen) == 2
+    ids = [c.id for c in data.cases]
+    assert "rules.jsonl:4" not in ids and any(c.origin == "rules.jsonl:4" for c in data.cases)
+    for fold, known in enumerate(seen):
+        held = {c.id for c, f in zip(data.cases, result.folds, strict=True) if f == fold}
+        held |= {c.origin for c, f in zip(data.cases, result.folds, strict=True) if f == fold}
+        rest = {c.id for c, f in zip(data.cases, result.folds, strict=True) if f != fold}
+        assert not known & held and rest - {"rules-4"} <= known | {"rules.jsonl:4"}
+    assert result.configuration["knowledge_base"]["cross_validation"].startswith("2 folds")

@@ -22,6 +22,7 @@ from mitre.cli.common import (
     err,
     fail,
     load_config,
+    warn,
 )
 from mitre.config import WorkflowsFile
 
@@ -61,13 +62,13 @@ def load_thresholds(path: Path) -> dict[str, Any]:
     return profiles
 
 
-def knowledge_kinds(paths: list[Path], dataset_files: tuple[Path, ...]) -> list[str]:
+def knowledge_kinds(paths: list[Path], evaluated: tuple[Path, ...]) -> list[str]:
     """The dataset kinds of the knowledge-base files, less the evaluated corpus itself (for profile names)."""
     from evals.datasets import sniff_kind
 
     kinds = []
     for path in paths:
-        if path.resolve() in dataset_files or not path.is_file():
+        if path.resolve() in evaluated or not path.is_file():
             continue
         try:
             kind = sniff_kind(path)
@@ -159,7 +160,6 @@ def eval_command(
 
     Catalog, crosswalks, knowledge base and mapper come from workflows.yaml, as for `enrich`;
     the flags override them."""
-    from evals.datasets import parse_spec
     from evals.report import write_reports
     from evals.runner import Runner, Scoring, dataset_files, prepare
 
@@ -176,13 +176,12 @@ def eval_command(
             max_techniques=max_techniques,
             confidence_floor=confidence_floor,
         )
-        kb_paths = tuple(parse_spec(spec)[1] for spec in knowledge_base or [])
         kb_files = tuple(f for spec in knowledge_base or [] for f in dataset_files(spec))
         options = EngineOptions(
             workflow=workflow,
             mapper=mapper,
             catalog=catalog,
-            knowledge_base=() if no_knowledge_base else (kb_files if kb_paths else None),
+            knowledge_base=() if no_knowledge_base else (kb_files if knowledge_base else None),
             cache=cache_dir is not None,
             cache_dir=cache_dir,
         )
@@ -198,7 +197,7 @@ def eval_command(
     except (CatalogError, OSError, ValueError) as exc:
         raise fail(str(exc)) from exc
     for warning in result.warnings:
-        err.print(f"[yellow]warning:[/] {warning}")
+        warn(warning)
     kinds = knowledge_kinds(list(runner.knowledge_paths), data.files)
     name = profile or profile_name(data.kind, cv, kinds) + (f"-{split}" if split else "")
 
