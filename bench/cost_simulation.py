@@ -53,7 +53,8 @@ from mitre.features import extract_features  # noqa: E402
 from mitre.indicators import load_indicators  # noqa: E402
 from mitre.knowledge import KnowledgeBase, load_examples  # noqa: E402
 from mitre.mappers.base import MapperContext  # noqa: E402
-from mitre.mappers.llm import LLMMapper, Resilience  # noqa: E402
+from mitre.mappers.llm.mapper import LLMMapper  # noqa: E402
+from mitre.mappers.llm.resilience import Resilience  # noqa: E402
 from mitre.mappers.local import LocalMapper  # noqa: E402
 from mitre.models import DecisionKind  # noqa: E402
 from mitre.prompting import estimate_tokens, prompt_hash  # noqa: E402

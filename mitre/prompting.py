@@ -23,10 +23,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mitre.catalog import Catalog
 from mitre.models import AlertFeatures, Decision, MappingResult, TechniqueScore
+
+if TYPE_CHECKING:
+    from mitre.mappers.local import LocalMapper
 
 RENDER_VERSION = "2"  # bump when the rendering code changes what is sent
 TEMPLATE_FILE = "map_alert.md"
@@ -146,13 +149,12 @@ def build_shortlist(
     features: AlertFeatures,
     local_result: MappingResult,
     catalog: Catalog,
-    local: Any = None,
+    local: LocalMapper | None = None,
     size: int = SHORTLIST_SIZE,
 ) -> list[Candidate]:
     """Local mapper candidates + BM25 top + knowledge-base neighbours' labels, deduplicated, in that order.
 
-    `local` is the LocalMapper (duck-typed: `retriever`, `knowledge`); without it only the local
-    result's candidates are used.
+    Without the local mapper only the local result's candidates are used.
     """
     from mitre.text import alert_text
 
@@ -173,11 +175,10 @@ def build_shortlist(
     for s in (*local_result.techniques, *local_result.candidates):
         add(s.technique_id, origin(s))
     text = alert_text(features)
-    retriever = getattr(local, "retriever", None)
-    if retriever is not None:
-        for tid, _ in retriever.search(text, 12):
+    if local is not None:
+        for tid, _ in local.retriever.search(text, 12):
             add(tid, "lexical")
-    knowledge = getattr(local, "knowledge", None)
+    knowledge = local.knowledge if local is not None else None
     if knowledge is not None:
         for n in knowledge.neighbours(text, 8):
             for tid in n.example.techniques:
@@ -196,11 +197,11 @@ def build_shortlist(
     return out
 
 
-def example_lines(features: AlertFeatures, local: Any, k: int = 2, chars: int = 160) -> list[str]:
+def example_lines(features: AlertFeatures, local: LocalMapper | None, k: int = 2, chars: int = 160) -> list[str]:
     """A few labelled knowledge-base neighbours, as short one-line examples."""
     from mitre.text import alert_text
 
-    knowledge = getattr(local, "knowledge", None)
+    knowledge = local.knowledge if local is not None else None
     if knowledge is None:
         return []
     lines = []

@@ -15,9 +15,9 @@ from mitre.budget import Budget, ElasticLedger, LedgerEvent, PriceTable, SQLiteL
 from mitre.catalog import load_catalog
 from mitre.config import BudgetSettings, DecisionSettings, MapperSettings, Workflow, WorkflowsFile
 from mitre.indicators import load_indicators
-from mitre.mappers.anthropic_mapper import create_anthropic_mapper
 from mitre.mappers.base import MapperContext
 from mitre.mappers.budgeted import BudgetedMapper
+from mitre.mappers.llm.anthropic import create_anthropic_mapper
 from mitre.mappers.local import LocalMapper
 from mitre.models import AlertFeatures, Decision, DecisionKind, Usage
 from mitre.pipeline import Engine

@@ -12,9 +12,9 @@ from mitre.cache import MappingCache
 from mitre.catalog import load_catalog
 from mitre.config import DecisionSettings, MapperSettings, Workflow, WorkflowsFile
 from mitre.indicators import load_indicators
-from mitre.mappers.anthropic_mapper import create_anthropic_mapper
 from mitre.mappers.base import MapperContext
-from mitre.mappers.llm import Resilience
+from mitre.mappers.llm.anthropic import create_anthropic_mapper
+from mitre.mappers.llm.resilience import Resilience
 from mitre.mappers.local import LocalMapper
 from mitre.models import OutcomeStatus
 from mitre.pipeline import Engine

@@ -16,11 +16,14 @@ import respx
 from mitre.config import MapperSettings
 from mitre.indicators import load_indicators
 from mitre.mappers import default_registry
-from mitre.mappers.anthropic_mapper import create_anthropic_mapper
 from mitre.mappers.base import MapperContext
-from mitre.mappers.llm import LLMMapper, MissingAPIKeyError, Resilience, run_batch
+from mitre.mappers.llm.anthropic import create_anthropic_mapper
+from mitre.mappers.llm.batch import run_batch
+from mitre.mappers.llm.errors import MissingAPIKeyError
+from mitre.mappers.llm.mapper import LLMMapper
+from mitre.mappers.llm.openai import create_compatible_mapper, create_openai_mapper
+from mitre.mappers.llm.resilience import Resilience
 from mitre.mappers.local import LocalMapper
-from mitre.mappers.openai_mapper import create_compatible_mapper, create_openai_mapper
 from mitre.models import AlertFeatures, Decision, DecisionKind, Usage
 from mitre.prompting import DATA_CLOSE, DATA_OPEN, MAX_INPUT_TOKENS, TOOL_NAME
 from mitre.validate import validate_mapping

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from mitre.catalog import Catalog
 from mitre.config import MapperSettings
 from mitre.models import AlertFeatures, Decision, MappingResult
+
+if TYPE_CHECKING:
+    from mitre.mappers.local import LocalMapper
 
 
 class Mapper(Protocol):
@@ -32,7 +35,7 @@ class MapperContext:
 
     catalog: Catalog
     settings: MapperSettings
-    local: Mapper | None = None
+    local: LocalMapper | None = None
 
 
 MapperFactory = Callable[[MapperContext], Mapper]

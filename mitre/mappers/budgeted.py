@@ -18,7 +18,7 @@ from typing import Any
 from mitre.budget import Budget, open_ledger
 from mitre.config import Environment, Workflow
 from mitre.decision import NO_RULE, TACTIC_ONLY_RULE, UNTAGGED_RULE
-from mitre.mappers.llm import CallRecord, LLMMapper
+from mitre.mappers.llm.mapper import CallRecord, LLMMapper
 from mitre.models import AlertFeatures, Decision, DecisionKind, MappingResult, Outcome
 
 BUDGET_EXHAUSTED = "budget_exhausted"

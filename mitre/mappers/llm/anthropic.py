@@ -22,24 +22,21 @@ import anthropic
 import httpx
 
 from mitre.mappers.base import MapperContext
-from mitre.mappers.llm import (
-    LLMMapper,
-    ProviderError,
+from mitre.mappers.llm.errors import ProviderError, env_api_key, missing_api_key, scrub
+from mitre.mappers.llm.mapper import LLMMapper, assemble_mapper
+from mitre.mappers.llm.resilience import Resilience
+from mitre.mappers.llm.transport import (
     ProviderReply,
-    Resilience,
     SdkErrors,
     SdkProvider,
-    assemble_mapper,
-    env_api_key,
     json_body,
     malformed_reply,
-    missing_api_key,
-    scrub,
     sdk_http_client,
     strip_keywords,
 )
 from mitre.models import Usage
 from mitre.prompting import TOOL_NAME, RenderedPrompt
+from mitre.redact import Redactor
 
 NAME = "anthropic"
 DEFAULT_MODEL = "claude-haiku-4-5"
@@ -58,10 +55,12 @@ def anthropic_usage(raw: Mapping[str, Any] | None) -> Usage:
     )
 
 
-class AnthropicProvider(SdkProvider):
+class AnthropicProvider(SdkProvider[anthropic.Anthropic]):
     name = NAME
     errors = SdkErrors(anthropic.APIStatusError, anthropic.APITimeoutError, anthropic.APIConnectionError)
-    _client: anthropic.Anthropic
+
+    def secrets(self) -> tuple[str, ...]:
+        return tuple(v for v in (self._client.api_key, self._client.auth_token) if v)
 
     def build_request(self, prompt: RenderedPrompt, retry_note: str | None = None) -> dict[str, Any]:
         content: list[dict[str, Any]] = [{"type": "text", "text": prompt.user}]
@@ -175,7 +174,7 @@ def create_anthropic_mapper(
     sleep: Callable[[float], None] | None = None,
     clock: Callable[[], float] | None = None,
     transport: httpx.BaseTransport | None = None,
-    redactor: Any = None,
+    redactor: Redactor | None = None,
 ) -> LLMMapper:
     settings = context.settings
     resilience = resilience or Resilience(timeout_s=settings.timeout_s)
