@@ -44,7 +44,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data"
 sys.path.insert(0, str(REPO))
 
-from mitre.budget import PriceTable  # noqa: E402
+from mitre.budget.prices import PriceTable  # noqa: E402
 from mitre.cachekey import cache_key  # noqa: E402
 from mitre.catalog import load_catalog  # noqa: E402
 from mitre.config import DecisionSettings, MapperSettings  # noqa: E402

@@ -11,7 +11,10 @@ import pytest
 import respx
 from typer.testing import CliRunner
 
-from mitre.budget import Budget, ElasticLedger, LedgerEvent, PriceTable, SQLiteLedger, spend_chart_html, status_report
+from mitre.budget.budget import Budget
+from mitre.budget.ledger import ElasticLedger, LedgerEvent, SQLiteLedger
+from mitre.budget.prices import PriceTable
+from mitre.budget.report import spend_chart_html, status_report
 from mitre.catalog import load_catalog
 from mitre.config import BudgetSettings, DecisionSettings, MapperSettings, Workflow, WorkflowsFile
 from mitre.indicators import load_indicators
