@@ -85,14 +85,7 @@ def process_chunk(engine: Engine, items: list[RawAlert], keep_skipped: bool) -> 
 
 
 def merge(total: RunSummary, part: RunSummary) -> None:
-    total.enriched += part.enriched
-    total.skipped.update(part.skipped)
-    total.dead_letter.update(part.dead_letter)
-    total.decisions.update(part.decisions)
-    total.tactics.update(part.tactics)
-    total.techniques.update(part.techniques)
-    total.cache_hits += part.cache_hits
-    total.cache_misses += part.cache_misses
+    total.merge(part)
 
 
 def chunks(items: Iterable[RawAlert], size: int = CHUNK) -> Iterator[list[RawAlert]]:

@@ -104,25 +104,23 @@ class TechniqueScore(Contract):
 
 
 class Usage(Contract):
-    """Token usage of one LLM call, as the vendor reported it."""
+    """Token usage of the LLM calls behind one mapping (retries included), as the vendor reported it.
+    `input_tokens` are the uncached ones; cache writes and reads are counted apart."""
 
     input_tokens: int = 0
     output_tokens: int = 0
     cache_write_tokens: int = 0
     cache_read_tokens: int = 0
+    calls: int = 0
 
 
-class MappingResult(Contract):
-    """What a mapper returns. Validation turns it into a ValidatedMapping."""
+class InjectionSuspicion(Contract):
+    """Text in an alert field that addresses the model rather than describing activity: instructions,
+    role play, answer formats, fake delimiters. Shown to analysts; never accepted as evidence."""
 
-    mapper: str
-    model: str | None = None
-    prompt_hash: str = ""
-    techniques: tuple[TechniqueScore, ...] = ()
-    tactic_ids: tuple[str, ...] = ()
-    candidates: tuple[TechniqueScore, ...] = ()
-    usage: Usage | None = None
-    fallback_reason: str | None = None
+    field: str
+    kind: str
+    excerpt: str
 
 
 class IssueSeverity(StrEnum):
@@ -138,6 +136,23 @@ class ValidationIssue(Contract):
     code: str
     message: str
     technique_id: str | None = None
+
+
+class MappingResult(Contract):
+    """What a mapper returns. Validation turns it into a ValidatedMapping."""
+
+    mapper: str
+    model: str | None = None
+    prompt_hash: str = ""
+    techniques: tuple[TechniqueScore, ...] = ()
+    tactic_ids: tuple[str, ...] = ()
+    candidates: tuple[TechniqueScore, ...] = ()
+    usage: Usage | None = None
+    cost_usd: float | None = None
+    fallback_reason: str | None = None
+    # The LLM path: parts of an answer that were dropped, and text in the alert that addresses the model.
+    answer_issues: tuple[ValidationIssue, ...] = ()
+    prompt_injection_suspected: tuple[InjectionSuspicion, ...] = ()
 
 
 class ValidatedMapping(Contract):

@@ -77,6 +77,14 @@ class RunSummary:
     cache_hits: int = 0
     cache_misses: int = 0
     warnings: list[str] = field(default_factory=list)
+    # Who answered each enriched alert (an LLM fallback counts as "local"), fallbacks per reason,
+    # alerts holding text that addresses the model, and what the LLM calls behind them cost (each
+    # computation counted once: not again for the alerts it was shared with).
+    answered_by: Counter[str] = field(default_factory=Counter)
+    fallbacks: Counter[str] = field(default_factory=Counter)
+    injection_suspected: int = 0
+    llm: Counter[str] = field(default_factory=Counter)
+    cost_usd: float = 0.0
 
     def add(self, outcome: Outcome) -> None:
         if outcome.decision is not None:
@@ -88,14 +96,42 @@ class RunSummary:
             else:
                 self.cache_misses += 1
             if outcome.mapping is not None:
-                for t in outcome.mapping.result.techniques:
+                result = outcome.mapping.result
+                for t in result.techniques:
                     self.techniques[t.technique_id] += 1
                     for tactic in t.tactic_ids:
                         self.tactics[tactic] += 1
+                self._add_llm(result, outcome.cache_hit)
         elif outcome.status is OutcomeStatus.SKIPPED:
             self.skipped[outcome.reason] += 1
         else:
             self.dead_letter[outcome.reason.split(":")[0]] += 1
+
+    def _add_llm(self, result: MappingResult, shared: bool) -> None:
+        self.answered_by[result.mapper] += 1
+        if result.fallback_reason:
+            self.fallbacks[result.fallback_reason] += 1
+        if result.prompt_injection_suspected:
+            self.injection_suspected += 1
+        if result.usage is not None and not shared:
+            self.llm.update({k: v for k, v in result.usage.model_dump().items() if v})
+            self.cost_usd += result.cost_usd or 0.0
+
+    def merge(self, other: RunSummary) -> None:
+        """Add another summary's counts (a worker's, a chunk's) to this one."""
+        self.enriched += other.enriched
+        self.skipped.update(other.skipped)
+        self.dead_letter.update(other.dead_letter)
+        self.decisions.update(other.decisions)
+        self.tactics.update(other.tactics)
+        self.techniques.update(other.techniques)
+        self.cache_hits += other.cache_hits
+        self.cache_misses += other.cache_misses
+        self.answered_by.update(other.answered_by)
+        self.fallbacks.update(other.fallbacks)
+        self.injection_suspected += other.injection_suspected
+        self.llm.update(other.llm)
+        self.cost_usd += other.cost_usd
 
     @property
     def total(self) -> int:
@@ -109,6 +145,10 @@ class RunSummary:
             "dead_letter": dict(self.dead_letter),
             "decisions": dict(self.decisions),
             "cache": {"hits": self.cache_hits, "misses": self.cache_misses},
+            "answered_by": dict(self.answered_by),
+            "fallbacks": dict(self.fallbacks),
+            "prompt_injection_suspected": self.injection_suspected,
+            "llm": {**dict(self.llm), "cost_usd": round(self.cost_usd, 6)},
             "tactics": dict(self.tactics),
             "warnings": self.warnings,
         }
@@ -194,6 +234,9 @@ class Engine:
         self._outcomes: OrderedDict[bytes, _Remembered] = OrderedDict()
         self.outcome_memo_seconds = OUTCOME_MEMO_SECONDS
         self._outcomes_since = time.monotonic()
+        # Mappings already made for this run by cache key (a vendor batch's answers and fallbacks):
+        # consulted before the cache and the mapper.
+        self.precomputed: dict[str, MappingResult] = {}
 
     # ------------------------------------------------------------ stages
 
@@ -263,7 +306,8 @@ class Engine:
         raw = item.raw.decode("utf-8", "replace") if item.raw is not None else orjson.dumps(item.alert).decode()
         return Outcome(status=OutcomeStatus.DEAD_LETTER, reason=reason, line=item.line, raw=raw)
 
-    def _key(self, features: AlertFeatures) -> str:
+    def mapping_key(self, features: AlertFeatures) -> str:
+        """The cache key of an alert's mapping (see mitre.cachekey)."""
         return cache_key(
             features,
             catalog_version=self.catalog.fingerprint,
@@ -297,11 +341,14 @@ class Engine:
         if self.cache is None:
             results = self._map_uncached([p[1] for p in prepared], [p[2] for p in prepared])
             return [(self._validated(None, r), False) for r in results]
-        keys = [self._key(p[1]) for p in prepared]
+        keys = [self.mapping_key(p[1]) for p in prepared]
         found: dict[str, tuple[MappingResult, bool]] = {}
         todo: dict[str, int] = {}
         for i, key in enumerate(keys):
             if key in found or key in todo:
+                continue
+            if (done := self.precomputed.get(key)) is not None:
+                found[key] = (done, False)
                 continue
             cached = self.cache.get(key)
             if cached is not None:
@@ -334,8 +381,17 @@ class Engine:
 
     # ------------------------------------------------------------ public
 
-    def _run(self, items: Sequence[RawAlert], todo: list[_Todo], outcomes: list[Outcome | None], now: str) -> None:
-        """The full pipeline for alerts the outcome memo could not answer; remembers what it may."""
+    def _run(
+        self,
+        items: Sequence[RawAlert],
+        todo: list[_Todo],
+        outcomes: list[Outcome | None],
+        now: str,
+        this_batch: dict[bytes, _Remembered] | None = None,
+    ) -> None:
+        """The full pipeline for alerts the outcome memo could not answer; remembers what it may.
+        An outcome it may not remember (an LLM fallback) goes to `this_batch`: the copies of the alert
+        waiting in the same batch share it rather than asking the vendor again."""
         prepared: list[tuple[dict[str, Any], AlertFeatures, Decision]] = []
         mapped_todo: list[_Todo] = []
         for entry in todo:
@@ -369,9 +425,12 @@ class Engine:
             )
             outcomes[entry.index] = outcome
             # A mapping the cache did not keep (an LLM fallback) must be asked for again next time.
-            if entry.signature is not None and (hit or mapping.result.fallback_reason is None):
+            if entry.signature is not None:
                 bare = outcome.model_copy(update={"alert": None, "line": None, "cache_hit": True})
-                self._remember(entry.signature, _Remembered(bare, enrichment=enrichment))
+                if hit or mapping.result.fallback_reason is None:
+                    self._remember(entry.signature, _Remembered(bare, enrichment=enrichment))
+                elif this_batch is not None:
+                    this_batch[entry.signature] = _Remembered(bare, enrichment=enrichment)
 
     def process_batch(self, items: Sequence[RawAlert]) -> list[Outcome]:
         now = timestamp()
@@ -400,14 +459,16 @@ class Engine:
                     continue
                 pending.add(signature)
             todo.append(_Todo(i, alert, flat, signature))
-        self._run(items, todo, outcomes, now)
+        this_batch: dict[bytes, _Remembered] = {}
+        self._run(items, todo, outcomes, now, this_batch)
         if waiting:
             again = []
             for entry in waiting:
                 assert entry.signature is not None
-                if (remembered := self._outcomes.get(entry.signature)) is not None:
+                remembered = self._outcomes.get(entry.signature) or this_batch.get(entry.signature)
+                if remembered is not None:
                     outcomes[entry.index] = self._replay(remembered, entry.alert, items[entry.index].line, now)
-                else:  # its first copy was not remembered (an LLM fallback): map it in its own right
+                else:  # its first copy was dead-lettered: judge it in its own right
                     again.append(_Todo(entry.index, entry.alert, entry.flat, None))
             self._run(items, again, outcomes, now)
         done = [o for o in outcomes if o is not None]

@@ -43,7 +43,29 @@ def _summary_table(summary: RunSummary, engine: Engine) -> Table:
         if summary.tactics.get(tactic.id):
             table.add_row(f"techniques in {tactic.name}", str(summary.tactics[tactic.id]))
     table.add_row("mapper / catalog", f"{engine.mapper.name} / ATT&CK {engine.catalog.version}")
+    _llm_rows(table, summary)
     return table
+
+
+def _llm_rows(table: Table, summary: RunSummary) -> None:
+    """Who really answered: an LLM answer, the local mapper (cascade), or a fallback with its reason."""
+    if set(summary.answered_by) <= {"local"} and not summary.fallbacks and not summary.llm:
+        return
+    for name, n in sorted(summary.answered_by.items()):
+        table.add_row(f"answered by {name}", str(n))
+    for reason, n in sorted(summary.fallbacks.items()):
+        table.add_row(f"[yellow]local fallback: {reason}[/]", str(n))
+    llm = summary.llm
+    table.add_row(
+        "LLM calls / input / output / cache write / cache read tokens",
+        " / ".join(
+            str(llm.get(k, 0))
+            for k in ("calls", "input_tokens", "output_tokens", "cache_write_tokens", "cache_read_tokens")
+        ),
+    )
+    table.add_row("LLM cost", f"${summary.cost_usd:.4f}")
+    if summary.injection_suspected:
+        table.add_row("[red]prompt injection suspected[/]", str(summary.injection_suspected))
 
 
 def run_enrich(
