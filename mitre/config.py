@@ -77,6 +77,16 @@ class MapperSettings(Section):
         False, description="LLM providers: replace users, hosts, IPs, e-mails, secrets with stable pseudonyms"
     )
     timeout_s: float = Field(30.0, gt=0, description="LLM providers: timeout of one HTTP request")
+    cascade_confidence: float | None = Field(
+        0.8,
+        ge=0,
+        le=1,
+        description="LLM providers: the local mapper answers alone when its best technique has at least this "
+        "confidence (no LLM call); null asks the LLM about every mapped alert",
+    )
+    prompt_cache_ttl: Literal["5m", "1h"] = Field(
+        "5m", description="anthropic: how long the cached prompt prefix lives (1h writes cost 2x input, 5m 1.25x)"
+    )
 
 
 class BudgetSettings(Section):

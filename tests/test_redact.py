@@ -82,7 +82,7 @@ def test_llm_prompt_is_redacted_when_the_workflow_says_so():
     from mitre.models import Decision, DecisionKind
 
     catalog = load_catalog(None)
-    settings = MapperSettings(provider="anthropic", redact=True)
+    settings = MapperSettings(provider="anthropic", redact=True, cascade_confidence=None)
     local = LocalMapper(catalog, load_indicators(catalog), settings)
     mapper = create_anthropic_mapper(
         MapperContext(catalog=catalog, settings=settings, local=local),

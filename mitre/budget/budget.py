@@ -176,8 +176,9 @@ class Budget:
         batch: bool = False,
         error_kind: str | None = None,
         unknown_ids: int = 0,
+        cache_ttl: str = "5m",
     ) -> float:
-        cost = self.prices.cost(model, usage, batch)
+        cost = self.prices.cost(model, usage, batch, cache_ttl)
         event = LedgerEvent(
             ts=self.clock(),
             kind="llm_call",

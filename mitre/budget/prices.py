@@ -1,5 +1,6 @@
 """Prices from `mitre/data/prices.yaml`: USD per million tokens for input, output, cache reads and cache
-writes; batch calls at the batch discount. Unknown models (local servers) cost nothing and are unpriced."""
+writes (per cache lifetime), the vendor's prompt-cache rules per model; batch calls at the batch discount.
+Unknown models (local servers) cost nothing and are unpriced."""
 
 from __future__ import annotations
 
@@ -20,7 +21,13 @@ class Price:
     input: float
     output: float
     cache_read: float
-    cache_write: float
+    cache_write: float  # a write to the default (5-minute) cache
+    cache_write_1h: float | None = None  # a write to the 1-hour cache, where the vendor offers one
+    min_cacheable_tokens: int = 0  # shorter prefixes are not cached at all
+    cache_idle_s: float | None = None  # automatic caches (OpenAI): how long an idle prefix survives
+
+    def cache_write_price(self, ttl: str) -> float:
+        return self.cache_write_1h if ttl == "1h" and self.cache_write_1h is not None else self.cache_write
 
 
 class PriceTable:
@@ -42,6 +49,9 @@ class PriceTable:
                 output=float(p["output"]),
                 cache_read=float(p.get("cache_read", p["input"])),
                 cache_write=float(p.get("cache_write", p["input"])),
+                cache_write_1h=float(p["cache_write_1h"]) if "cache_write_1h" in p else None,
+                min_cacheable_tokens=int(p.get("min_cacheable_tokens", 0)),
+                cache_idle_s=float(p["cache_idle_s"]) if "cache_idle_s" in p else None,
             )
             for alias in (name, *p.get("aliases", ())):
                 prices[alias] = price
@@ -61,7 +71,7 @@ class PriceTable:
                 return self.prices[name]
         return None
 
-    def cost(self, model: str | None, usage: Usage, batch: bool = False) -> float | None:
+    def cost(self, model: str | None, usage: Usage, batch: bool = False, cache_ttl: str = "5m") -> float | None:
         p = self.price(model)
         if p is None:
             return None
@@ -69,6 +79,6 @@ class PriceTable:
             usage.input_tokens * p.input
             + usage.output_tokens * p.output
             + usage.cache_read_tokens * p.cache_read
-            + usage.cache_write_tokens * p.cache_write
+            + usage.cache_write_tokens * p.cache_write_price(cache_ttl)
         ) / self.per_tokens
         return usd * (self.batch_discount if batch else 1.0)

@@ -50,6 +50,7 @@ class BudgetedMapper:
             record.batch,
             record.error_kind,
             record.unknown_ids,
+            record.cache_ttl,
         )
 
     def allowed_when_soft(self, features: AlertFeatures, decision: Decision) -> bool:
@@ -73,7 +74,14 @@ class BudgetedMapper:
         result = self.inner.map(features, decision)
         if result.fallback_reason:
             self.budget.record_fallback(result.fallback_reason)
-        return result
+        return self.priced(result)
+
+    def priced(self, result: MappingResult, batch: bool = False) -> MappingResult:
+        """The result with what its calls cost (list or batch price), for the run summary and provenance."""
+        if result.usage is None or not result.usage.calls:
+            return result
+        cost = self.budget.prices.cost(self.model, result.usage, batch, self.inner.settings.prompt_cache_ttl)
+        return result.model_copy(update={"cost_usd": cost})
 
     def observe(self, outcomes: Sequence[Outcome]) -> None:
         """Engine observer: hybrid-decision and cache telemetry into the ledger."""

@@ -64,6 +64,7 @@ def openai_usage(raw: Mapping[str, Any] | None) -> Usage:
         input_tokens=max(0, prompt - cached),
         output_tokens=int(raw.get("completion_tokens") or 0),
         cache_read_tokens=cached,
+        calls=1,
     )
 
 
