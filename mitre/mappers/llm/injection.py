@@ -37,6 +37,7 @@ _PATTERNS: dict[str, tuple[str, ...]] = {
         rf"\b(?:hey|hi|hello|dear|attention|listen|psst)\s*,?\s+(?:the\s+)?{_ADDRESSEE}\b",
         r"\b(?:a\.i\.|ai|llm|gpt|claude|chatgpt|copilot|assistant|language model)\s*[:>,-]{1,2}\s+\S",
         rf"\bif\s+you\s+are\s+(?:an?\s+|the\s+)?{_ADDRESSEE}\b",
+        r"\b(?:to|for|attention)\s+(?:the\s+|any\s+|all\s+|an?\s+)?(?:a\.i\.|ai|llm|gpt|chat\s?gpt|claude)\b",
         r"\b(?:to|for)\s+(?:the\s+|any\s+|all\s+)?(?:ai|llm|automated|auto)\s+(?:systems?|tools?|assistants?|"
         r"analy[sz]ers?|classifiers?|reviewers?|models?)\b",
     ),
@@ -63,6 +64,7 @@ _PATTERNS: dict[str, tuple[str, ...]] = {
         r"\b(?:classify|categori[sz]e|map|tag|label|mark|report|record|treat|score|rate)\s+"
         r"(?:this|it|that|the\s+(?:alert|event|activity|behaviou?r|incident|above|following))\s+"
         r"(?:as|with|under|only\s+as)\b",
+        r"\b(?:classify|categori[sz]e|label)\s+(?:(?:this|it|that|them)\s+)?as\b",
         r"\b(?:answer|respond|reply|output|return|emit)\s+(?:only\s+)?(?:with|using)\s+(?:only\s+)?(?:the\s+|an?\s+)?"
         r"(?:technique|tactic|json|id\b|t\d{4}|ta\d{4}|following|empty|nothing|none|benign|no\s+techniques?)",
         r"\bthe\s+(?:correct|right|only|proper|expected|true|real|final)\s+"
@@ -94,6 +96,7 @@ _COMPILED: tuple[tuple[str, re.Pattern[str]], ...] = tuple(
 # Where a sentence (an instruction) starts: a line break, sentence punctuation, a comment marker, a
 # command separator or a quote.
 _SENTENCE_START = re.compile(r"(?:[\r\n]|[.!?]\s|[;|`\"']|&&|#|//|--\s|<!--|\bREM\b)")
+_JOINERS = re.compile(r"[-_.+]")
 _TECHNIQUE_ID = re.compile(r"\bT\d{4}(?:[.\-_/]\d{3})?\b", re.IGNORECASE)
 EXCERPT_CHARS = 160
 
@@ -109,22 +112,26 @@ class Suspicion:
 
 
 def scan(fields: Mapping[str, str]) -> dict[str, Suspicion]:
-    """field → its suspicion, for every field holding text that addresses the model."""
+    """field → its suspicion, for every field holding text that addresses the model. Names of files,
+    hosts and keys join words with `-`, `_`, `.` or `+` ("note_to_ai_classify_as_T1200.exe"): they are
+    read as spaces, position for position."""
     found: dict[str, Suspicion] = {}
     for name, value in fields.items():
         if not value:
             continue
-        first: tuple[int, str, re.Match[str]] | None = None
+        spaced = _JOINERS.sub(" ", value)
+        first: tuple[int, str] | None = None
         for kind, pattern in _COMPILED:
-            m = pattern.search(value)
-            if m is not None and (first is None or m.start() < first[0]):
-                first = (m.start(), kind, m)
+            for text in (value, spaced):
+                m = pattern.search(text)
+                if m is not None and (first is None or m.start() < first[0]):
+                    first = (m.start(), kind)
         if first is None:
             continue
-        position, kind, match = first
+        position, kind = first
         starts = [s.end() for s in _SENTENCE_START.finditer(value, 0, position)]
         start = starts[-1] if starts else 0
-        excerpt = value[match.start() : match.start() + EXCERPT_CHARS]
+        excerpt = value[position : position + EXCERPT_CHARS]
         found[name] = Suspicion(name, kind, start, excerpt)
     return found
 
@@ -137,20 +144,30 @@ def flags(suspicions: Mapping[str, Suspicion]) -> tuple[InjectionSuspicion, ...]
     )
 
 
-def named_techniques(
-    fields: Mapping[str, str], suspicions: Mapping[str, Suspicion], catalog: Catalog
-) -> frozenset[str]:
-    """Techniques (active IDs, with their parents) that suspicious text names by ID or by name: an
-    instruction that names a technique is the strongest sign the answer was dictated."""
+def _ids_in(text: str, catalog: Catalog) -> set[str]:
     named: set[str] = set()
+    for m in _TECHNIQUE_ID.finditer(text):
+        raw = re.sub(r"[\-_/]", ".", m.group(0).upper())
+        active = catalog.resolve(raw).active_id or catalog.resolve(raw[:5]).active_id
+        if active:
+            named.add(active)
+    return named
+
+
+def named_techniques(
+    fields: Mapping[str, str], suspicions: Mapping[str, Suspicion], catalog: Catalog, rule_fields: frozenset[str]
+) -> frozenset[str]:
+    """Techniques (active IDs, with their parents) the alert dictates rather than shows: those that
+    suspicious text names by ID or by name, and any ATT&CK ID written in event data (a command line or
+    a file name that spells "T1200" does not show Hardware Additions; a rule's own text may name IDs)."""
+    named: set[str] = set()
+    for name, value in fields.items():
+        if name not in rule_fields and name not in suspicions:
+            named |= _ids_in(value, catalog)
     for name, suspicion in suspicions.items():
         text = fields[name][suspicion.start :]
-        for m in _TECHNIQUE_ID.finditer(text):
-            raw = re.sub(r"[\-_/]", ".", m.group(0).upper())
-            active = catalog.resolve(raw).active_id or catalog.resolve(raw[:5]).active_id
-            if active:
-                named.add(active)
-        lowered = text.lower()
+        named |= _ids_in(text, catalog)
+        lowered = _JOINERS.sub(" ", text).lower()
         for tid, technique in catalog.techniques.items():
             if len(technique.name) >= 6 and technique.name.lower() in lowered:
                 named.add(tid)

@@ -94,6 +94,9 @@ def add_usage(a: Usage, b: Usage) -> Usage:
     )
 
 
+RULE_FIELDS = frozenset({"rule_name", "rule_description", "rule_query"})
+
+
 def alert_fields(features: AlertFeatures) -> dict[str, str]:
     """Every text of an alert the model may be shown, under the names the prompt uses."""
     rule = {"rule_name": features.rule_name, "rule_description": features.rule_description}
@@ -181,7 +184,7 @@ class LLMMapper:
         grounds = Grounds(
             text=AlertText(prompt.shown, injection.scan(prompt.shown)),
             flags=injection.flags(suspicions),
-            dictated=injection.named_techniques(fields, suspicions, self.catalog),
+            dictated=injection.named_techniques(fields, suspicions, self.catalog, RULE_FIELDS),
             indicated=frozenset(
                 indicated | {parent for t in indicated if (parent := self.catalog.techniques[t].parent) is not None}
             ),
