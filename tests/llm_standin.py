@@ -357,12 +357,12 @@ _INJECTED_ID = re.compile(r"\bT\d{4}(?:\.\d{3})?\b", re.IGNORECASE)
 
 def genuine_quote(alert: dict[str, Any], avoid: str | None = None) -> tuple[str, str]:
     """(field, quote): the start of the most telling field, as a model citing its evidence would."""
-    texts = alert_texts(alert)
-    for name in _TELLING:
-        if name in texts and name != avoid:
-            return name, texts[name][:16]
-    name, text = next(iter(texts.items()))
-    return name, text[:16]
+    fields = {k: v for k, v in alert.get("fields", {}).items() if isinstance(v, str) and len(v) >= 4}
+    if isinstance(alert.get("rule_name"), str):
+        fields.setdefault("rule_name", alert["rule_name"])
+    ranked = [n for n in _TELLING if n in fields] + sorted(fields, key=lambda n: -len(fields[n]))
+    name = next((n for n in ranked if n != avoid), ranked[0])
+    return name, fields[name][:24]
 
 
 def realistic(tactic_names: dict[str, str], hallucinate: bool = True) -> Brain:
