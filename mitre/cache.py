@@ -1,4 +1,5 @@
-"""The mapping cache: diskcache, least-recently-used eviction, a size limit and a 7-day expiry.
+"""The mapping cache: diskcache, least-recently-used eviction, a size limit and a 7-day expiry (30 days
+for an LLM's answers, which cost money to ask again and come out the same).
 
 Lookups of one key while it is being computed compute it once (single-flight): a per-key
 thread lock inside the process, then a diskcache lock shared by every process using the
@@ -63,11 +64,13 @@ class MappingCache:
         *,
         size_limit_bytes: int = 512 * 2**20,
         ttl_seconds: float = 7 * DAY_SECONDS,
+        llm_ttl_seconds: float | None = None,
         memo_entries: int = 20_000,
     ) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
         self.ttl_seconds = ttl_seconds
+        self.llm_ttl_seconds = llm_ttl_seconds or ttl_seconds
         self._store = diskcache.Cache(
             str(directory), eviction_policy="least-recently-used", size_limit=size_limit_bytes
         )
@@ -109,7 +112,8 @@ class MappingCache:
         return value
 
     def put(self, key: str, value: MappingResult) -> None:
-        self._store.set(key, value.model_dump_json().encode(), expire=self.ttl_seconds)
+        ttl = self.ttl_seconds if value.mapper == "local" else self.llm_ttl_seconds
+        self._store.set(key, value.model_dump_json().encode(), expire=ttl)
         self._remember(key, value)
 
     def _key_lock(self, key: str) -> threading.Lock:

@@ -78,7 +78,7 @@ class MapperSettings(Section):
     )
     timeout_s: float = Field(30.0, gt=0, description="LLM providers: timeout of one HTTP request")
     cascade_confidence: float | None = Field(
-        0.8,
+        0.9,
         ge=0,
         le=1,
         description="LLM providers: the local mapper answers alone when its best technique has at least this "
@@ -128,6 +128,12 @@ class CacheSettings(Section):
     directory: Path | None = Field(None, description="null: $ATTACKMAP_HOME/cache")
     size_limit_mb: int = Field(512, ge=1)
     ttl_days: float = Field(7, gt=0)
+    llm_ttl_days: float = Field(
+        30,
+        gt=0,
+        description="how long an LLM answer is kept: its key already holds the catalog, prompt, model and settings, "
+        "so asking again only pays for the same answer",
+    )
 
 
 class WorkflowsFile(Section):

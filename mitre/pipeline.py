@@ -268,6 +268,12 @@ class Engine:
         except TypeError:  # a value JSON cannot hold (alerts handed in as Python objects)
             return None
 
+    def decide(self, features: AlertFeatures) -> Decision:
+        """The workflow's hybrid decision for an alert."""
+        return skip_early(features, self.workflow.decision) or decide(
+            features, self.indicators.evaluate(features), self.workflow.decision, self.catalog
+        )
+
     def _prepare(
         self, item: RawAlert, alert: dict[str, Any], flat: dict[str, Any]
     ) -> tuple[dict[str, Any], AlertFeatures, Decision] | Outcome:
@@ -275,9 +281,7 @@ class Engine:
             features = features_from_flat(flat)
         except ValueError as exc:
             return self._dead(item, f"invalid_alert: {exc}")
-        decision = skip_early(features, self.workflow.decision) or decide(
-            features, self.indicators.evaluate(features), self.workflow.decision, self.catalog
-        )
+        decision = self.decide(features)
         if decision.kind is DecisionKind.SKIP:
             return Outcome(
                 status=OutcomeStatus.SKIPPED,
@@ -676,6 +680,7 @@ def build_engine(
             directory,
             size_limit_bytes=config.cache.size_limit_mb * 2**20,
             ttl_seconds=config.cache.ttl_days * DAY_SECONDS,
+            llm_ttl_seconds=config.cache.llm_ttl_days * DAY_SECONDS,
         )
     engine = Engine(catalog, indicators, config, options.workflow, mapper, cache, warnings)
     if observer is not None:
