@@ -6,7 +6,8 @@ real call uses) and its candidate list is compared with the labels:
 
 - label recall (strict): share of labelled techniques whose exact ID is a candidate;
 - label recall (family): ... or whose parent or one of whose sub-techniques is a candidate;
-- case recall: share of cases with at least one labelled technique among the candidates.
+- case recall: share of cases with at least one labelled technique among the candidates;
+- catalog recall: share of labelled techniques the prompt's static part lists (the whole catalog).
 
 Datasets, each loaded by path (never copied):
 - the hand-written cases (`evals/cases/`), knowledge base Sigma + Atomic Red Team as in workflows.yaml;
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import re
 import sys
 import time
 from collections.abc import Sequence
@@ -59,6 +61,16 @@ class _Offline:
     model = "claude-haiku-4-5"
 
 
+def listed_in(system: str) -> set[str]:
+    """The technique IDs the prompt's catalog section lists (`T1059 name [..]: .001 name; ...`)."""
+    ids: set[str] = set()
+    for line in system.splitlines():
+        if m := re.match(r"(T\d{4}) ", line):
+            ids.add(m.group(1))
+            ids.update(f"{m.group(1)}.{sub}" for sub in re.findall(r"(?:: |; )\.(\d{3}) ", line))
+    return ids
+
+
 def family(tid: str, catalog: Catalog) -> set[str]:
     """A technique, its parent, and its parent's sub-techniques."""
     parent = catalog.techniques[tid].parent or tid
@@ -66,7 +78,7 @@ def family(tid: str, catalog: Catalog) -> set[str]:
 
 
 def measure(name: str, cases: Sequence[Case], mapper: LLMMapper, catalog: Catalog, settings: DecisionSettings) -> dict:
-    labels = strict = fam = hit_cases = scored = 0
+    labels = strict = fam = hit_cases = scored = listed = 0
     sizes: list[int] = []
     misses: dict[str, int] = {}
     for case in cases:
@@ -77,7 +89,10 @@ def measure(name: str, cases: Sequence[Case], mapper: LLMMapper, catalog: Catalo
         if decision.kind is DecisionKind.SKIP:  # measure what the model would see if it were asked
             decision = Decision(kind=DecisionKind.MAP, reason="measured", detail="", indicators=decision.indicators)
         local_result = mapper.local.map(features, decision)
-        shown = {c.technique_id for c in mapper.render(features, decision, local_result).candidates}
+        prompt = mapper.render(features, decision, local_result)
+        shown = {c.technique_id for c in prompt.candidates}
+        catalog_ids = listed_in(prompt.system)
+        listed += sum(1 for tid in case.techniques if tid in catalog_ids)
         sizes.append(len(shown))
         scored += 1
         any_hit = False
@@ -98,6 +113,7 @@ def measure(name: str, cases: Sequence[Case], mapper: LLMMapper, catalog: Catalo
         "label_recall_strict": round(strict / labels, 4) if labels else None,
         "label_recall_family": round(fam / labels, 4) if labels else None,
         "case_recall": round(hit_cases / scored, 4) if scored else None,
+        "catalog_recall": round(listed / labels, 4) if labels else None,
         "mean_candidates": round(sum(sizes) / len(sizes), 1) if sizes else None,
         "most_missed": sorted(misses.items(), key=lambda kv: -kv[1])[:10],
     }
