@@ -115,7 +115,7 @@ def test_anthropic_success_tool_use_cache_control_and_usage(catalog, local, slee
     assert "temperature" not in body  # rejected by the API version the SDK sends
     assert body["tool_choice"] == {"type": "tool", "name": TOOL_NAME}
     assert body["tools"][0]["input_schema"]["required"] == ["techniques"]
-    assert body["system"][0]["cache_control"] == {"type": "ephemeral"}
+    assert body["system"][0]["cache_control"] == {"type": "ephemeral", "ttl": "1h"}  # mapper.prompt_cache_ttl
     assert "Suspicious PowerShell launch" not in body["system"][0]["text"]  # the static prefix is per-alert free
     user = body["messages"][0]["content"][0]["text"]
     assert DATA_OPEN in user and DATA_CLOSE in user and "T1059.001" in user
@@ -662,3 +662,62 @@ def test_openai_batch_api_roundtrip(catalog, local, sleeps):
     assert json.loads(create.calls[0].request.content)["completion_window"] == "24h"
     assert run.results["a-0"].techniques[0].technique_id == "T1059.001"
     assert run.results["a-1"].fallback_reason == "invalid_response"
+
+
+# ---------------------------------------------------------------------------- answers, read leniently
+
+
+@respx.mock
+def test_techniques_by_name_or_loose_id_and_tactics_by_name_are_used(catalog, local, sleeps):
+    reply = {
+        "techniques": [
+            {
+                "technique_id": "Command and Scripting Interpreter: PowerShell",
+                "tactic": "execution",
+                "confidence": "85%",
+                "evidence": [{"field": "fields.process.command_line", "quote": "-EncodedCommand SQBFAFgA"}],
+                "rationale": "encoded PowerShell",
+            },
+            {
+                "technique_id": "t1027/010",
+                "tactic": "Defense Evasion",
+                "confidence": 70,
+                "evidence": [
+                    {"field": "process.name", "quote": "-NoProfile -EncodedCommand"}
+                ],  # wrong field, real quote
+                "rationale": "command obfuscation",
+            },
+            {"technique_id": "Local Account", "tactic": "persistence", "confidence": 0.9, "evidence": []},
+        ]
+    }
+    respx.post(MESSAGES_URL).mock(return_value=httpx.Response(200, json=anthropic_message(reply)))
+    result = make_anthropic(catalog, local, sleeps).map(features(), DECISION)
+    assert result.fallback_reason is None
+    got = {t.technique_id: t for t in result.techniques}
+    assert set(got) == {"T1059.001", "T1027.010"}
+    assert got["T1059.001"].confidence == 0.85 and got["T1059.001"].tactic_ids == ("TA0002",)
+    assert got["T1027.010"].tactic_ids == ("TA0005",) and got["T1027.010"].evidence[0].field == "process.command_line"
+    assert [i.code for i in result.answer_issues] == ["llm_ambiguous_technique_name"]
+
+
+@respx.mock
+def test_a_quote_that_is_not_in_the_alert_supports_nothing(catalog, local, sleeps):
+    invented = answer(("T1059.001", "TA0002", 0.9), quote="Invoke-Mimikatz -DumpCreds")
+    route = respx.post(MESSAGES_URL).mock(return_value=httpx.Response(200, json=anthropic_message(invented)))
+    result = make_anthropic(catalog, local, sleeps).map(features(), DECISION)
+    assert route.call_count == 2 and result.fallback_reason == "invalid_response"
+    assert "not found" in sent(route, 1)["messages"][0]["content"][-1]["text"]
+
+
+@respx.mock
+def test_the_cascade_asks_only_when_the_local_mapper_is_not_confident(catalog, local, sleeps):
+    route = respx.post(MESSAGES_URL).mock(return_value=httpx.Response(200, json=anthropic_message(GOOD)))
+    ctx = MapperContext(catalog=catalog, settings=MapperSettings(provider="anthropic"), local=local)
+    mapper = create_anthropic_mapper(ctx, env={"ANTHROPIC_API_KEY": ANTHROPIC_KEY}, sleep=sleeps.append)
+    lsass = features(r"rundll32.exe C:\Windows\System32\comsvcs.dll, MiniDump 624 C:\Temp\l.dmp full")
+    confident = mapper.map(lsass, DECISION)
+    assert route.call_count == 0 and confident.mapper == "local" and confident.fallback_reason is None
+    assert max(t.confidence for t in confident.techniques) >= 0.9
+    vague = AlertFeatures(rule_name="Unusual process", fields={"process.name": "svch0st.exe"})
+    assert mapper.map(vague, DECISION).fallback_reason == "invalid_response"  # asked: GOOD's quote is not there
+    assert route.call_count == 2
