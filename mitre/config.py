@@ -80,6 +80,18 @@ class MapperSettings(Section):
         False, description="LLM providers: replace users, hosts, IPs, e-mails, secrets with stable pseudonyms"
     )
     timeout_s: float = Field(30.0, gt=0, description="LLM providers: timeout of one HTTP request")
+    cascade_confidence: float | None = Field(
+        0.9,
+        ge=0,
+        le=1,
+        description="LLM providers: the local mapper answers alone when its best technique has at least this "
+        "confidence (no LLM call); null asks the LLM about every mapped alert",
+    )
+    prompt_cache_ttl: Literal["5m", "1h"] = Field(
+        "1h",
+        description="anthropic: how long the cached prompt prefix lives (1h writes cost 2x input, 5m 1.25x); "
+        "at the call rates of bench/cost_simulation.py 1h costs a third less",
+    )
 
 
 class BudgetSettings(Section):
@@ -122,6 +134,12 @@ class CacheSettings(Section):
     directory: Path | None = Field(None, description="null: $ATTACKMAP_HOME/cache")
     size_limit_mb: int = Field(512, ge=1)
     ttl_days: float = Field(7, gt=0)
+    llm_ttl_days: float = Field(
+        30,
+        gt=0,
+        description="how long an LLM answer is kept: its key already holds the catalog, prompt, model and settings, "
+        "so asking again only pays for the same answer",
+    )
 
 
 class WorkflowsFile(Section):
