@@ -115,13 +115,14 @@ def enriched_examples(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str
     return [o.alert for o in outcomes if o.alert is not None]
 
 
-def many_alerts(enriched: list[dict[str, Any]], n: int) -> list[dict[str, Any]]:
-    """n distinct enriched alerts: the examples that carry techniques, each copy with its own id and time."""
+def many_alerts(enriched: list[dict[str, Any]], n: int, run: str = "alert") -> list[dict[str, Any]]:
+    """n distinct enriched alerts: the examples that carry techniques, each copy with its own id
+    (``<run>-<n>-…``) and time."""
     tagged = [a for a in enriched if a.get("threat", {}).get("technique")]
     out = []
     for i in range(n):
         alert = dict(tagged[i % len(tagged)])
-        alert["kibana.alert.uuid"] = f"{alert['kibana.alert.uuid'][:24]}-{i:08d}"
+        alert["kibana.alert.uuid"] = f"{run}-{i:08d}-{i % len(tagged):04d}"
         alert["@timestamp"] = f"2026-10-{1 + i % 28:02d}T{i % 24:02d}:{i % 60:02d}:{(i // 60) % 60:02d}.000Z"
         out.append(alert)
     return out
