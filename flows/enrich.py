@@ -30,6 +30,7 @@ from prefect.cache_policies import NO_CACHE
 
 from mitre.config import Environment, Workflow, default_workflows_path, load_workflows
 from mitre.io.elastic import AlertUpdate, ElasticSink, SinkSummary, SourceAlert
+from mitre.io.exports.registry import Exports, open_exports
 from mitre.models import OutcomeStatus
 from mitre.pipeline import Engine, EngineOptions, RawAlert, RunSummary, build_engine
 from mitre.webhook import AlertRef, parse_ref
@@ -42,12 +43,14 @@ DEFAULT_ES_URL = "http://127.0.0.1:9200"
 
 @dataclass
 class Runtime:
-    """What a process needs to enrich: the engine, an ES client and the sink over it."""
+    """What a process needs to enrich: the engine, an ES client and the sink over it, and the
+    workflow's exports (`outputs.exports`: HEC, TAXII, Elasticsearch, …), delivered in the background."""
 
     engine: Engine
     es: Any
     sink: ElasticSink
     write_back: bool
+    exports: Exports | None = None
 
     @property
     def workflow(self) -> Workflow:
@@ -66,12 +69,20 @@ def es_client(url: str | None = None) -> Any:
 
 def make_runtime(engine: Engine, es: Any, *, write_back: bool | None = None, batch_size: int | None = None) -> Runtime:
     workflow = engine.workflow
+    outputs = workflow.outputs
     return Runtime(
         engine=engine,
         es=es,
         sink=ElasticSink(es, batch_size=batch_size or max(workflow.trigger.batch_size, 500)),
-        write_back=workflow.outputs.elasticsearch_write_back if write_back is None else write_back,
+        write_back=outputs.elasticsearch_write_back if write_back is None else write_back,
+        exports=open_exports(outputs.exports, outputs.delivery, engine.catalog, Environment().home),
     )
+
+
+def export_enriched(runtime: Runtime, alerts: Iterable[Mapping[str, Any]]) -> None:
+    """Hand enriched alerts to the workflow's exports: a spool append, never a wait on a receiver."""
+    if runtime.exports is not None:
+        runtime.exports.offer_alerts(alerts)
 
 
 def set_runtime(runtime: Runtime, workflow: str | None = None) -> None:
@@ -96,6 +107,9 @@ def get_runtime(workflow: str | None = None) -> Runtime:
 
 def clear_runtimes() -> None:
     with _lock:
+        for runtime in {id(r): r for r in _runtimes.values()}.values():
+            if runtime.exports is not None:
+                runtime.exports.close(timeout=5.0)
         _runtimes.clear()
 
 
@@ -175,6 +189,7 @@ def map_sources(engine: Engine, alerts: Sequence[SourceAlert]) -> tuple[list[Ale
 def enrich_sources(runtime: Runtime, alerts: Sequence[SourceAlert]) -> BatchResult:
     """Map and (when the workflow writes back) bulk-write a batch already read from ES."""
     updates, summary = map_sources(runtime.engine, alerts)
+    export_enriched(runtime, (u.alert for u in updates))
     result = BatchResult(requested=len(alerts), summary=summary)
     if runtime.write_back:
         result.sink = runtime.sink.write(updates)
@@ -241,6 +256,7 @@ def run_pipeline(
                 raise item
             alerts, missing, n = item
             updates, summary = map_sources(runtime.engine, alerts)
+            export_enriched(runtime, (u.alert for u in updates))
             step = BatchResult(requested=n, missing=list(missing), summary=summary)
             if runtime.write_back:
                 future = writer.submit(runtime.sink.write, updates)
@@ -339,10 +355,12 @@ def enrich_alerts(
         result = enrich_chunks(to_read, located, tenant or None, workflow)
     if bare:
         runtime = get_runtime(workflow)
-        for outcome in runtime.engine.process_batch([RawAlert(line=None, alert=a) for a in bare]):
+        outcomes = runtime.engine.process_batch([RawAlert(line=None, alert=a) for a in bare])
+        for outcome in outcomes:
             result.summary.add(outcome)
             if outcome.alert is not None:
                 result.alerts.append(outcome.alert)
+        export_enriched(runtime, (o.alert for o in outcomes if o.status is OutcomeStatus.ENRICHED and o.alert))
         result.requested += len(bare)
     out = result.as_dict()
     if result.alerts:
