@@ -85,7 +85,10 @@ def related_indicators(flat: Mapping[str, Any]) -> tuple[RelatedIndicator, ...]:
     found: dict[tuple[str, str], RelatedIndicator] = {}
     for kind, fields in FIELDS:
         for field in fields:
-            for value in _values(flat.get(field)):
+            raw = flat.get(field)
+            if raw is None:
+                continue
+            for value in _values(raw):
                 indicator = _checked(kind, value, field)
                 if indicator is not None:
                     found.setdefault((indicator.type, indicator.value), indicator)

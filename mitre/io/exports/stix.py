@@ -184,8 +184,11 @@ class BundleBuilder:
             ]
         return objects + self._sightings
 
+    def bundle_id(self) -> str:
+        return _id("bundle", *(s.id for s in self._sightings))
+
     def bundle(self) -> stix2.Bundle:
-        return stix2.Bundle(objects=self.objects(), id=_id("bundle", *(s.id for s in self._sightings)))
+        return stix2.Bundle(objects=self.objects(), id=self.bundle_id())
 
 
 def build_bundle(events: Iterable[CommonEvent], catalog: Catalog, *, tlp: Tlp = "amber") -> stix2.Bundle:

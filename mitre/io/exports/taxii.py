@@ -3,15 +3,18 @@
 
 A re-published object (same id and ``modified``: the bundle's ids and times are derived from the
 alerts) is refused by the server as already present; that counts as delivered once the sink has
-checked the object is there at that version. Connection errors, 5xx and 429 are transient.
+checked the object is there at that version. Objects shared between alerts that this sink already
+published are not sent again. Connection errors, 5xx and 429 are transient.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import requests
+import stix2
 from taxii2client.exceptions import TAXIIServiceException
 from taxii2client.v21 import Collection, as_pages
 
@@ -21,6 +24,7 @@ from mitre.io.exports.sink import PermanentError, SendResult, TransientError
 from mitre.io.exports.stix import BundleBuilder, Tlp
 
 _TRANSIENT_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+PUBLISHED_MEMORY = 100_000
 
 
 def _status_of(exc: Exception) -> int | None:
@@ -49,6 +53,9 @@ class TaxiiSink:
         self._verify = verify
         self._timeout = timeout
         self._collection: Collection | None = None
+        # Objects shared between alerts (identity, marking, attack-patterns, indicators, relationships)
+        # already in the collection are not sent again with every batch.
+        self._published: OrderedDict[str, None] = OrderedDict()
 
     @property
     def name(self) -> str:
@@ -69,7 +76,8 @@ class TaxiiSink:
         )
         if not any(shared):
             return result
-        bundle = builder.bundle()
+        objects = [o for o in builder.objects() if o.id not in self._published]
+        bundle = stix2.Bundle(objects=objects, id=builder.bundle_id())
         try:
             status = self._open().add_objects(bundle.serialize(), wait_for_completion=True, timeout=self._timeout)
         except requests.ConnectionError as exc:
@@ -85,6 +93,11 @@ class TaxiiSink:
         if missing:
             # Objects are shared between alerts; a failure cannot be pinned on one, so the batch is retried.
             raise TransientError(f"TAXII: {len(missing)} object(s) not stored, e.g. {missing[0]}")
+        for obj in objects:
+            if obj.type != "sighting":  # sightings are one per alert: never sent twice anyway
+                self._published[obj.id] = None
+        while len(self._published) > PUBLISHED_MEMORY:
+            self._published.popitem(last=False)
         return result
 
     def _present(self, object_id: str, version: str | None) -> bool:
