@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -153,3 +154,130 @@ def taxii(tmp_path: Path) -> Iterator[tuple[Receiver, str]]:
         yield receiver, url
     finally:
         receiver.stop()
+
+
+# --------------------------------------------------------------------------- outage scenario (test and bench)
+
+
+@dataclass
+class OutageResult:
+    alerts: int
+    down_seconds: float
+    offer_max_ms: float
+    offer_p99_ms: float
+    drained_seconds_after_restart: float
+    hec_received: int
+    hec_distinct: int
+    taxii_sightings: int
+    taxii_distinct: int
+    expected_sightings: int
+    dead_lettered: int
+
+    @property
+    def all_delivered_once(self) -> bool:
+        return (
+            self.hec_received == self.hec_distinct == self.alerts
+            and self.taxii_sightings == self.taxii_distinct == self.expected_sightings
+            and self.dead_lettered == 0
+        )
+
+
+# medallion's memory backend answers a page of objects in time quadratic in the collection's size
+# (every object is matched against the whole manifest): past a few thousand objects the stream is
+# counted in the store the server saves when stopped, not read back through the API.
+API_READ_BACK_LIMIT = 2000
+
+
+def stored_objects(directory: Path) -> list[dict[str, Any]]:
+    """The objects of the collection in the data file medallion saved (scripts/taxii_server.py)."""
+    import orjson
+
+    data = orjson.loads((directory / "taxii-data.json").read_bytes())
+    return [o for c in data["api1"]["collections"] for o in c.get("objects", ())]
+
+
+def outage_run(
+    alerts: Sequence[dict[str, Any]], directory: Path, *, feed_seconds: float, down_at: float, down_for: float
+) -> OutageResult:
+    """Feed enriched alerts to a HEC and a TAXII delivery at an even pace over ``feed_seconds``; stop
+    both receivers (SIGTERM: a real process stop) ``down_at`` seconds in, start them again ``down_for``
+    seconds later; then count what each received, and how often."""
+    import statistics
+    import threading
+
+    from mitre.catalog import load_catalog
+    from mitre.io.exports.delivery import Delivery, RetryPolicy
+    from mitre.io.exports.event import from_enriched
+    from mitre.io.exports.hec import HecSink
+    from mitre.io.exports.stix import sighting_ids
+    from mitre.io.exports.taxii import TaxiiSink, read_collection
+
+    catalog = load_catalog(None)
+    events = [from_enriched(a) for a in alerts]
+    hec, hec_base, received = hec_standin(directory, ack=True)
+    taxii, taxii_url = taxii_server(directory)
+    hec.start()
+    taxii.start()
+    policy = RetryPolicy(initial_seconds=0.2, max_seconds=2.0, batch_size=250)
+    deliveries = [
+        Delivery(HecSink(hec_base, HEC_TOKEN, index="attackmap", ack=True), directory / "spool", policy=policy),
+        Delivery(TaxiiSink(taxii_url, catalog, user=TAXII_USER, password=TAXII_PASSWORD), directory / "spool",
+                 policy=policy),
+    ]  # fmt: skip
+    restarted = threading.Event()
+
+    def outage() -> None:
+        time.sleep(down_at)
+        hec.stop()
+        taxii.stop()
+        time.sleep(down_for)
+        hec.start()
+        taxii.start()
+        restarted.set()
+
+    try:
+        for delivery in deliveries:
+            delivery.start()
+        controller = threading.Thread(target=outage, daemon=True)
+        started = time.monotonic()
+        controller.start()
+        offer_ms: list[float] = []
+        chunk = 50
+        for i in range(0, len(events), chunk):
+            due = started + feed_seconds * i / len(events)
+            time.sleep(max(0.0, due - time.monotonic()))
+            t0 = time.perf_counter()
+            for delivery in deliveries:
+                delivery.offer(events[i : i + chunk])
+            offer_ms.append((time.perf_counter() - t0) * 1000)
+        controller.join()
+        back = time.monotonic()
+        drained = all([d.close(timeout=600) for d in deliveries])
+        drained_seconds = time.monotonic() - back
+        assert drained, "deliveries did not drain"
+        hec_ids = [str(r["event"]["id"]) for r in read_ndjson(received)]  # type: ignore[index]
+        read_back = None
+        if len(events) <= API_READ_BACK_LIMIT:
+            read_back = sorted(
+                str(o["id"])
+                for o in read_collection(taxii_url, user=TAXII_USER, password=TAXII_PASSWORD)
+                if o["type"] == "sighting"
+            )
+    finally:
+        hec.stop()
+        taxii.stop()  # a graceful stop: medallion saves its collections
+    sightings = [str(o["id"]) for o in stored_objects(directory) if o["type"] == "sighting"]
+    assert read_back is None or read_back == sorted(sightings), "TAXII read-back differs from the server's store"
+    return OutageResult(
+        alerts=len(events),
+        down_seconds=down_for,
+        offer_max_ms=max(offer_ms),
+        offer_p99_ms=statistics.quantiles(offer_ms, n=100)[98] if len(offer_ms) > 1 else offer_ms[0],
+        drained_seconds_after_restart=drained_seconds,
+        hec_received=len(hec_ids),
+        hec_distinct=len(set(hec_ids)),
+        taxii_sightings=len(sightings),
+        taxii_distinct=len(set(sightings) & set(sighting_ids(events))),
+        expected_sightings=len(set(sighting_ids(events))),
+        dead_lettered=sum(d.stats.dead_lettered for d in deliveries),
+    )
