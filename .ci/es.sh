@@ -7,7 +7,7 @@
 # - exports ATTACKMAP_ES_URL and ATTACKMAP_REQUIRE_ES=1 (ES tests then fail instead of skipping);
 # - stops the node on exit (chained with any EXIT trap already set).
 #
-# Knobs: ATTACKMAP_ES_VERSION (default in mitre/io/es_node.py: 8.19.21, runs on Java 17;
+# Knobs: ATTACKMAP_ES_VERSION (default in devtools/es_node.py: 8.19.21, runs on Java 17;
 # 9.x needs Java 21+, e.g. the Temurin 25 JDK in /usr/lib/jvm), ATTACKMAP_ES_PORT (default: any free
 # port), ES_JAVA_HOME (force a JDK). Cold start (download + boot) takes ~30-40 s; warm ~12 s.
 

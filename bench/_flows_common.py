@@ -20,6 +20,9 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+# The benchmarks' servers: the ones given, else started here (as the tests' fixtures do).
+from devtools.servers import elasticsearch, prefect_server  # noqa: E402, F401
+
 DEFAULT_CATALOG = REPO.parent / "shared" / "data" / "attack" / "enterprise-attack.json"
 
 
@@ -72,29 +75,6 @@ def summary(values: list[float]) -> dict[str, float]:
         "p95_ms": round(1000 * pct(values, 95), 1),
         "max_ms": round(1000 * max(values), 1) if values else float("nan"),
     }
-
-
-@contextlib.contextmanager
-def elasticsearch(url: str | None) -> Iterator[str]:
-    if url:
-        yield url
-        return
-    from mitre.io import es_node
-
-    info = es_node.start(port=None, work_dir=REPO / ".es")
-    yield info.url
-
-
-@contextlib.contextmanager
-def prefect_server(url: str | None) -> Iterator[str]:
-    """The given server, or a fresh one (temporary PREFECT_HOME, free port): no leftover triggers."""
-    if url:
-        yield url.rstrip("/")
-        return
-    from tests.prefect_fixtures import start_server
-
-    with start_server() as started:
-        yield started
 
 
 @dataclass

@@ -60,7 +60,7 @@ def versions(s: Setup) -> dict[int, int]:
 
 
 def burst(s: Setup, n: int, via: str) -> dict[str, Any]:
-    from mitre.webhook import AlertRef, alert_event, post_events
+    from mitre.io.events import AlertRef, alert_event, post_events
 
     timings = s.tmp / "worker-timings.jsonl"
     log = s.tmp / "worker.log"
@@ -74,12 +74,12 @@ def burst(s: Setup, n: int, via: str) -> dict[str, Any]:
         started = time.perf_counter()
         if via == "poller":
             os.environ.update(s.env())
-            from flows.enrich import clear_runtimes, get_runtime
             from flows.poller import poll_once
+            from flows.runtimes import RUNTIMES
             from mitre.io.elastic import Checkpoint
 
-            clear_runtimes()
-            runtime = get_runtime()
+            RUNTIMES.clear()
+            runtime = RUNTIMES.get()
             started = time.perf_counter()
             polled = poll_once(runtime, Checkpoint(s.tmp / "poll.json"))
             assert polled["emitted"] == n, polled
@@ -128,9 +128,10 @@ def burst(s: Setup, n: int, via: str) -> dict[str, Any]:
 def batch(s: Setup, n: int, size: int, extra: list[str]) -> dict[str, Any]:
     os.environ.update(s.env())
     from flows.backfill import backfill
-    from flows.enrich import clear_runtimes, enrich_alerts, get_runtime
+    from flows.enrich import enrich_alerts
+    from flows.runtimes import RUNTIMES
     from mitre.io.elastic import alerts_index_mapping
-    from mitre.webhook import alert_resource_id
+    from mitre.io.events import alert_resource_id
 
     results: dict[str, Any] = {}
     for phase, unique in (("cold", True), ("warm", False)):
@@ -140,8 +141,8 @@ def batch(s: Setup, n: int, size: int, extra: list[str]) -> dict[str, Any]:
         )
         extra.append(index)
         ids = index_alerts(s.es, index, [make_alert(i, f"b{phase}", unique=unique) for i in range(n)], refresh=True)
-        clear_runtimes()
-        get_runtime()  # engine built outside the timing
+        RUNTIMES.clear()
+        RUNTIMES.get()  # engine built outside the timing
         t0 = time.perf_counter()
         out = backfill(index=index, checkpoint=str(s.tmp / f"backfill-{phase}.json"), batch_size=size)
         seconds = time.perf_counter() - t0

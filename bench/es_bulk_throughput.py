@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from elasticsearch import Elasticsearch
 
-from mitre.io import es_node
+from devtools import es_node
 from mitre.io.elastic import AlertUpdate, ElasticSink, ElasticSource, alerts_index_mapping
 
 TARGET = 1000.0

@@ -27,6 +27,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from mitre.assemble import EngineOptions, build_engine  # noqa: E402
 from mitre.catalog import Catalog, load_catalog  # noqa: E402
 from mitre.config import WorkflowsFile  # noqa: E402
 from mitre.io.exports.coverage import coverage_of_events  # noqa: E402
@@ -36,7 +37,7 @@ from mitre.io.exports.matrix import render_matrix  # noqa: E402
 from mitre.io.exports.navigator import build_layer  # noqa: E402
 from mitre.io.exports.sink import Sink  # noqa: E402
 from mitre.io.exports.stix import build_bundle  # noqa: E402
-from mitre.pipeline import EngineOptions, RawAlert, build_engine  # noqa: E402
+from mitre.models import RawAlert  # noqa: E402
 from tests.export_servers import (  # noqa: E402
     EXAMPLES,
     HEC_TOKEN,

@@ -55,7 +55,7 @@ DURABLE = {"durable": ("d", ["--limit", "4"]), "durable-warm": ("dw", ["--limit"
 
 
 def run_events(s: Setup, send: Any, n: int, salt: str, *, unique: bool, gap: float) -> list[float]:
-    from mitre.webhook import AlertRef
+    from mitre.io.events import AlertRef
 
     latencies: list[float] = []
     alerts = [make_alert(i, salt, unique=unique) for i in range(n)]
@@ -73,7 +73,7 @@ def emitter(api_url: str) -> Any:
     import httpx
     import orjson
 
-    from mitre.webhook import alert_event
+    from mitre.io.events import alert_event
 
     client = httpx.Client(timeout=10)
 
@@ -88,7 +88,7 @@ def webhook_sender(url: str) -> Any:
     import httpx
     import orjson
 
-    from mitre.webhook import signed_headers
+    from mitre.io.webhook import signed_headers
 
     client = httpx.Client(timeout=10)
 

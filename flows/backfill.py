@@ -4,7 +4,7 @@ Reads with ElasticSource (point-in-time + search_after, sorted by ``@timestamp``
 enriches each batch with the engine and writes it back with one bulk request per batch.  The checkpoint
 is saved after every batch that was written, so a stopped or failed backfill resumes where it left
 off when run again with the same checkpoint file.  Reading, mapping and writing overlap (one batch of
-each in flight; see `flows.enrich.run_pipeline`).  Progress is logged and kept in a Prefect progress
+each in flight; see `mitre.service.run_pipeline`).  Progress is logged and kept in a Prefect progress
 artifact.
 
 `retag`: the same walk over stored alerts, re-tagging what attackmap enriched under one ATT&CK version
@@ -14,7 +14,7 @@ for another with an official crosswalk (`mitre.retag`): no mapping, only the tag
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, cast
 from uuid import UUID
@@ -22,12 +22,14 @@ from uuid import UUID
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
-from flows.enrich import BatchResult, Runtime, es_client, get_runtime, run_pipeline
 from flows.poller import default_checkpoint
+from flows.runtimes import RUNTIMES
 from mitre.catalog import Catalog, load_catalog
+from mitre.chunks import chunked
 from mitre.config import Environment, default_workflows_path, load_workflows
-from mitre.io.elastic import AlertUpdate, Checkpoint, ElasticSink, ElasticSource, SinkSummary, SourceAlert
+from mitre.io.elastic import AlertUpdate, Checkpoint, ElasticSink, ElasticSource, SinkSummary, SourceAlert, es_client
 from mitre.retag import load_crosswalk, retag_alert
+from mitre.service import BatchResult, Runtime, run_pipeline
 
 Progress = Callable[[int, int | None, BatchResult], None]
 
@@ -75,18 +77,7 @@ def run_backfill(
         if progress is not None:
             progress(done, total, step)
 
-    return run_pipeline(runtime, _batches(source.read(checkpoint, limit=max_alerts), size), on_batch=written)
-
-
-def _batches(alerts: Iterable[SourceAlert], size: int) -> Iterator[list[SourceAlert]]:
-    batch: list[SourceAlert] = []
-    for alert in alerts:
-        batch.append(alert)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+    return run_pipeline(runtime, chunked(source.read(checkpoint, limit=max_alerts), size), on_batch=written)
 
 
 @flow(name="backfill-alerts", retries=0)
@@ -100,7 +91,7 @@ def backfill(
 ) -> dict[str, Any]:
     """Enrich historical alerts (rerun with the same checkpoint to resume)."""
     logger = get_run_logger()
-    runtime = get_runtime(workflow)
+    runtime = RUNTIMES.get(workflow)
     path = Path(checkpoint) if checkpoint else default_checkpoint(runtime.workflow.name, "backfill")
     cp = Checkpoint.load(path)
     logger.info("backfill from %s (checkpoint %s)", "the start" if cp.is_empty else cp.timestamp, path)
@@ -145,7 +136,7 @@ def run_retag(
     saver = Checkpoint(checkpoint.path, checkpoint.timestamp, checkpoint.tiebreaker)
     total = SinkSummary()
     read = 0
-    for batch in _batches(source.read(checkpoint), batch_size):
+    for batch in chunked(source.read(checkpoint), batch_size):
         read += len(batch)
         updates = [
             AlertUpdate(a.index, a.doc_id, a.seq_no, a.primary_term, new)

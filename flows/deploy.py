@@ -35,10 +35,11 @@ from prefect import Flow
 from prefect.deployments.runner import RunnerDeployment
 from prefect.events import DeploymentEventTrigger
 
-from flows.enrich import enrich_alerts, get_runtime
+from flows.enrich import enrich_alerts
 from flows.poller import poll_alerts
+from flows.runtimes import RUNTIMES
 from mitre.config import Environment, Workflow, WorkflowsFile, default_workflows_path, load_workflows
-from mitre.webhook import RESOURCE_PREFIX
+from mitre.io.events import RESOURCE_PREFIX
 
 TAGS = ["attackmap"]
 FLOWS: dict[str, Flow[..., Any]] = {f.name: f for f in (enrich_alerts, poll_alerts)}
@@ -140,7 +141,7 @@ def serve_deployments(
         serve(*deployments, limit=limit, query_seconds=query_seconds or 1.0)
         return
     for workflow in {d.parameters.get("workflow") for d in deployments}:
-        get_runtime(workflow)  # the warm part: build each engine before the first run
+        RUNTIMES.get(workflow)  # the warm part: build each engine before the first run
     ids = apply_deployments(deployments)
     flows = {deployment_id: FLOWS[str(d.flow_name)] for d, deployment_id in zip(deployments, ids, strict=True)}
 

@@ -22,10 +22,12 @@ from typing import Any, Literal
 
 from prefect import flow, get_run_logger
 
-from flows.enrich import BatchResult, Runtime, enrich_sources, get_runtime
+from flows.runtimes import RUNTIMES
+from mitre.chunks import chunked
 from mitre.config import Environment
-from mitre.io.elastic import Checkpoint, ElasticSource, SourceAlert
-from mitre.webhook import AlertRef, alert_event, post_events
+from mitre.io.elastic import Checkpoint, ElasticSource, SourceAlert, kibana_space
+from mitre.io.events import AlertRef, alert_event, post_events
+from mitre.service import BatchResult, Runtime, enrich_sources
 
 Mode = Literal["emit", "direct"]
 
@@ -71,16 +73,13 @@ def poll_once(
     seen = 0
     emitted = 0
     result = BatchResult()
-    batch: list[SourceAlert] = []
-
-    def flush() -> None:
-        nonlocal emitted
-        if not batch:
-            return
+    batch: list[SourceAlert]
+    for batch in chunked(source.read(checkpoint, limit=max_alerts), workflow.trigger.batch_size):
+        seen += len(batch)
         if mode == "emit":
             events = [
                 alert_event(
-                    workflow.trigger.event, AlertRef(a.index, a.doc_id, _tenant(a.index)), workflow=workflow.name
+                    workflow.trigger.event, AlertRef(a.index, a.doc_id, kibana_space(a.index)), workflow=workflow.name
                 )
                 for a in batch
             ]
@@ -89,30 +88,12 @@ def poll_once(
         else:
             result.merge(enrich_sources(runtime, batch))
         checkpoint.save()
-        batch.clear()
-
-    for alert in source.read(checkpoint, limit=max_alerts):
-        seen += 1
-        batch.append(alert)
-        if len(batch) >= workflow.trigger.batch_size:
-            flush()
-    flush()
     out: dict[str, Any] = {"seen": seen, "mode": mode, "checkpoint": checkpoint.timestamp}
     if mode == "emit":
         out["emitted"] = emitted
     else:
         out.update(result.as_dict())
     return out
-
-
-def _tenant(index: str) -> str | None:
-    """The Kibana space of `.alerts-security.alerts-<space>` (backing index: `.internal.alerts-...-<space>-000001`)."""
-    marker = "alerts-security.alerts-"
-    if marker not in index:
-        return None
-    tail = index.split(marker, 1)[1]
-    parts = tail.rsplit("-", 1)
-    return parts[0] if len(parts) == 2 and parts[1].isdigit() else tail
 
 
 @flow(name="poll-alerts", retries=2, retry_delay_seconds=5)
@@ -125,7 +106,7 @@ def poll_alerts(
 ) -> dict[str, Any]:
     """Poll ES for high-risk alerts since the checkpoint and emit an event per alert (or enrich directly)."""
     logger = get_run_logger()
-    runtime = get_runtime(workflow)
+    runtime = RUNTIMES.get(workflow)
     path = Path(checkpoint) if checkpoint else default_checkpoint(runtime.workflow.name)
     cp = Checkpoint.load(path)
     started = time.perf_counter()

@@ -39,8 +39,9 @@ from typing import Any, TextIO
 
 from prefect import flow
 
-from flows.enrich import enrich_batch, get_runtime
-from mitre.webhook import RESOURCE_PREFIX, SeenWithin
+from flows.enrich import enrich_batch
+from flows.runtimes import RUNTIMES
+from mitre.io.events import RESOURCE_PREFIX, SeenWithin
 
 log = logging.getLogger("attackmap.worker")
 
@@ -58,6 +59,203 @@ class WorkerStats:
 
 
 OnBatch = Callable[[list[str], dict[str, Any]], None]
+Queued = tuple[str, float, float]  # (resource id, occurred, received)
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    max_batch: int = 500
+    lookback_seconds: float = 60.0
+    max_batches_per_run: int = 10_000
+    max_run_seconds: float = 3600.0
+    reconcile_seconds: float = 5.0
+    reconcile_overlap_seconds: float = 20.0
+
+
+class EventWorker:
+    """One subscription to the alert events of a workflow: read (live stream), reconcile (event store),
+    drain (batches as task runs inside a rotating session flow run). `run` drives the three."""
+
+    def __init__(
+        self,
+        workflow: str | None,
+        event_name: str,
+        settings: WorkerSettings,
+        *,
+        on_batch: OnBatch | None = None,
+        timings: TextIO | None = None,
+    ) -> None:
+        self.workflow = workflow
+        self.event_name = event_name
+        self.settings = settings
+        self.on_batch = on_batch
+        self.timings = timings
+        self.stats = WorkerStats()
+        self.seen = SeenWithin(window_seconds=max(600.0, 4 * settings.lookback_seconds))
+        self.queue: asyncio.Queue[Queued] = asyncio.Queue()
+        self.started = datetime.now(UTC)
+        # Each session is one flow run of this worker (its batches are task runs inside it).
+        self.session = flow(name="attackmap-worker", validate_parameters=False, log_prints=False)(self._session)
+
+    def _accept(self, event_id: str, resource_id: str, occurred: float) -> bool:
+        """Queue an alert event unless its id was seen already or it names no alert."""
+        now = time.monotonic()
+        if self.seen.seen(event_id, now):
+            return False
+        self.seen.add(event_id, now)
+        if not resource_id.startswith(RESOURCE_PREFIX):
+            return False
+        self.queue.put_nowait((resource_id, occurred, time.time()))
+        return True
+
+    async def read(self, ready: asyncio.Event | None) -> None:
+        """The live event stream; a new subscription replays the last ``lookback_seconds``."""
+        from prefect.events.clients import get_events_subscriber
+        from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter
+
+        since = self.started - timedelta(seconds=self.settings.lookback_seconds)
+        flt = EventFilter(
+            event=EventNameFilter(name=[self.event_name]),
+            # The server applies `until` to the live stream too: leave it open.
+            occurred=EventOccurredFilter(since=since, until=self.started + timedelta(days=3650)),
+        )
+        async with get_events_subscriber(filter=flt, reconnect_on_clean_close=True) as subscriber:
+            if ready is not None:
+                ready.set()
+            async for event in subscriber:
+                self.stats.events += 1
+                if self.seen.seen(str(event.id), time.monotonic()):
+                    self.stats.duplicates += 1
+                    continue
+                self._accept(str(event.id), event.resource.id, event.occurred.timestamp())
+
+    async def reconcile(self) -> None:
+        """Catch up from Prefect's event store: what the live stream dropped (a full backlog) or missed."""
+        import httpx
+        from prefect.settings import PREFECT_API_URL
+
+        api = str(PREFECT_API_URL.value()).rstrip("/")
+        watermark = self.started - timedelta(seconds=self.settings.lookback_seconds)
+        async with httpx.AsyncClient(timeout=30) as client:
+            while True:
+                await asyncio.sleep(self.settings.reconcile_seconds)
+                try:
+                    watermark = await self._reconcile_since(client, api, watermark)
+                except httpx.HTTPError as exc:
+                    log.warning("reconcile from the event store failed (will retry): %s", exc)
+
+    async def _reconcile_since(self, client: Any, api: str, watermark: datetime) -> datetime:
+        """Page through the stored events since ``watermark`` (less an overlap); the new watermark."""
+        since = watermark - timedelta(seconds=self.settings.reconcile_overlap_seconds)
+        body = {
+            "filter": {
+                "event": {"name": [self.event_name]},
+                "occurred": {"since": since.isoformat(), "until": (datetime.now(UTC) + timedelta(days=1)).isoformat()},
+                "order": "ASC",
+            },
+            "limit": 50,
+        }
+        resp = await client.post(f"{api}/events/filter", json=body)
+        resp.raise_for_status()
+        page = resp.json()
+        while True:
+            for raw in page.get("events", []):
+                occurred = datetime.fromisoformat(raw["occurred"].replace("Z", "+00:00"))
+                watermark = max(watermark, occurred)
+                rid = raw["resource"].get("prefect.resource.id", "")
+                if self._accept(str(raw["id"]), rid, occurred.timestamp()):
+                    self.stats.reconciled += 1
+            if not page.get("next_page"):
+                return watermark
+            resp = await client.get(page["next_page"])
+            resp.raise_for_status()
+            page = resp.json()
+
+    def _record(self, items: list[Queued], started: float, result: dict[str, Any]) -> None:
+        stats = self.stats
+        stats.batches += 1
+        stats.alerts += len(items)
+        stats.batch_sizes.append(len(items))
+        stats.written += int(result.get("written", 0))
+        stats.failed += len(result.get("failed", []))
+        if self.timings is None:
+            return
+        finished = time.time()
+        line = {
+            "n": len(items),
+            "started": started,
+            "finished": finished,
+            "bus_seconds": [round(received - occurred, 4) for _, occurred, received in items],
+            "queued_seconds": [round(started - received, 4) for _, _, received in items],
+            "task_seconds": round(finished - started, 4),
+            "work_seconds": round(float(result.get("work_seconds", 0.0)), 4),
+            "written": result.get("written", 0),
+            "unchanged": result.get("unchanged", 0),
+            "missing": len(result.get("missing", [])),
+            "reconciled": sum(1 for _, occurred, received in items if received - occurred > 2.0),
+        }
+        self.timings.write(json.dumps(line) + "\n")
+        self.timings.flush()
+
+    async def _next_batch(self, timeout: float) -> list[Queued] | None:
+        """The queued events, up to ``max_batch``, waiting at most ``timeout`` for the first one."""
+        try:
+            items = [await asyncio.wait_for(self.queue.get(), timeout=timeout)]
+        except TimeoutError:
+            return None
+        while not self.queue.empty() and len(items) < self.settings.max_batch:
+            items.append(self.queue.get_nowait())
+        return items
+
+    async def _session(self, workflow: str | None = None) -> dict[str, int]:
+        """One worker session: batches as task runs, until rotation (a bounded run record)."""
+        batches = 0
+        deadline = time.monotonic() + self.settings.max_run_seconds
+        while batches < self.settings.max_batches_per_run:
+            remaining = deadline - time.monotonic()
+            items = await self._next_batch(remaining) if remaining > 0 else None
+            if items is None:
+                break
+            refs = [rid for rid, _, _ in items]
+            started = time.time()
+            try:
+                result = await enrich_batch(refs, workflow)
+            except Exception as exc:  # the task retried already; keep serving
+                log.error("batch of %d failed: %s", len(refs), exc)
+                self.stats.failed += len(refs)
+                continue
+            batches += 1
+            self._record(items, started, result)
+            if self.on_batch is not None:
+                self.on_batch(refs, result)
+        return {"batches": batches}
+
+    async def drain(self) -> None:
+        while True:
+            await self.session(self.workflow)
+
+    async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> WorkerStats:
+        """Read, reconcile and drain until ``stop`` is set (or one of them fails)."""
+        tasks: set[asyncio.Task[Any]] = {
+            asyncio.create_task(self.read(ready), name="attackmap-worker-read"),
+            asyncio.create_task(self.drain(), name="attackmap-worker-drain"),
+        }
+        if self.settings.reconcile_seconds > 0:
+            tasks.add(asyncio.create_task(self.reconcile(), name="attackmap-worker-reconcile"))
+        stopper = asyncio.create_task(stop.wait(), name="attackmap-worker-stop")
+        tasks.add(stopper)
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task is not stopper and task.exception() is not None:
+                    raise task.exception()  # type: ignore[misc]
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        return self.stats
 
 
 async def run_worker(
@@ -75,158 +273,17 @@ async def run_worker(
     reconcile_overlap_seconds: float = 20.0,
 ) -> WorkerStats:
     """Subscribe, batch, enrich, until ``stop`` is set (or the stream ends)."""
-    from prefect.events.clients import get_events_subscriber
-    from prefect.events.filters import EventFilter, EventNameFilter, EventOccurredFilter
-
-    runtime = await asyncio.to_thread(get_runtime, workflow)  # build the engine before the first event
-    event_name = runtime.workflow.trigger.event
-    stop = stop or asyncio.Event()
-    stats = WorkerStats()
-    seen = SeenWithin(window_seconds=max(600.0, 4 * lookback_seconds))
-    queue: asyncio.Queue[tuple[str, float, float]] = asyncio.Queue()  # (resource id, occurred, received)
-    now = datetime.now(UTC)
-    flt = EventFilter(
-        event=EventNameFilter(name=[event_name]),
-        # The server applies `until` to the live stream too: leave it open.
-        occurred=EventOccurredFilter(since=now - timedelta(seconds=lookback_seconds), until=now + timedelta(days=3650)),
+    runtime = await asyncio.to_thread(RUNTIMES.get, workflow)  # build the engine before the first event
+    settings = WorkerSettings(
+        max_batch=max_batch,
+        lookback_seconds=lookback_seconds,
+        max_batches_per_run=max_batches_per_run,
+        max_run_seconds=max_run_seconds,
+        reconcile_seconds=reconcile_seconds,
+        reconcile_overlap_seconds=reconcile_overlap_seconds,
     )
-
-    async def read() -> None:
-        async with get_events_subscriber(filter=flt, reconnect_on_clean_close=True) as subscriber:
-            if ready is not None:
-                ready.set()
-            async for event in subscriber:
-                stats.events += 1
-                key = str(event.id)
-                if seen.seen(key, time.monotonic()):
-                    stats.duplicates += 1
-                    continue
-                seen.add(key, time.monotonic())
-                rid = event.resource.id
-                if not rid.startswith(RESOURCE_PREFIX):
-                    continue
-                queue.put_nowait((rid, event.occurred.timestamp(), time.time()))
-
-    def record(items: list[tuple[str, float, float]], started: float, result: dict[str, Any]) -> None:
-        stats.batches += 1
-        stats.alerts += len(items)
-        stats.batch_sizes.append(len(items))
-        stats.written += int(result.get("written", 0))
-        stats.failed += len(result.get("failed", []))
-        if timings is not None:
-            finished = time.time()
-            line = {
-                "n": len(items),
-                "started": started,
-                "finished": finished,
-                "bus_seconds": [round(received - occurred, 4) for _, occurred, received in items],
-                "queued_seconds": [round(started - received, 4) for _, _, received in items],
-                "task_seconds": round(finished - started, 4),
-                "work_seconds": round(float(result.get("work_seconds", 0.0)), 4),
-                "written": result.get("written", 0),
-                "unchanged": result.get("unchanged", 0),
-                "missing": len(result.get("missing", [])),
-                "reconciled": sum(1 for _, occurred, received in items if received - occurred > 2.0),
-            }
-            timings.write(json.dumps(line) + "\n")
-            timings.flush()
-
-    @flow(name="attackmap-worker", validate_parameters=False, log_prints=False)
-    async def session(workflow: str | None = None) -> dict[str, int]:
-        """One worker session: batches as task runs, until rotation (a bounded run record)."""
-        batches = 0
-        deadline = time.monotonic() + max_run_seconds
-        while batches < max_batches_per_run:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
-            try:
-                items = [await asyncio.wait_for(queue.get(), timeout=remaining)]
-            except TimeoutError:
-                break
-            while not queue.empty() and len(items) < max_batch:
-                items.append(queue.get_nowait())
-            refs = [rid for rid, _, _ in items]
-            started = time.time()
-            try:
-                result = await enrich_batch(refs, workflow)
-            except Exception as exc:  # the task retried already; keep serving
-                log.error("batch of %d failed: %s", len(refs), exc)
-                stats.failed += len(refs)
-                continue
-            batches += 1
-            record(items, started, result)
-            if on_batch is not None:
-                on_batch(refs, result)
-        return {"batches": batches}
-
-    async def drain() -> None:
-        while True:
-            await session(workflow)
-
-    async def reconcile() -> None:
-        """Catch up from Prefect's event store: what the live stream dropped (a full backlog) or missed."""
-        import httpx
-        from prefect.settings import PREFECT_API_URL
-
-        api = str(PREFECT_API_URL.value()).rstrip("/")
-        watermark = now - timedelta(seconds=lookback_seconds)
-        async with httpx.AsyncClient(timeout=30) as client:
-            while True:
-                await asyncio.sleep(reconcile_seconds)
-                since = watermark - timedelta(seconds=reconcile_overlap_seconds)
-                body = {
-                    "filter": {
-                        "event": {"name": [event_name]},
-                        "occurred": {
-                            "since": since.isoformat(),
-                            "until": (datetime.now(UTC) + timedelta(days=1)).isoformat(),
-                        },
-                        "order": "ASC",
-                    },
-                    "limit": 50,
-                }
-                try:
-                    resp = await client.post(f"{api}/events/filter", json=body)
-                    resp.raise_for_status()
-                    page = resp.json()
-                    while True:
-                        for raw in page.get("events", []):
-                            occurred = datetime.fromisoformat(raw["occurred"].replace("Z", "+00:00"))
-                            watermark = max(watermark, occurred)
-                            key = str(raw["id"])
-                            if seen.seen(key, time.monotonic()):
-                                continue
-                            seen.add(key, time.monotonic())
-                            rid = raw["resource"].get("prefect.resource.id", "")
-                            if rid.startswith(RESOURCE_PREFIX):
-                                stats.reconciled += 1
-                                queue.put_nowait((rid, occurred.timestamp(), time.time()))
-                        if not page.get("next_page"):
-                            break
-                        resp = await client.get(page["next_page"])
-                        resp.raise_for_status()
-                        page = resp.json()
-                except httpx.HTTPError as exc:
-                    log.warning("reconcile from the event store failed (will retry): %s", exc)
-
-    reader = asyncio.create_task(read(), name="attackmap-worker-read")
-    reconciler = asyncio.create_task(reconcile(), name="attackmap-worker-reconcile") if reconcile_seconds > 0 else None
-    drainer = asyncio.create_task(drain(), name="attackmap-worker-drain")
-    stopper = asyncio.create_task(stop.wait(), name="attackmap-worker-stop")
-    tasks = {reader, drainer, stopper} | ({reconciler} if reconciler is not None else set())
-    try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        for task in done:
-            if task is not stopper and task.exception() is not None:
-                raise task.exception()  # type: ignore[misc]
-    finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-    return stats
+    worker = EventWorker(workflow, runtime.workflow.trigger.event, settings, on_batch=on_batch, timings=timings)
+    return await worker.run(stop or asyncio.Event(), ready)
 
 
 def main(argv: list[str] | None = None) -> None:

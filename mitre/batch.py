@@ -19,9 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from mitre.chunks import chunked
+from mitre.engine import Engine
 from mitre.io.ndjson import alert_record, read_lines
-from mitre.models import Outcome, OutcomeStatus
-from mitre.pipeline import Engine, RawAlert, RunSummary
+from mitre.models import Outcome, OutcomeStatus, RawAlert, RunSummary
 
 CHUNK = 1024
 RANGE_BYTES = 4 * 2**20
@@ -84,28 +85,6 @@ def process_chunk(engine: Engine, items: list[RawAlert], keep_skipped: bool) -> 
     return ChunkResult(b"".join(out), summary, consumed, dead=dead)
 
 
-def merge(total: RunSummary, part: RunSummary) -> None:
-    total.enriched += part.enriched
-    total.skipped.update(part.skipped)
-    total.dead_letter.update(part.dead_letter)
-    total.decisions.update(part.decisions)
-    total.tactics.update(part.tactics)
-    total.techniques.update(part.techniques)
-    total.cache_hits += part.cache_hits
-    total.cache_misses += part.cache_misses
-
-
-def chunks(items: Iterable[RawAlert], size: int = CHUNK) -> Iterator[list[RawAlert]]:
-    batch: list[RawAlert] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
 def split_ranges(path: Path, size: int = RANGE_BYTES) -> list[tuple[int, int]]:
     """Byte ranges of about `size` covering the file, each ending at a line end."""
     total = path.stat().st_size
@@ -133,10 +112,10 @@ def process_range(engine: Engine, path: Path, span: tuple[int, int], keep_skippe
     items = [RawAlert(line=n, raw=line.rstrip(b"\r")) for n, line in enumerate(lines, start=1) if line.strip()]
     result = ChunkResult(b"", RunSummary(), end - start, lines=len(lines))
     outputs = []
-    for batch in chunks(items):
+    for batch in chunked(items, CHUNK):
         part = process_chunk(engine, batch, keep_skipped)
         outputs.append(part.output)
-        merge(result.summary, part.summary)
+        result.summary.merge(part.summary)
         result.dead.extend(part.dead)
     result.output = b"".join(outputs)
     return result
@@ -216,7 +195,7 @@ def run_file(
     with _long_lived():
         if not _can_fork(workers):
             with path.open("rb") as handle:
-                for batch in chunks(read_lines(handle)):
+                for batch in chunked(read_lines(handle), CHUNK):
                     on_result(process_chunk(engine, batch, keep_skipped))
             return
         with (
@@ -241,9 +220,9 @@ def run_chunks(
     """Feed a stream's results to `on_result` in input order, using `workers` processes (1: in-process)."""
     with _long_lived():
         if not _can_fork(workers):
-            for batch in chunks(items):
+            for batch in chunked(items, CHUNK):
                 on_result(process_chunk(engine, batch, keep_skipped))
             return
         with _forked(_Job(engine, Path(), keep_skipped), workers) as pool:
-            for result in pool.imap(_work_chunk, chunks(items), chunksize=1):
+            for result in pool.imap(_work_chunk, chunked(items, CHUNK), chunksize=1):
                 on_result(result)

@@ -305,14 +305,13 @@ def open_ledger(settings: BudgetSettings, home: Path, es_client: Any = None) -> 
     kind = getattr(settings, "ledger", "sqlite")
     if kind == "elasticsearch":
         if es_client is None:
-            import os
+            from mitre.config import Environment
+            from mitre.io.elastic import es_client as make_client
 
-            from elasticsearch import Elasticsearch
-
-            url = getattr(settings, "ledger_es_url", None) or os.environ.get("ATTACKMAP_ES_URL")
+            url = getattr(settings, "ledger_es_url", None) or Environment().es_url
             if not url:
                 raise ValueError("budget.ledger is elasticsearch: set budget.ledger_es_url or ATTACKMAP_ES_URL")
-            es_client = Elasticsearch(url)
+            es_client = make_client(url)
         return ElasticLedger(es_client, getattr(settings, "ledger_index", "attackmap-ledger"))
     path = getattr(settings, "ledger_path", None) or home / "ledger.sqlite"
     return SQLiteLedger(Path(path))

@@ -207,6 +207,7 @@ class Environment(BaseSettings):
     catalog: Path | None = None
     cache_dir: Path | None = None
     knowledge_base: Path | None = None
+    es_url: str | None = None  # Elasticsearch for flows, the worker and an ES ledger
 
 
 def load_workflows(path: Path | None) -> WorkflowsFile:

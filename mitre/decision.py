@@ -3,6 +3,7 @@ ones when a high-confidence indicator shows a technique the rule does not carry.
 
 from __future__ import annotations
 
+from collections.abc import Set
 from fnmatch import fnmatch
 
 from mitre.catalog import Catalog
@@ -30,7 +31,7 @@ def rule_techniques(features: AlertFeatures, catalog: Catalog) -> set[str]:
     return found
 
 
-def _covered(technique_id: str, tagged: set[str]) -> bool:
+def covered(technique_id: str, tagged: Set[str]) -> bool:
     """A technique is covered when tagged exactly, or when it is a parent of a tagged sub-technique."""
     return technique_id in tagged or any(t.startswith(technique_id + ".") for t in tagged)
 
@@ -81,10 +82,10 @@ def decide(
     strong = tuple(
         h
         for h in hits
-        if h.confidence >= settings.extend_min_confidence and any(not _covered(t, tagged) for t in h.techniques)
+        if h.confidence >= settings.extend_min_confidence and any(not covered(t, tagged) for t in h.techniques)
     )
     if strong:
-        new = sorted({t for h in strong for t in h.techniques if not _covered(t, tagged)})
+        new = sorted({t for h in strong for t in h.techniques if not covered(t, tagged)})
         return Decision(
             kind=DecisionKind.EXTEND,
             reason=INDICATOR_FIRED,

@@ -6,8 +6,10 @@ producer fails loudly instead of silently dropping data.
 
 from __future__ import annotations
 
+from collections import Counter
+from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -164,3 +166,73 @@ class Outcome(Contract):
     cache_hit: bool = False
     line: int | None = None
     raw: str | None = None
+
+
+@dataclass(frozen=True)
+class RawAlert:
+    """One input record: already-parsed JSON, or raw bytes from a line of NDJSON."""
+
+    line: int | None
+    raw: bytes | None = None
+    alert: Any = None
+
+
+@dataclass
+class RunSummary:
+    """Counts for one run; the CLI prints it, batch workers and flows add theirs up with `merge`."""
+
+    enriched: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+    dead_letter: Counter[str] = field(default_factory=Counter)
+    decisions: Counter[str] = field(default_factory=Counter)
+    tactics: Counter[str] = field(default_factory=Counter)
+    techniques: Counter[str] = field(default_factory=Counter)
+    cache_hits: int = 0
+    cache_misses: int = 0
+    warnings: list[str] = field(default_factory=list)
+
+    def add(self, outcome: Outcome) -> None:
+        if outcome.decision is not None:
+            self.decisions[f"{outcome.decision.kind.value}:{outcome.decision.reason}"] += 1
+        if outcome.status is OutcomeStatus.ENRICHED:
+            self.enriched += 1
+            if outcome.cache_hit:
+                self.cache_hits += 1
+            else:
+                self.cache_misses += 1
+            if outcome.mapping is not None:
+                for t in outcome.mapping.result.techniques:
+                    self.techniques[t.technique_id] += 1
+                    for tactic in t.tactic_ids:
+                        self.tactics[tactic] += 1
+        elif outcome.status is OutcomeStatus.SKIPPED:
+            self.skipped[outcome.reason] += 1
+        else:
+            self.dead_letter[outcome.reason.split(":")[0]] += 1
+
+    def merge(self, other: RunSummary) -> None:
+        """Add another run's counts to these (warnings are the run's own: not merged)."""
+        self.enriched += other.enriched
+        self.skipped.update(other.skipped)
+        self.dead_letter.update(other.dead_letter)
+        self.decisions.update(other.decisions)
+        self.tactics.update(other.tactics)
+        self.techniques.update(other.techniques)
+        self.cache_hits += other.cache_hits
+        self.cache_misses += other.cache_misses
+
+    @property
+    def total(self) -> int:
+        return self.enriched + sum(self.skipped.values()) + sum(self.dead_letter.values())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "total": self.total,
+            "enriched": self.enriched,
+            "skipped": dict(self.skipped),
+            "dead_letter": dict(self.dead_letter),
+            "decisions": dict(self.decisions),
+            "cache": {"hits": self.cache_hits, "misses": self.cache_misses},
+            "tactics": dict(self.tactics),
+            "warnings": self.warnings,
+        }

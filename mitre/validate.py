@@ -4,7 +4,7 @@ parent+child pairs resolved. Each fix is reported as a typed issue."""
 
 from __future__ import annotations
 
-from mitre.catalog import Catalog
+from mitre.catalog import Catalog, Tactic
 from mitre.models import IssueSeverity, MappingResult, TechniqueScore, ValidatedMapping, ValidationIssue
 
 
@@ -33,11 +33,11 @@ def _fix_technique(score: TechniqueScore, catalog: Catalog, issues: list[Validat
                 score.technique_id,
             )
         )
-    own = {t.id for t in catalog.tactics_of(resolved.active_id)}
-    tactics = []
+    own = catalog.tactics_of(resolved.active_id)
+    tactics: list[Tactic] = []
     for key in score.tactic_ids:
         tactic = catalog.tactic(key)
-        if tactic is None or tactic.id not in own:
+        if tactic is None or tactic not in own:
             issues.append(
                 _issue(
                     IssueSeverity.WARNING,
@@ -47,10 +47,8 @@ def _fix_technique(score: TechniqueScore, catalog: Catalog, issues: list[Validat
                 )
             )
         else:
-            tactics.append(tactic.id)
-    if not tactics:
-        tactics = [t.id for t in catalog.tactics_of(resolved.active_id)]
-    ordered = tuple(sorted(dict.fromkeys(tactics), key=lambda t: [x.id for x in catalog.tactics].index(t)))
+            tactics.append(tactic)
+    ordered = tuple(t.id for t in sorted(dict.fromkeys(tactics or own), key=catalog.tactic_rank))
     return score.model_copy(update={"technique_id": resolved.active_id, "tactic_ids": ordered})
 
 

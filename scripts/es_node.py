@@ -5,7 +5,8 @@
     python scripts/es_node.py stop  [--dir .es]
     python scripts/es_node.py url   [--dir .es]
 
-The logic lives in mitre/io/es_node.py (shared with the pytest fixtures in tests/es_fixtures.py).
+The logic lives in devtools/es_node.py (shared with the pytest fixtures and the benchmarks through
+devtools/servers.py).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mitre.io import es_node
+from devtools import es_node
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,7 +2,7 @@
 
 Fixtures:
 - ``es_url`` (session): ``$ATTACKMAP_ES_URL`` when set and healthy; otherwise a node started with
-  mitre/io/es_node.py in ``.es/`` (the same code as ``scripts/es_node.py start``) on a free port, and
+  devtools/es_node.py in ``.es/`` (the same code as ``scripts/es_node.py start``) on a free port, and
   stopped at the end of the session if this session started it (keep it with ``ATTACKMAP_ES_KEEP=1``).
   When no node can be had the test is skipped with the reason, or fails when ``ATTACKMAP_REQUIRE_ES=1``
   (CI sets it).
@@ -13,65 +13,46 @@ Fixtures:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from mitre.io import es_node
-
-REPO = Path(__file__).resolve().parents[1]
+from devtools.servers import ServerUnavailable, elasticsearch
 
 
 def _require() -> bool:
     return os.environ.get("ATTACKMAP_REQUIRE_ES", "").strip().lower() in ("1", "true", "yes")
 
 
-def _unavailable(reason: str) -> None:
-    if _require():
-        pytest.fail(f"ATTACKMAP_REQUIRE_ES is set but no Elasticsearch is available: {reason}", pytrace=False)
-    pytest.skip(f"no Elasticsearch node: {reason}")
-
-
 @pytest.fixture(scope="session")
 def es_url() -> Iterator[str]:
-    env_url = os.environ.get("ATTACKMAP_ES_URL", "").strip().rstrip("/")
-    if env_url:
-        if es_node.is_ready(env_url, timeout=5.0):
-            yield env_url
-            return
-        if _require():
-            pytest.fail(f"ATTACKMAP_ES_URL={env_url} is set but not healthy (GET /_cluster/health)", pytrace=False)
-    work_dir = Path(os.environ.get("ATTACKMAP_ES_DIR", REPO / ".es"))
-    already = es_node.running_node(work_dir)
-    started = False
-    if already is not None:
-        url = already.url
-    else:
-        try:
-            info = es_node.start(port=None, work_dir=work_dir)
-        except es_node.NodeError as exc:
-            _unavailable(str(exc))
-            return
-        except Exception as exc:  # anything else on the way: download, unpack, permissions
-            _unavailable(f"{type(exc).__name__}: {exc}")
-            return
-        url, started = info.url, True
-    try:
+    env_url = os.environ.get("ATTACKMAP_ES_URL", "").strip()
+    with contextlib.ExitStack() as stack:
+        url = None
+        if env_url:
+            with contextlib.suppress(ServerUnavailable):
+                url = stack.enter_context(elasticsearch(env_url))
+            if url is None and _require():
+                pytest.fail(f"ATTACKMAP_ES_URL={env_url} is set but not healthy (GET /_cluster/health)", pytrace=False)
+        if url is None:
+            try:
+                url = stack.enter_context(elasticsearch(keep=os.environ.get("ATTACKMAP_ES_KEEP", "") == "1"))
+            except ServerUnavailable as exc:
+                if _require():
+                    pytest.fail(f"ATTACKMAP_REQUIRE_ES is set but no Elasticsearch is available: {exc}", pytrace=False)
+                pytest.skip(f"no Elasticsearch node: {exc}")
         yield url
-    finally:
-        if started and os.environ.get("ATTACKMAP_ES_KEEP", "") != "1":
-            es_node.stop(work_dir)
 
 
 @pytest.fixture(scope="session")
 def es_client(es_url: str) -> Iterator[Any]:
-    from elasticsearch import Elasticsearch
+    from mitre.io.elastic import es_client as make_client
 
-    client = Elasticsearch(es_url, request_timeout=60)
+    client = make_client(es_url)
     try:
         yield client
     finally:

@@ -106,8 +106,9 @@ EXAMPLES = REPO / "examples" / "alerts.ndjson"
 @pytest.fixture(scope="session")
 def enriched_examples(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
     """examples/alerts.ndjson as `attackmap enrich` writes it (offline catalog, no knowledge base)."""
+    from mitre.assemble import EngineOptions, build_engine
     from mitre.config import WorkflowsFile
-    from mitre.pipeline import EngineOptions, RawAlert, build_engine
+    from mitre.models import RawAlert
 
     cache = tmp_path_factory.mktemp("export-cache")
     engine = build_engine(WorkflowsFile(), options=EngineOptions(knowledge_base=(), cache_dir=cache))

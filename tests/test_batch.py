@@ -7,9 +7,10 @@ import itertools
 import json
 from pathlib import Path
 
-from mitre.batch import ChunkResult, merge, run_file, split_ranges
+from mitre.assemble import EngineOptions, build_engine
+from mitre.batch import ChunkResult, run_file, split_ranges
 from mitre.config import WorkflowsFile
-from mitre.pipeline import EngineOptions, RunSummary, build_engine
+from mitre.models import RunSummary
 from tests.helpers import LSASS_COMMAND, kibana_alert
 
 
@@ -52,7 +53,7 @@ def _run(src: Path, tmp_path: Path, workers: int, range_bytes: int = 8192) -> tu
         result.write_output(handle)
         out.append(handle.getvalue())
         dead.extend((o.line, o.raw or "") for o in result.dead)
-        merge(summary, result.summary)
+        summary.merge(result.summary)
 
     run_file(engine, src, True, workers, collect, range_bytes)
     return b"".join(out), dead, summary

@@ -14,13 +14,13 @@ from typer.testing import CliRunner
 from mitre.budget import Budget, ElasticLedger, LedgerEvent, PriceTable, SQLiteLedger, spend_chart_html, status_report
 from mitre.catalog import load_catalog
 from mitre.config import BudgetSettings, DecisionSettings, MapperSettings, Workflow, WorkflowsFile
+from mitre.engine import Engine
 from mitre.indicators import load_indicators
 from mitre.mappers.anthropic_mapper import create_anthropic_mapper
 from mitre.mappers.base import MapperContext
 from mitre.mappers.budgeted import BudgetedMapper
 from mitre.mappers.local import LocalMapper
 from mitre.models import AlertFeatures, Decision, DecisionKind, Usage
-from mitre.pipeline import Engine
 from tests.llm_payloads import answer, anthropic_message
 
 T0 = datetime(2026, 3, 14, 10, 0, tzinfo=UTC).timestamp()
@@ -173,7 +173,7 @@ def test_engine_telemetry_status_report_and_chart(tmp_path):
         }
 
     engine.process_batch([])
-    from mitre.pipeline import RawAlert
+    from mitre.models import RawAlert
 
     engine.process_batch([RawAlert(line=i, alert=alert(73, False)) for i in range(5)])
     engine.process_batch([RawAlert(line=i, alert=alert(73, True)) for i in range(3)])

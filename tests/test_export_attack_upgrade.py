@@ -10,12 +10,12 @@ import orjson
 import pytest
 from typer.testing import CliRunner
 
+from mitre.assemble import EngineOptions, build_engine
 from mitre.attack_diff import diff_catalogs
 from mitre.catalog import Catalog, load_catalog
 from mitre.cli import app
 from mitre.config import WorkflowsFile
 from mitre.io.elastic import Checkpoint, ElasticSink
-from mitre.pipeline import EngineOptions, build_engine
 from mitre.retag import load_crosswalk, retag_alert
 from tests.helpers import kibana_alert
 

@@ -11,10 +11,10 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from mitre.assemble import EngineOptions, build_engine
 from mitre.cli import app
 from mitre.config import load_workflows
 from mitre.io.elastic import SourceAlert
-from mitre.pipeline import EngineOptions, build_engine
 from tests.export_servers import HEC_TOKEN, Receiver, many_alerts, read_ndjson, write_ndjson
 from tests.helpers import kibana_alert
 
@@ -73,7 +73,7 @@ def test_hec_export_spools_while_down_and_the_next_run_delivers(
 
 
 def test_workflow_outputs_export_what_the_flows_enrich(env: Path, hec: tuple[Receiver, str, Path]) -> None:
-    from flows.enrich import clear_runtimes, enrich_sources, make_runtime
+    from mitre.service import enrich_sources, make_runtime
 
     _, base, received = hec
     workflows = env / "workflows.yaml"
@@ -93,7 +93,6 @@ def test_workflow_outputs_export_what_the_flows_enrich(env: Path, hec: tuple[Rec
     result = enrich_sources(runtime, sources)
     assert result.summary.enriched == 1
     assert runtime.exports.close(timeout=30)
-    clear_runtimes()
     hec_events = read_ndjson(received)
     assert len(hec_events) == 1 and "T1003.001" in hec_events[0]["fields"]["technique_ids"]  # type: ignore[index]
     assert read_ndjson(env / "events.ndjson")[0]["id"] == alerts[0]["kibana.alert.uuid"]

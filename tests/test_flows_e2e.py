@@ -24,9 +24,9 @@ import orjson
 import pytest
 import yaml
 
+from mitre.assemble import EngineOptions, build_engine
 from mitre.config import load_workflows
-from mitre.pipeline import EngineOptions, build_engine
-from mitre.webhook import alert_event_id, alert_resource_id
+from mitre.io.events import alert_event_id, alert_resource_id
 
 pytestmark = [pytest.mark.elasticsearch, pytest.mark.prefect, pytest.mark.shared_data]
 
@@ -133,7 +133,8 @@ def wf_file(tmp_path: Path, shared_data: Path, es_index: str) -> Path:
 
 @pytest.fixture
 def runtime(prefect_api_url: str, es_client: Any, wf_file: Path, shared_data: Path, tmp_path: Path) -> Iterator[Any]:
-    from flows.enrich import clear_runtimes, make_runtime, set_runtime
+    from flows.runtimes import RUNTIMES
+    from mitre.service import make_runtime
 
     engine = build_engine(
         load_workflows(wf_file),
@@ -142,11 +143,11 @@ def runtime(prefect_api_url: str, es_client: Any, wf_file: Path, shared_data: Pa
         ),
     )
     rt = make_runtime(engine, es_client)
-    set_runtime(rt)
+    RUNTIMES.install(rt)
     try:
         yield rt
     finally:
-        clear_runtimes()
+        RUNTIMES.clear()
 
 
 @pytest.fixture
@@ -258,7 +259,7 @@ def test_backfill_resumes_from_its_checkpoint(runtime: Any, es_client: Any, es_i
 def test_event_trigger_runs_the_served_deployment(
     prefect_api_url: str, es_client: Any, es_index: str, child_env: dict[str, str], wf_file: Path, tmp_path: Path
 ) -> None:
-    from mitre.webhook import AlertRef, alert_event, post_events
+    from mitre.io.events import AlertRef, alert_event, post_events
 
     ids = index_alerts(es_client, es_index, [make_alert(i) for i in range(3)])
     log = tmp_path / "serve.log"
@@ -291,7 +292,7 @@ def test_warm_executor_runs_queued_and_new_trigger_runs_in_process(
     from typer.testing import CliRunner
 
     from mitre.cli import app
-    from mitre.webhook import AlertRef, alert_event, post_events
+    from mitre.io.events import AlertRef, alert_event, post_events
 
     api = httpx.Client(base_url=prefect_api_url, timeout=10)
 
@@ -387,7 +388,8 @@ def test_signed_webhook_reaches_the_worker_and_rejections_emit_nothing(
 ) -> None:
     from starlette.testclient import TestClient
 
-    from mitre.webhook import PrefectEvents, create_app, signed_headers
+    from mitre.io.events import PrefectEvents
+    from mitre.io.webhook import create_app, signed_headers
 
     ids = index_alerts(es_client, es_index, [make_alert(i) for i in range(6)])
     good, forged, stale, replay, big = ids[:2], ids[2], ids[3], ids[4], ids[5]

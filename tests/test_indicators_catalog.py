@@ -775,9 +775,9 @@ def test_one_pass_prefilter_changes_no_match(indicators):
 
 
 def test_indicator_catalog_is_part_of_the_cache_key(catalog, tmp_path):
+    from mitre.assemble import EngineOptions, build_engine
     from mitre.config import WorkflowsFile
     from mitre.indicators import IndicatorSet
-    from mitre.pipeline import EngineOptions, build_engine
 
     engine = build_engine(WorkflowsFile(), options=EngineOptions(knowledge_base=(), cache_dir=tmp_path))
     features = extract_features({"process": {"command_line": "whoami /all"}})

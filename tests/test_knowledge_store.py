@@ -4,7 +4,7 @@ import json
 from pathlib import Path
 
 from mitre.catalog import load_catalog
-from mitre.pipeline import load_knowledge
+from mitre.knowledge_store import load_knowledge
 
 
 def _rules(path: Path) -> Path:
@@ -56,11 +56,11 @@ def test_unreadable_store_is_rebuilt_and_changed_files_replace_the_old_entry(tmp
 def test_changed_knowledge_base_code_changes_the_fingerprint_in_cache_keys(tmp_path: Path, monkeypatch):
     """The fingerprint goes into every mapping's cache key: mappings made by older knowledge-base
     code must not be served after an upgrade, even when the rule files are unchanged."""
-    import mitre.pipeline as pipeline
+    import mitre.knowledge_store as knowledge_store
 
     catalog = load_catalog(None)
     rules = _rules(tmp_path / "rules.jsonl")
     _, before, _ = load_knowledge([rules], catalog, tmp_path / "store")
-    monkeypatch.setattr(pipeline, "_code_version", lambda: "another version")
+    monkeypatch.setattr(knowledge_store, "code_version", lambda: "another version")
     _, after, _ = load_knowledge([rules], catalog, tmp_path / "store")
     assert before and after and before != after

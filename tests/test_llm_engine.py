@@ -11,13 +11,13 @@ import respx
 from mitre.cache import MappingCache
 from mitre.catalog import load_catalog
 from mitre.config import DecisionSettings, MapperSettings, Workflow, WorkflowsFile
+from mitre.engine import Engine
 from mitre.indicators import load_indicators
 from mitre.mappers.anthropic_mapper import create_anthropic_mapper
 from mitre.mappers.base import MapperContext
 from mitre.mappers.llm import Resilience
 from mitre.mappers.local import LocalMapper
 from mitre.models import OutcomeStatus
-from mitre.pipeline import Engine
 from tests.llm_payloads import answer, anthropic_message
 
 URL = "https://api.anthropic.com/v1/messages"

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from mitre.assemble import EngineOptions, build_engine
 from mitre.config import WorkflowsFile
-from mitre.models import OutcomeStatus
-from mitre.pipeline import EngineOptions, RawAlert, build_engine
+from mitre.models import OutcomeStatus, RawAlert
 from tests.helpers import LSASS_COMMAND, kibana_alert, threat_entry
 
 REPO = Path(__file__).resolve().parents[1]

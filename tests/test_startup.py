@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from mitre.catalog import load_catalog
-from mitre.pipeline import defer_knowledge, load_knowledge
+from mitre.knowledge_store import defer_knowledge, load_knowledge
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -18,7 +18,7 @@ PROBE = """
 import json, sys
 from pathlib import Path
 from mitre.config import WorkflowsFile
-from mitre.pipeline import EngineOptions, build_engine
+from mitre.assemble import EngineOptions, build_engine
 engine = build_engine(WorkflowsFile(), options=EngineOptions(
     knowledge_base=(Path(sys.argv[1]),), cache_dir=Path(sys.argv[2])))
 before = "sklearn" in sys.modules

@@ -1,4 +1,4 @@
-"""The signed-webhook receiver (mitre/webhook.py): authentication, limits, payload shapes, emission."""
+"""The signed-webhook receiver (mitre/io/webhook.py): authentication, limits, payload shapes, emission."""
 
 from __future__ import annotations
 
@@ -14,16 +14,8 @@ from starlette.testclient import TestClient
 from typer.testing import CliRunner
 
 from mitre.config import Trigger, WebhookSettings, Workflow, WorkflowsFile
-from mitre.webhook import (
-    AlertRef,
-    alert_event,
-    alert_event_id,
-    create_app,
-    extract_refs,
-    parse_ref,
-    sign,
-    signed_headers,
-)
+from mitre.io.events import AlertRef, alert_event, alert_event_id, parse_ref
+from mitre.io.webhook import create_app, extract_refs, sign, signed_headers
 
 SECRET = b"test-secret-0123456789abcdef"
 NOW = 1_800_000_000.0

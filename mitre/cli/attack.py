@@ -13,10 +13,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from mitre.assemble import resolve_catalog
 from mitre.attack_diff import diff_catalogs
 from mitre.catalog import CatalogError, compile_catalog, load_catalog
 from mitre.cli.common import CatalogOpt, WorkflowsOpt, fail, load_config
-from mitre.pipeline import resolve_catalog
 
 app = typer.Typer(help="The ATT&CK catalog: show the active one, install another, compare two.", no_args_is_help=True)
 MIN_TECHNIQUES = 100  # an Enterprise bundle has several hundred; fewer means a wrong or partial file

@@ -9,9 +9,10 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
+from mitre.assemble import EngineOptions, build_engine
 from mitre.catalog import CatalogError
 from mitre.config import Environment, WorkflowsFile, default_workflows_path, load_workflows
-from mitre.pipeline import Engine, EngineOptions, build_engine
+from mitre.engine import Engine
 
 EXIT_OK = 0
 EXIT_FAILURE = 1

@@ -11,7 +11,7 @@ import typer
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 from rich.table import Table
 
-from mitre.batch import ChunkResult, default_workers, merge, run_chunks, run_file
+from mitre.batch import ChunkResult, default_workers, run_chunks, run_file
 from mitre.cli.common import (
     EXIT_DEAD_LETTERS,
     EXIT_OK,
@@ -26,8 +26,9 @@ from mitre.cli.common import (
     fail,
     make_engine,
 )
+from mitre.engine import Engine
 from mitre.io.ndjson import dead_letter_record, open_input, open_output, read_lines
-from mitre.pipeline import Engine, RunSummary
+from mitre.models import RunSummary
 
 
 def _summary_table(summary: RunSummary, engine: Engine) -> Table:
@@ -70,7 +71,7 @@ def run_enrich(
         task = bar.add_task("enrich", total=total)
 
         def write(result: ChunkResult) -> None:
-            merge(summary, result.summary)
+            summary.merge(result.summary)
             result.write_output(out)
             dead.write(b"".join(dead_letter_record(o, input_path) for o in result.dead))
             bar.update(task, advance=result.consumed)

@@ -10,6 +10,7 @@ import typer
 import yaml
 from rich.table import Table
 
+from mitre.assemble import resolve_catalog
 from mitre.catalog import Catalog, CatalogError, load_catalog
 from mitre.cli.common import EXIT_FAILURE, EXIT_OK, CatalogOpt, WorkflowOpt, WorkflowsOpt, err, fail, load_config
 from mitre.config import MapperSettings
@@ -17,7 +18,6 @@ from mitre.indicators import load_indicators
 from mitre.mappers import default_registry
 from mitre.mappers.base import Mapper, MapperContext
 from mitre.mappers.local import LocalMapper
-from mitre.pipeline import resolve_catalog
 
 DEFAULT_THRESHOLDS = Path(__file__).resolve().parents[2] / "evals" / "thresholds.yaml"
 

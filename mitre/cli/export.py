@@ -17,6 +17,7 @@ from typing import Annotated, Any
 import orjson
 import typer
 
+from mitre.assemble import resolve_catalog
 from mitre.catalog import Catalog, CatalogError
 from mitre.cli.common import EXIT_DEAD_LETTERS, EXIT_OK, CatalogOpt, WorkflowsOpt, err, fail, load_config
 from mitre.config import ElasticsearchOutput, ExportOutput, HecOutput, TaxiiOutput
@@ -25,7 +26,6 @@ from mitre.io.exports.delivery import Delivery, RetryPolicy
 from mitre.io.exports.event import CommonEvent, NotAnEnrichedAlert, from_enriched
 from mitre.io.exports.registry import ExportConfigError, build_sink
 from mitre.io.ndjson import open_input, open_output
-from mitre.pipeline import resolve_catalog
 
 EXIT_SPOOLED = 4
 BATCH = 500

@@ -39,7 +39,8 @@ def serve(
     """
     import uvicorn
 
-    from mitre.webhook import PrefectEvents, create_app
+    from mitre.io.events import PrefectEvents
+    from mitre.io.webhook import create_app
 
     config, _ = load_config(workflows)
     if not prefect_api_url:

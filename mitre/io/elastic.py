@@ -9,6 +9,9 @@ Source
     The checkpoint holds the last ``(@timestamp, tiebreaker)`` pair and is applied as a *query* filter
     (``> checkpoint`` in sort order), so it stays valid across point-in-times, merges and restarts.
 
+Fetch
+    ``fetch_alerts()`` reads alerts by reference (realtime ``mget``), for events and webhooks that name them.
+
 Sink
     ``ElasticSink.write()`` writes only ``threat`` and ``attackmap`` with partial-document bulk updates
     guarded by ``if_seq_no``/``if_primary_term``.  Keys that the stored ``threat``/``attackmap`` have and the
@@ -31,6 +34,10 @@ from typing import Any, NamedTuple
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from mitre.config import Environment
+from mitre.io.events import AlertRef
+
+DEFAULT_ES_URL = "http://127.0.0.1:9200"
 ENGINE_FIELDS: tuple[str, ...] = ("threat", "attackmap")
 PROVENANCE_HASH_FIELD = "attackmap.provenance_hash"
 RISK_FIELD = "kibana.alert.risk_score"
@@ -39,9 +46,30 @@ TIMESTAMP_FIELD = "@timestamp"
 _TS_FORMAT = "strict_date_optional_time_nanos"
 
 
+def es_client(url: str | None = None, env: Environment | None = None) -> Any:
+    """An Elasticsearch client: ``url``, else ``ATTACKMAP_ES_URL``, else a node on localhost."""
+    from elasticsearch import Elasticsearch
+
+    return Elasticsearch(url or (env or Environment()).es_url or DEFAULT_ES_URL, request_timeout=60)
+
+
+# --------------------------------------------------------------------------- Kibana spaces
+
+_KIBANA_ALERTS = "alerts-security.alerts-"
+
+
 def kibana_alerts_index(space: str = "default") -> str:
     """The alias Kibana's security solution writes alerts to for a space."""
-    return f".alerts-security.alerts-{space}"
+    return f".{_KIBANA_ALERTS}{space}"
+
+
+def kibana_space(index: str) -> str | None:
+    """The Kibana space of `.alerts-security.alerts-<space>` (backing index: `.internal.alerts-...-<space>-000001`)."""
+    if _KIBANA_ALERTS not in index:
+        return None
+    tail = index.split(_KIBANA_ALERTS, 1)[1]
+    parts = tail.rsplit("-", 1)
+    return parts[0] if len(parts) == 2 and parts[1].isdigit() else tail
 
 
 # --------------------------------------------------------------------------- mapping
@@ -160,6 +188,39 @@ class SourceAlert(BaseModel):
 
     def as_tuple(self) -> tuple[str, str, int, int, dict[str, Any]]:
         return (self.doc_id, self.index, self.seq_no, self.primary_term, self.source)
+
+
+def source_alert(hit: Mapping[str, Any]) -> SourceAlert:
+    """A SourceAlert from an ES search hit or ``mget`` doc (``_index``, ``_id``, ``_seq_no``,
+    ``_primary_term``, ``_source``, optional ``sort``)."""
+    return SourceAlert(
+        doc_id=str(hit["_id"]),
+        index=str(hit["_index"]),
+        seq_no=int(hit["_seq_no"]),
+        primary_term=int(hit["_primary_term"]),
+        source=dict(hit.get("_source") or {}),
+        sort=list(hit.get("sort") or []),
+    )
+
+
+def is_located(hit: Mapping[str, Any]) -> bool:
+    """Whether a dict carries everything a guarded write-back needs (an ES hit, not a bare alert)."""
+    return {"_index", "_id", "_seq_no", "_primary_term"} <= hit.keys()
+
+
+def fetch_alerts(es: Any, refs: Sequence[AlertRef]) -> tuple[list[SourceAlert], list[str]]:
+    """Read the referenced alerts (realtime mget, with seq_no/primary_term); also the ids not found."""
+    if not refs:
+        return [], []
+    resp = es.mget(docs=[{"_index": r.index, "_id": r.id} for r in refs], realtime=True)
+    found: list[SourceAlert] = []
+    missing: list[str] = []
+    for ref, doc in zip(refs, resp["docs"], strict=True):
+        if "error" in doc or not doc.get("found"):
+            missing.append(ref.resource_id)
+            continue
+        found.append(source_alert(doc))
+    return found, missing
 
 
 class Checkpoint:
@@ -306,14 +367,7 @@ class ElasticSource:
                 pit_id = resp.get("pit_id", pit_id)
                 hits = resp["hits"]["hits"]
                 for hit in hits:
-                    alert = SourceAlert(
-                        doc_id=hit["_id"],
-                        index=hit["_index"],
-                        seq_no=hit["_seq_no"],
-                        primary_term=hit["_primary_term"],
-                        source=hit.get("_source") or {},
-                        sort=list(hit.get("sort") or []),
-                    )
+                    alert = source_alert(hit)
                     if checkpoint is not None:
                         checkpoint.advance(alert.sort)
                     count += 1

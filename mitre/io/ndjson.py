@@ -10,8 +10,7 @@ from typing import BinaryIO
 
 import orjson
 
-from mitre.models import Outcome
-from mitre.pipeline import RawAlert
+from mitre.models import Outcome, RawAlert
 
 
 def read_lines(stream: BinaryIO) -> Iterator[RawAlert]:

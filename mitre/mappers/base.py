@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from mitre.catalog import Catalog
 from mitre.config import MapperSettings
@@ -23,6 +23,24 @@ class Mapper(Protocol):
     def settings_hash(self) -> str:
         """Hash of the settings that change this mapper's output (part of the cache key)."""
         ...
+
+
+@runtime_checkable
+class BatchMapper(Protocol):
+    """A mapper that maps many alerts at once more cheaply than one by one (vectorised models)."""
+
+    def map_many(self, features: Sequence[AlertFeatures], decisions: Sequence[Decision]) -> list[MappingResult]: ...
+
+
+def maps_in_batches(mapper: Mapper) -> bool:
+    return isinstance(mapper, BatchMapper)
+
+
+def map_all(mapper: Mapper, features: Sequence[AlertFeatures], decisions: Sequence[Decision]) -> list[MappingResult]:
+    """Every alert mapped: in one batch when the mapper can, else one by one."""
+    if isinstance(mapper, BatchMapper):
+        return mapper.map_many(features, decisions)
+    return [mapper.map(f, d) for f, d in zip(features, decisions, strict=True)]
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ import orjson
 
 from mitre.catalog import Catalog
 from mitre.config import MapperSettings
-from mitre.decision import rule_techniques
+from mitre.decision import covered, rule_techniques
 from mitre.indicators import IndicatorSet
 from mitre.models import (
     AlertFeatures,
@@ -72,11 +72,6 @@ class LocalWeights:
     # A candidate's confidence moves by this × the tactic classifier's best margin among its own tactics:
     # the tactic an alert serves is easier to learn than its technique, and it breaks near-ties.
     tactic_agreement: float = 0.1
-
-
-def _covered(technique_id: str, tagged: frozenset[str]) -> bool:
-    """Tagged exactly, or a parent of a tagged sub-technique (as in the hybrid rule)."""
-    return technique_id in tagged or any(t.startswith(technique_id + ".") for t in tagged)
 
 
 class LocalMapper:
@@ -287,8 +282,8 @@ class LocalMapper:
             )
         scored.sort(key=lambda s: (-s.confidence, s.technique_id))
         if carried:
-            keep = frozenset(t for h in hits for t in h.techniques if not _covered(t, carried))
-            chosen = self._choose([s for s in scored if not _covered(s.technique_id, carried)], keep)
+            keep = frozenset(t for h in hits for t in h.techniques if not covered(t, carried))
+            chosen = self._choose([s for s in scored if not covered(s.technique_id, carried)], keep)
         else:
             chosen = self._choose(scored)
         tactic_only: tuple[str, ...] = ()

@@ -27,7 +27,6 @@ from mitre.io.exports.event import CommonEvent, NotAnEnrichedAlert, from_enriche
 from mitre.io.exports.sink import SendResult, Sink
 
 log = logging.getLogger("attackmap.exports")
-DEFAULT_ES_URL = "http://127.0.0.1:9200"
 
 
 class ExportConfigError(ValueError):
@@ -97,12 +96,10 @@ def _taxii(settings: TaxiiOutput, catalog: Catalog) -> Sink:
 
 
 def _elasticsearch(settings: ElasticsearchOutput, catalog: Catalog) -> Sink:
-    from elasticsearch import Elasticsearch
-
+    from mitre.io.elastic import es_client
     from mitre.io.exports.elastic import ElasticExportSink
 
-    url = settings.url or os.environ.get("ATTACKMAP_ES_URL") or DEFAULT_ES_URL
-    return ElasticExportSink(Elasticsearch(url, request_timeout=30), settings.target, data_stream=settings.data_stream)
+    return ElasticExportSink(es_client(settings.url), settings.target, data_stream=settings.data_stream)
 
 
 def _events_file(settings: EventsFileOutput, catalog: Catalog) -> Sink:

@@ -1,27 +1,25 @@
 """The engine: alert → features → decide → map (cache first) → validate → enrich.
 
-Plain classes, no orchestration: the CLI, Prefect flows and the webhook all call `Engine`.
-Every input ends as exactly one Outcome: enriched, skipped (with a reason) or dead-lettered.
+Plain classes, no orchestration: the CLI, the evals, Prefect flows, the worker and the webhook all
+call `Engine` (built from workflows.yaml by `mitre.assemble`). Every input ends as exactly one
+Outcome: enriched, skipped (with a reason) or dead-lettered.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
-import pickle
 import time
-from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
-from mitre.cache import DAY_SECONDS, MappingCache
+from mitre.cache import MappingCache
 from mitre.cachekey import IDENTITY_FIELDS, cache_key
-from mitre.catalog import Catalog, load_catalog
-from mitre.config import Environment, WorkflowsFile
+from mitre.catalog import Catalog
+from mitre.config import WorkflowsFile
 from mitre.decision import decide, skip_early
 from mitre.enrich import (
     Enrichment,
@@ -39,10 +37,8 @@ from mitre.features import (
     flatten_alert,
     has_text,
 )
-from mitre.indicators import IndicatorSet, load_indicators
-from mitre.mappers import default_registry
-from mitre.mappers.base import Mapper, MapperContext, MapperRegistry
-from mitre.mappers.local import LocalMapper
+from mitre.indicators import IndicatorSet
+from mitre.mappers.base import Mapper, map_all, maps_in_batches
 from mitre.models import (
     AlertFeatures,
     Decision,
@@ -50,68 +46,16 @@ from mitre.models import (
     MappingResult,
     Outcome,
     OutcomeStatus,
+    RawAlert,
     ValidatedMapping,
 )
 from mitre.validate import validate_mapping
-
-if TYPE_CHECKING:  # scikit-learn loads only when a knowledge base is actually used
-    from mitre.knowledge import KnowledgeBase, LabelReport
 
 VALIDATED_MEMO_ENTRIES = 20_000
 OUTCOME_MEMO_ENTRIES = 20_000
 # A long-running worker forgets remembered outcomes this often, so none outlives the cache's own
 # expiry by more than this.
 OUTCOME_MEMO_SECONDS = 3600.0
-
-
-@dataclass
-class RunSummary:
-    """Counts for one run; the CLI prints it and flows return it."""
-
-    enriched: int = 0
-    skipped: Counter[str] = field(default_factory=Counter)
-    dead_letter: Counter[str] = field(default_factory=Counter)
-    decisions: Counter[str] = field(default_factory=Counter)
-    tactics: Counter[str] = field(default_factory=Counter)
-    techniques: Counter[str] = field(default_factory=Counter)
-    cache_hits: int = 0
-    cache_misses: int = 0
-    warnings: list[str] = field(default_factory=list)
-
-    def add(self, outcome: Outcome) -> None:
-        if outcome.decision is not None:
-            self.decisions[f"{outcome.decision.kind.value}:{outcome.decision.reason}"] += 1
-        if outcome.status is OutcomeStatus.ENRICHED:
-            self.enriched += 1
-            if outcome.cache_hit:
-                self.cache_hits += 1
-            else:
-                self.cache_misses += 1
-            if outcome.mapping is not None:
-                for t in outcome.mapping.result.techniques:
-                    self.techniques[t.technique_id] += 1
-                    for tactic in t.tactic_ids:
-                        self.tactics[tactic] += 1
-        elif outcome.status is OutcomeStatus.SKIPPED:
-            self.skipped[outcome.reason] += 1
-        else:
-            self.dead_letter[outcome.reason.split(":")[0]] += 1
-
-    @property
-    def total(self) -> int:
-        return self.enriched + sum(self.skipped.values()) + sum(self.dead_letter.values())
-
-    def as_dict(self) -> dict[str, Any]:
-        return {
-            "total": self.total,
-            "enriched": self.enriched,
-            "skipped": dict(self.skipped),
-            "dead_letter": dict(self.dead_letter),
-            "decisions": dict(self.decisions),
-            "cache": {"hits": self.cache_hits, "misses": self.cache_misses},
-            "tactics": dict(self.tactics),
-            "warnings": self.warnings,
-        }
 
 
 @dataclass(frozen=True)
@@ -123,15 +67,6 @@ class Explanation:
 
 
 @dataclass(frozen=True)
-class RawAlert:
-    """One input record: already-parsed JSON, or raw bytes from a line of NDJSON."""
-
-    line: int | None
-    raw: bytes | None = None
-    alert: Any = None
-
-
-@dataclass(frozen=True)
 class _Remembered:
     """What every alert with one outcome signature becomes (see Engine._signature): the outcome
     less its alert and line, and what to add to the alert."""
@@ -139,6 +74,15 @@ class _Remembered:
     outcome: Outcome
     enrichment: Enrichment | None = None
     skip_provenance: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """An alert that passed the decision and is to be mapped: the alert, its features, the verdict."""
+
+    alert: dict[str, Any]
+    features: AlertFeatures
+    decision: Decision
 
 
 @dataclass(frozen=True)
@@ -164,6 +108,8 @@ def signature_fields(indicators: IndicatorSet) -> tuple[frozenset[str], tuple[st
 
 
 class Engine:
+    """One workflow's pipeline over a loaded catalog, indicator set, mapper and (optional) cache."""
+
     def __init__(
         self,
         catalog: Catalog,
@@ -225,9 +171,7 @@ class Engine:
         except TypeError:  # a value JSON cannot hold (alerts handed in as Python objects)
             return None
 
-    def _prepare(
-        self, item: RawAlert, alert: dict[str, Any], flat: dict[str, Any]
-    ) -> tuple[dict[str, Any], AlertFeatures, Decision] | Outcome:
+    def _prepare(self, item: RawAlert, alert: dict[str, Any], flat: dict[str, Any]) -> Prepared | Outcome:
         try:
             features = features_from_flat(flat)
         except ValueError as exc:
@@ -243,7 +187,7 @@ class Engine:
                 decision=decision,
                 line=item.line,
             )
-        return alert, features, decision
+        return Prepared(alert, features, decision)
 
     def _remember(self, signature: bytes, remembered: _Remembered) -> None:
         self._outcomes[signature] = remembered
@@ -273,11 +217,6 @@ class Engine:
             settings_hash=self._settings_hash,
         )
 
-    def _map_uncached(self, features: Sequence[AlertFeatures], decisions: Sequence[Decision]) -> list[MappingResult]:
-        if isinstance(self.mapper, LocalMapper):
-            return self.mapper.map_many(features, decisions)
-        return [self.mapper.map(f, d) for f, d in zip(features, decisions, strict=True)]
-
     def _validated(self, key: str | None, result: MappingResult) -> ValidatedMapping:
         """Validation is deterministic per cache key, so a warm key skips it."""
         if key is None:
@@ -290,14 +229,15 @@ class Engine:
                 self._validated_memo.popitem(last=False)
         return found[1]
 
-    def _map(
-        self, prepared: list[tuple[dict[str, Any], AlertFeatures, Decision]]
+    def map_decided(
+        self, features: Sequence[AlertFeatures], decisions: Sequence[Decision]
     ) -> list[tuple[ValidatedMapping, bool]]:
-        """Cache first; misses of the same key within the batch are computed once."""
+        """(validated mapping, cache hit) for alerts already decided to be mapped: the map and
+        validate stages alone, cache first, without the outcome memo. The evals score through this."""
         if self.cache is None:
-            results = self._map_uncached([p[1] for p in prepared], [p[2] for p in prepared])
+            results = map_all(self.mapper, features, decisions)
             return [(self._validated(None, r), False) for r in results]
-        keys = [self._key(p[1]) for p in prepared]
+        keys = [self._key(f) for f in features]
         found: dict[str, tuple[MappingResult, bool]] = {}
         todo: dict[str, int] = {}
         for i, key in enumerate(keys):
@@ -308,17 +248,18 @@ class Engine:
                 found[key] = (cached, True)
             else:
                 todo[key] = i
-        if isinstance(self.mapper, LocalMapper) and todo:
+        if maps_in_batches(self.mapper) and todo:
             idx = list(todo.values())
-            fresh = self._map_uncached([prepared[i][1] for i in idx], [prepared[i][2] for i in idx])
+            fresh = map_all(self.mapper, [features[i] for i in idx], [decisions[i] for i in idx])
             for key, result in zip(todo, fresh, strict=True):
                 self.cache.put(key, result)
                 found[key] = (result, False)
         else:
             for key, i in todo.items():
-                _, feat, decision = prepared[i]
 
-                def compute(feat: AlertFeatures = feat, decision: Decision = decision) -> tuple[MappingResult, bool]:
+                def compute(
+                    feat: AlertFeatures = features[i], decision: Decision = decisions[i]
+                ) -> tuple[MappingResult, bool]:
                     result = self.mapper.map(feat, decision)
                     return result, result.fallback_reason is None
 
@@ -336,7 +277,7 @@ class Engine:
 
     def _run(self, items: Sequence[RawAlert], todo: list[_Todo], outcomes: list[Outcome | None], now: str) -> None:
         """The full pipeline for alerts the outcome memo could not answer; remembers what it may."""
-        prepared: list[tuple[dict[str, Any], AlertFeatures, Decision]] = []
+        prepared: list[Prepared] = []
         mapped_todo: list[_Todo] = []
         for entry in todo:
             item = items[entry.index]
@@ -352,17 +293,16 @@ class Engine:
                 mapped_todo.append(entry)
         if not prepared:
             return
-        for entry, (alert, features, decision), (mapping, hit) in zip(
-            mapped_todo, prepared, self._map(prepared), strict=True
-        ):
+        mapped = self.map_decided([p.features for p in prepared], [p.decision for p in prepared])
+        for entry, done, (mapping, hit) in zip(mapped_todo, prepared, mapped, strict=True):
             enrichment = build_enrichment(
-                alert, features, decision, mapping, self.catalog, settings_hash=self._settings_hash
+                done.alert, done.features, done.decision, mapping, self.catalog, settings_hash=self._settings_hash
             )
             outcome = Outcome(
                 status=OutcomeStatus.ENRICHED,
-                reason=decision.reason,
-                alert=apply_enrichment(alert, enrichment, cache_hit=hit, now=now),
-                decision=decision,
+                reason=done.decision.reason,
+                alert=apply_enrichment(done.alert, enrichment, cache_hit=hit, now=now),
+                decision=done.decision,
                 mapping=mapping,
                 cache_hit=hit,
                 line=items[entry.index].line,
@@ -425,7 +365,7 @@ class Engine:
         decision = decide(features, hits, self.workflow.decision, self.catalog)
         # Explain maps even skipped alerts, so an analyst can see what a mapping would say.
         shown = decision if decision.kind is not DecisionKind.SKIP else decision.model_copy(update={"indicators": hits})
-        result = self._map_uncached([features], [shown])[0]
+        result = map_all(self.mapper, [features], [shown])[0]
         mapping = validate_mapping(result, self.catalog)
         enriched = None
         if decision.kind is not DecisionKind.SKIP:
@@ -433,190 +373,3 @@ class Engine:
                 alert, features, decision, mapping, self.catalog, cache_hit=False, settings_hash=self._settings_hash
             )
         return Explanation(features=features, decision=decision, mapping=mapping, enriched=enriched)
-
-
-# ---------------------------------------------------------------- construction
-
-
-@dataclass(frozen=True)
-class EngineOptions:
-    """Command-line overrides on top of workflows.yaml and the environment."""
-
-    workflow: str | None = None
-    mapper: str | None = None
-    catalog: Path | None = None
-    knowledge_base: tuple[Path, ...] | None = None
-    cache: bool = True
-    cache_dir: Path | None = None
-
-
-def resolve_catalog(config: WorkflowsFile, env: Environment, override: Path | None = None) -> Catalog:
-    """Explicit path → ATTACKMAP_CATALOG → workflows.yaml → installed active catalog → bundled package."""
-    path = override or env.catalog or config.catalog.path
-    if path is None and (env.home / "catalog.json").is_file():
-        path = env.home / "catalog.json"
-    return load_catalog(path, config.catalog.crosswalks)
-
-
-KNOWLEDGE_STORE_FORMAT = 1
-
-
-@dataclass(frozen=True)
-class _KnowledgeStore:
-    """Where a trained knowledge base for these files, catalog and code version is kept."""
-
-    present: list[Path]
-    fingerprint: str
-    warnings: list[str]
-    pickle: Path | None
-
-    @property
-    def notes(self) -> Path | None:
-        """Its load warnings, readable without unpickling it."""
-        return self.pickle.with_suffix(".json") if self.pickle is not None else None
-
-
-def _knowledge_store(paths: Iterable[Path], catalog: Catalog, store: Path | None) -> _KnowledgeStore:
-    present = [p for p in paths if p.is_file()]
-    fallback = "the ATT&CK catalog's own examples only" if catalog.data.examples else "without it"
-    warnings = [f"knowledge base {p} not found: mapping with {fallback}" for p in paths if not p.is_file()]
-    if not present and not catalog.data.examples:
-        return _KnowledgeStore(present, "", warnings, None)
-    stats = sorted((str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in present)
-    # The fingerprint is part of every mapping's cache key: it changes with the files and with the
-    # knowledge-base code, so a mapping made by an older knowledge base is never served.
-    fingerprint = hashlib.sha256(orjson.dumps([stats, _code_version()])).hexdigest()[:16]
-    key = hashlib.sha256(orjson.dumps([fingerprint, catalog.fingerprint, KNOWLEDGE_STORE_FORMAT])).hexdigest()[:24]
-    return _KnowledgeStore(present, fingerprint, warnings, store / f"kb-{key}.pickle" if store is not None else None)
-
-
-def load_knowledge(
-    paths: Iterable[Path], catalog: Catalog, store: Path | None = None
-) -> tuple[KnowledgeBase | None, str, list[str]]:
-    """(knowledge base or None, content fingerprint, warnings).
-
-    A full ATT&CK bundle's procedure examples and detection analytics are always part of it
-    (mitre.knowledge.catalog_examples), so with such a catalog there is one even without files.
-
-    Building the vectorisers and classifiers over a few thousand rules takes seconds, so a trained
-    knowledge base is pickled under `store` (a directory the user owns), keyed by the files, the
-    catalog and the code version, and reloaded by later runs; only the newest one is kept.
-    """
-    from mitre.knowledge import KnowledgeBase, load_examples
-
-    where = _knowledge_store(paths, catalog, store)
-    if not where.present and not catalog.data.examples:
-        return None, "", where.warnings
-    stored = where.pickle
-    if stored is not None and stored.is_file():
-        try:
-            with stored.open("rb") as handle:
-                knowledge, kept_warnings = pickle.load(handle)
-            if where.notes is not None and not where.notes.is_file():
-                where.notes.write_bytes(orjson.dumps(kept_warnings))  # stored before notes existed
-            return knowledge, where.fingerprint, where.warnings + kept_warnings
-        except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError):
-            stored.unlink(missing_ok=True)  # unreadable or from other code: rebuild below
-    examples, report = load_examples(where.present, catalog)
-    label_warnings = (
-        [f"knowledge base labels not in ATT&CK {catalog.version}: {_short(report)}"] if report.unmapped else []
-    )
-    knowledge = KnowledgeBase(examples) if examples else None
-    if knowledge is not None and stored is not None and where.notes is not None:
-        knowledge.warm()
-        stored.parent.mkdir(parents=True, exist_ok=True)
-        staging = stored.with_suffix(f".{os.getpid()}.tmp")
-        with staging.open("wb") as handle:
-            pickle.dump((knowledge, label_warnings), handle, protocol=pickle.HIGHEST_PROTOCOL)
-        staging.replace(stored)
-        where.notes.write_bytes(orjson.dumps(label_warnings))
-        for old in stored.parent.glob("kb-*"):
-            if old not in (stored, where.notes):
-                old.unlink(missing_ok=True)
-    return knowledge, where.fingerprint, where.warnings + label_warnings
-
-
-def defer_knowledge(
-    paths: Iterable[Path], catalog: Catalog, store: Path | None
-) -> tuple[KnowledgeBase | Callable[[], KnowledgeBase | None] | None, str, list[str]]:
-    """load_knowledge, except that a stored knowledge base is returned as a loader to call on
-    first use: only its warnings are read now. A run answered from the cache never pays for it."""
-    paths = list(paths)
-    where = _knowledge_store(paths, catalog, store)
-    if where.pickle is None or where.notes is None or not (where.pickle.is_file() and where.notes.is_file()):
-        return load_knowledge(paths, catalog, store)
-    try:
-        kept_warnings = [str(w) for w in orjson.loads(where.notes.read_bytes())]
-    except (OSError, orjson.JSONDecodeError):
-        return load_knowledge(paths, catalog, store)
-
-    def load() -> KnowledgeBase | None:
-        return load_knowledge(paths, catalog, store)[0]
-
-    return load, where.fingerprint, where.warnings + kept_warnings
-
-
-def _code_version() -> str:
-    """Changes whenever the knowledge-base code changes, so stored objects never outlive their class."""
-    here = Path(__file__).parent
-    # Example text comes from corpora (rows as alerts), features and text; the model from knowledge.
-    source = b"".join((here / name).read_bytes() for name in ("knowledge.py", "text.py", "corpora.py", "features.py"))
-    return hashlib.sha256(source).hexdigest()[:16]
-
-
-def _short(report: LabelReport) -> str:
-    items = sorted(report.unmapped.items(), key=lambda kv: -kv[1])[:8]
-    return ", ".join(f"{k}×{v}" for k, v in items)
-
-
-def build_engine(
-    config: WorkflowsFile,
-    env: Environment | None = None,
-    options: EngineOptions | None = None,
-    registry: MapperRegistry | None = None,
-) -> Engine:
-    env = env or Environment()
-    options = options or EngineOptions()
-    catalog = resolve_catalog(config, env, options.catalog)
-    indicators = load_indicators(catalog)
-    workflow = config.workflow(options.workflow)
-    settings = workflow.mapper
-    if options.mapper:
-        settings = settings.model_copy(update={"provider": options.mapper})
-    kb_paths: tuple[Path, ...] = (
-        options.knowledge_base
-        if options.knowledge_base is not None
-        else tuple(settings.knowledge_base) + ((env.knowledge_base,) if env.knowledge_base else ())
-    )
-    if settings.provider == LocalMapper.name:
-        knowledge, kb_fingerprint, warnings = defer_knowledge(kb_paths, catalog, env.home / "knowledge")
-    else:  # an LLM provider shortlists candidates with the local mapper on every call
-        knowledge, kb_fingerprint, warnings = load_knowledge(kb_paths, catalog, env.home / "knowledge")
-    local = (
-        LocalMapper(catalog, indicators, settings, load_knowledge=knowledge, knowledge_fingerprint=kb_fingerprint)
-        if callable(knowledge)
-        else LocalMapper(catalog, indicators, settings, knowledge=knowledge, knowledge_fingerprint=kb_fingerprint)
-    )
-    registry = registry or default_registry()
-    mapper: Mapper = (
-        local
-        if settings.provider == local.name
-        else registry.create(settings.provider, MapperContext(catalog=catalog, settings=settings, local=local))
-    )
-    observer = None
-    if mapper is not local:
-        from mitre.mappers.budgeted import with_budget
-
-        mapper, observer = with_budget(mapper, local, workflow, env)
-    cache = None
-    if options.cache:
-        directory = options.cache_dir or env.cache_dir or config.cache.directory or env.home / "cache"
-        cache = MappingCache(
-            directory,
-            size_limit_bytes=config.cache.size_limit_mb * 2**20,
-            ttl_seconds=config.cache.ttl_days * DAY_SECONDS,
-        )
-    engine = Engine(catalog, indicators, config, options.workflow, mapper, cache, warnings)
-    if observer is not None:
-        engine.observers.append(observer)
-    return engine

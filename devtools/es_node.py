@@ -265,7 +265,7 @@ def configure(home: Path, data: Path, logs: Path, port: int) -> None:
     (config / "elasticsearch.yml").write_text(
         "\n".join(
             [
-                "# written by mitre/io/es_node.py",
+                "# written by devtools/es_node.py",
                 "cluster.name: attackmap-test",
                 "node.name: attackmap-test-node",
                 f"path.data: {data}",
