@@ -27,6 +27,16 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from devtools.receivers import (  # noqa: E402
+    EXAMPLES,
+    HEC_TOKEN,
+    TAXII_PASSWORD,
+    TAXII_USER,
+    hec_standin,
+    many_alerts,
+    outage_run,
+    taxii_server,
+)
 from mitre.assemble import EngineOptions, build_engine  # noqa: E402
 from mitre.catalog import Catalog, load_catalog  # noqa: E402
 from mitre.config import WorkflowsFile  # noqa: E402
@@ -38,16 +48,6 @@ from mitre.io.exports.navigator import build_layer  # noqa: E402
 from mitre.io.exports.sink import Sink  # noqa: E402
 from mitre.io.exports.stix import build_bundle  # noqa: E402
 from mitre.models import RawAlert  # noqa: E402
-from tests.export_servers import (  # noqa: E402
-    EXAMPLES,
-    HEC_TOKEN,
-    TAXII_PASSWORD,
-    TAXII_USER,
-    hec_standin,
-    many_alerts,
-    outage_run,
-    taxii_server,
-)
 
 
 def enriched_examples(cache: Path) -> list[dict[str, Any]]:

@@ -11,11 +11,11 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from devtools.receivers import HEC_TOKEN, Receiver, many_alerts, read_ndjson, write_ndjson
 from mitre.assemble import EngineOptions, build_engine
 from mitre.cli import app
 from mitre.config import load_workflows
 from mitre.io.elastic import SourceAlert
-from tests.export_servers import HEC_TOKEN, Receiver, many_alerts, read_ndjson, write_ndjson
 from tests.helpers import kibana_alert
 
 

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
+from devtools.receivers import many_alerts
 from mitre.io.exports.delivery import Delivery, RetryPolicy
 from mitre.io.exports.elastic import ElasticExportSink, from_document
 from mitre.io.exports.event import CommonEvent, from_enriched
-from tests.export_servers import many_alerts
 
 pytestmark = pytest.mark.elasticsearch
 # Data streams cannot be deleted on a node without the data-streams module (the Maven Central

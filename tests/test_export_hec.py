@@ -1,4 +1,4 @@
-"""Splunk HEC sink against the protocol stand-in (scripts/hec_standin.py: no Splunk can be installed
+"""Splunk HEC sink against the protocol stand-in (devtools/hec_standin.py: no Splunk can be installed
 here, and the OpenTelemetry Collector's receiver cannot be built from the Go module proxy), as a real
 process: batching, indexed fields, indexer acknowledgement, error codes, an outage."""
 
@@ -10,10 +10,10 @@ from typing import Any
 
 import httpx
 
+from devtools.receivers import HEC_TOKEN, Receiver, many_alerts, read_ndjson
 from mitre.io.exports.delivery import Delivery, RetryPolicy
 from mitre.io.exports.event import from_enriched
 from mitre.io.exports.hec import HecSink
-from tests.export_servers import HEC_TOKEN, Receiver, many_alerts, read_ndjson
 
 FAST = RetryPolicy(initial_seconds=0.05, max_seconds=0.5, batch_size=50)
 

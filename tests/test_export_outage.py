@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tests.export_servers import many_alerts, outage_run
+from devtools.receivers import many_alerts, outage_run
 
 
 def test_hec_and_taxii_outage_mid_stream(enriched_examples: list[dict[str, Any]], tmp_path: Path) -> None:

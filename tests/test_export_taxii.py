@@ -9,12 +9,12 @@ from typing import Any
 import orjson
 from stix2validator import ValidationOptions, validate_string
 
+from devtools.receivers import TAXII_PASSWORD, TAXII_USER, Receiver, many_alerts
 from mitre.catalog import Catalog, load_catalog
 from mitre.io.exports.delivery import Delivery, RetryPolicy
 from mitre.io.exports.event import from_enriched
 from mitre.io.exports.stix import build_bundle, sighting_ids
 from mitre.io.exports.taxii import TaxiiSink, read_collection
-from tests.export_servers import TAXII_PASSWORD, TAXII_USER, Receiver, many_alerts
 
 STRICT = ValidationOptions(strict=True, version="2.1")
 

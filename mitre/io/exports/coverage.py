@@ -75,9 +75,6 @@ class Coverage:
         """(tactic id, shortname, name) in the catalog's matrix order."""
         return [(t.id, t.shortname, t.name) for t in self.catalog.tactics]
 
-    def max_count(self) -> int:
-        return max((c.count for c in self.techniques.values()), default=0)
-
 
 def rule_techniques(row: Mapping[str, Any]) -> list[str]:
     threat = row.get("threat")

@@ -93,7 +93,3 @@ def related_indicators(flat: Mapping[str, Any]) -> tuple[RelatedIndicator, ...]:
                 if indicator is not None:
                     found.setdefault((indicator.type, indicator.value), indicator)
     return tuple(found.values())
-
-
-def ip_version(value: str) -> int:
-    return ipaddress.ip_address(value).version

@@ -3,7 +3,7 @@ across a restart: on SIGTERM it stops accepting requests, lets those in flight f
 backend's data to the file it was loaded from. Tests and benchmarks use it to really stop and restart
 the TAXII server in the middle of a publication.
 
-    python scripts/taxii_server.py --port 6100 --data taxii-data.json --user attackmap --password secret
+    python -m devtools.taxii_server --port 6100 --data taxii-data.json --user attackmap --password secret
 
 The data file is created with one API root (``api1``) and one writable collection when missing.
 """
@@ -85,7 +85,12 @@ def main(argv: list[str] | None = None) -> int:
     register_blueprints(application_instance)
     server = make_server(args.host, args.port, application_instance, threaded=True)
     stopping = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: (stopping.set(), threading.Thread(target=server.shutdown).start()))
+
+    def stop(*_: object) -> None:
+        stopping.set()
+        threading.Thread(target=server.shutdown).start()  # shutdown() waits for serve_forever: not here
+
+    signal.signal(signal.SIGTERM, stop)
     print(f"listening on http://{args.host}:{args.port}", flush=True)
     server.serve_forever()
     if stopping.is_set():

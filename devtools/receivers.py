@@ -1,5 +1,6 @@
-"""Receivers and fixtures for the export tests and benchmarks, as real processes that can be stopped and restarted
-on the same port: the HEC stand-in (scripts/hec_standin.py) and medallion (scripts/taxii_server.py)."""
+"""Receivers for the export tests and benchmarks, as real processes that can be stopped and restarted on
+the same port: the HEC stand-in (`devtools/hec_standin.py`) and medallion (`devtools/taxii_server.py`);
+test data (distinct copies of the enriched examples) and the outage scenario both of them run."""
 
 from __future__ import annotations
 
@@ -9,13 +10,12 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 HEC_TOKEN = "11111111-2222-4333-8444-555555555555"
@@ -27,6 +27,29 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+EXAMPLES = REPO / "examples" / "alerts.ndjson"
+
+
+def many_alerts(enriched: list[dict[str, Any]], n: int, run: str = "alert") -> list[dict[str, Any]]:
+    """n distinct enriched alerts: the examples that carry techniques, each copy with its own id
+    (``<run>-<n>-…``) and time."""
+    tagged = [a for a in enriched if a.get("threat", {}).get("technique")]
+    out = []
+    for i in range(n):
+        alert = dict(tagged[i % len(tagged)])
+        alert["kibana.alert.uuid"] = f"{run}-{i:08d}-{i % len(tagged):04d}"
+        alert["@timestamp"] = f"2026-10-{1 + i % 28:02d}T{i % 24:02d}:{i % 60:02d}:{(i // 60) % 60:02d}.000Z"
+        out.append(alert)
+    return out
+
+
+def write_ndjson(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
+    import orjson
+
+    path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
+    return path
 
 
 class Receiver:
@@ -68,7 +91,7 @@ def hec_standin(directory: Path, *, ack: bool = False, indexes: Sequence[str] = 
     """(receiver, base URL, NDJSON of accepted events)."""
     port = free_port()
     out = directory / "hec-received.ndjson"
-    argv = [sys.executable, str(REPO / "scripts" / "hec_standin.py"), "--port", str(port), "--out", str(out)]
+    argv = [sys.executable, "-m", "devtools.hec_standin", "--port", str(port), "--out", str(out)]
     argv += ["--token", HEC_TOKEN, "--disabled-token", "00000000-0000-4000-8000-000000000000"]
     argv += [arg for index in indexes for arg in ("--index", index)]
     if ack:
@@ -79,11 +102,10 @@ def hec_standin(directory: Path, *, ack: bool = False, indexes: Sequence[str] = 
 
 def taxii_server(directory: Path) -> tuple[Receiver, str]:
     """(receiver, collection URL); the collection survives a stop and a start."""
-    sys.path.insert(0, str(REPO / "scripts"))
-    from taxii_server import collection_url
+    from devtools.taxii_server import collection_url
 
     port = free_port()
-    argv = [sys.executable, str(REPO / "scripts" / "taxii_server.py"), "--port", str(port)]
+    argv = [sys.executable, "-m", "devtools.taxii_server", "--port", str(port)]
     argv += ["--data", str(directory / "taxii-data.json"), "--user", TAXII_USER, "--password", TAXII_PASSWORD]
     base = f"http://127.0.0.1:{port}"
     receiver = Receiver(argv, f"{base}/taxii2/", directory / "taxii.log", auth=(TAXII_USER, TAXII_PASSWORD))
@@ -96,65 +118,6 @@ def read_ndjson(path: Path) -> list[dict[str, object]]:
     if not path.is_file():
         return []
     return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
-
-
-# --------------------------------------------------------------------------- fixtures (a pytest plugin)
-
-EXAMPLES = REPO / "examples" / "alerts.ndjson"
-
-
-@pytest.fixture(scope="session")
-def enriched_examples(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
-    """examples/alerts.ndjson as `attackmap enrich` writes it (offline catalog, no knowledge base)."""
-    from mitre.assemble import EngineOptions, build_engine
-    from mitre.config import WorkflowsFile
-    from mitre.models import RawAlert
-
-    cache = tmp_path_factory.mktemp("export-cache")
-    engine = build_engine(WorkflowsFile(), options=EngineOptions(knowledge_base=(), cache_dir=cache))
-    lines = [line for line in EXAMPLES.read_bytes().splitlines() if line.strip()]
-    outcomes = engine.process_batch([RawAlert(line=i, raw=line) for i, line in enumerate(lines, start=1)])
-    return [o.alert for o in outcomes if o.alert is not None]
-
-
-def many_alerts(enriched: list[dict[str, Any]], n: int, run: str = "alert") -> list[dict[str, Any]]:
-    """n distinct enriched alerts: the examples that carry techniques, each copy with its own id
-    (``<run>-<n>-…``) and time."""
-    tagged = [a for a in enriched if a.get("threat", {}).get("technique")]
-    out = []
-    for i in range(n):
-        alert = dict(tagged[i % len(tagged)])
-        alert["kibana.alert.uuid"] = f"{run}-{i:08d}-{i % len(tagged):04d}"
-        alert["@timestamp"] = f"2026-10-{1 + i % 28:02d}T{i % 24:02d}:{i % 60:02d}:{(i // 60) % 60:02d}.000Z"
-        out.append(alert)
-    return out
-
-
-def write_ndjson(path: Path, rows: Sequence[dict[str, Any]]) -> Path:
-    import orjson
-
-    path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in rows))
-    return path
-
-
-@pytest.fixture
-def hec(tmp_path: Path) -> Iterator[tuple[Receiver, str, Path]]:
-    receiver, base, out = hec_standin(tmp_path, ack=True, indexes=("attackmap",))
-    receiver.start()
-    try:
-        yield receiver, base, out
-    finally:
-        receiver.stop()
-
-
-@pytest.fixture
-def taxii(tmp_path: Path) -> Iterator[tuple[Receiver, str]]:
-    receiver, url = taxii_server(tmp_path)
-    receiver.start()
-    try:
-        yield receiver, url
-    finally:
-        receiver.stop()
 
 
 # --------------------------------------------------------------------------- outage scenario (test and bench)
@@ -190,7 +153,7 @@ API_READ_BACK_LIMIT = 2000
 
 
 def stored_objects(directory: Path) -> list[dict[str, Any]]:
-    """The objects of the collection in the data file medallion saved (scripts/taxii_server.py)."""
+    """The objects of the collection in the data file medallion saved (devtools/taxii_server.py)."""
     import orjson
 
     data = orjson.loads((directory / "taxii-data.json").read_bytes())
@@ -273,7 +236,7 @@ def outage_run(
         alerts=len(events),
         down_seconds=down_for,
         offer_max_ms=max(offer_ms),
-        offer_p99_ms=statistics.quantiles(offer_ms, n=100)[98] if len(offer_ms) > 1 else offer_ms[0],
+        offer_p99_ms=statistics.quantiles(offer_ms, n=100, method="inclusive")[98] if offer_ms[1:] else offer_ms[0],
         drained_seconds_after_restart=drained_seconds,
         hec_received=len(hec_ids),
         hec_distinct=len(set(hec_ids)),
