@@ -74,10 +74,18 @@ def _enriched_v18(shared_data: Path) -> list[dict[str, Any]]:
 
 
 @pytest.mark.elasticsearch
+@pytest.mark.prefect
 def test_retag_stored_alerts_from_v18_to_v19(
-    versions: tuple[Catalog, Catalog, Path], shared_data: Path, es_client: Any, es_index: str, tmp_path: Path
+    versions: tuple[Catalog, Catalog, Path],
+    shared_data: Path,
+    es_client: Any,
+    es_url: str,
+    es_index: str,
+    prefect_api_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    from flows.backfill import run_retag
+    from flows.backfill import retag, run_retag
 
     _, new, crosswalk_path = versions
     alerts = _enriched_v18(shared_data)
@@ -88,8 +96,16 @@ def test_retag_stored_alerts_from_v18_to_v19(
     crosswalk = load_crosswalk(crosswalk_path)
     sink = ElasticSink(es_client, refresh="wait_for")
 
-    read, summary = run_retag(es_client, sink, es_index, Checkpoint(tmp_path / "cp.json"), crosswalk, new)
-    assert (read, summary.updated, summary.failed) == (3, 2, [])  # the skipped alert is not ours to re-tag
+    monkeypatch.setenv("ATTACKMAP_ES_URL", es_url)
+    monkeypatch.setenv("ATTACKMAP_HOME", str(tmp_path / "home"))
+    result = retag(  # the flow, run by Prefect
+        catalog=str(shared_data / "attack-v19" / "enterprise-attack.json"),
+        crosswalk=str(crosswalk_path),
+        index=es_index,
+        checkpoint=str(tmp_path / "cp.json"),
+    )
+    assert (result["read"], result["retagged"], result["to_version"]) == (3, 2, "19.1")  # the skipped one: not ours
+    es_client.indices.refresh(index=es_index)
     docs = {h["_id"]: h["_source"] for h in es_client.search(index=es_index, size=10)["hits"]["hits"]}
     tampering, uac = docs["retag-0"], docs["retag-1"]
     techniques = tampering["threat"]["technique"]["id"] + tampering["threat"]["technique"]["subtechnique"]["id"]
