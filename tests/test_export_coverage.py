@@ -84,7 +84,7 @@ def test_html_matrix_in_a_real_browser(enriched_examples: list[dict[str, Any]], 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         try:
-            page = browser.new_page(viewport={"width": 1800, "height": 1000})
+            page = browser.new_page(viewport={"width": 1900, "height": 1000})
             page.goto(page_file.as_uri())
             columns = page.eval_on_selector_all("section.tactic", "els => els.map(e => e.dataset.tactic)")
             assert columns == [t.id for t in catalog.tactics]

@@ -31,10 +31,10 @@ def _text_colour(count: int, top: int) -> str:
 
 
 _STYLE = """
-body{font:13px/1.3 system-ui,sans-serif;margin:16px;color:#1a1a1a}
+body{font:12px/1.3 system-ui,sans-serif;margin:16px;color:#1a1a1a}
 h1{font-size:18px;margin:0 0 4px}
 p.meta{color:#555;margin:0 0 12px}
-.matrix{display:grid;grid-auto-flow:column;grid-auto-columns:minmax(150px,1fr);gap:6px;overflow-x:auto}
+.matrix{display:grid;grid-auto-flow:column;grid-auto-columns:minmax(118px,1fr);gap:6px;overflow-x:auto}
 .tactic h2{font-size:13px;margin:0 0 6px;padding:6px;background:#2b3a55;color:#fff;border-radius:3px}
 .tactic h2 small{display:block;font-weight:normal;opacity:.8}
 .technique{border:1px solid #d0d0d0;border-radius:3px;margin:0 0 3px;padding:3px 5px}
