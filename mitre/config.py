@@ -7,7 +7,7 @@ shipped for editors and `attackmap workflows validate` is generated from them.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
@@ -108,10 +108,69 @@ class BudgetSettings(Section):
     ledger_es_url: str | None = Field(None, description="elasticsearch ledger URL; null: $ATTACKMAP_ES_URL")
 
 
+class HecOutput(Section):
+    """Splunk HTTP Event Collector: common events, batched, technique and tactic IDs as indexed fields."""
+
+    type: Literal["hec"]
+    url: str = Field(description="base URL, e.g. https://splunk.example:8088")
+    token_env: str = Field("ATTACKMAP_HEC_TOKEN", description="environment variable holding the HEC token")
+    index: str | None = None
+    source: str = "attackmap"
+    sourcetype: str = "attackmap:event"
+    host: str | None = Field(None, description="null: the alert's host")
+    ack: bool = Field(False, description="indexer acknowledgement (channel + /services/collector/ack)")
+    verify_tls: bool = True
+    ca_file: Path | None = None
+
+
+class TaxiiOutput(Section):
+    """A TAXII 2.1 collection: STIX 2.1 indicators, attack-patterns and a sighting per alert."""
+
+    type: Literal["taxii"]
+    collection_url: str
+    user_env: str | None = Field("ATTACKMAP_TAXII_USER", description="environment variable with the user")
+    password_env: str | None = Field("ATTACKMAP_TAXII_PASSWORD", description="environment variable, the password")
+    tlp: Literal["clear", "green", "amber", "red"] = "amber"
+    verify_tls: bool = True
+    ca_file: Path | None = None
+
+
+class ElasticsearchOutput(Section):
+    """Common events into a data stream (or index) with an ECS index template, in bulk."""
+
+    type: Literal["elasticsearch"]
+    target: str = Field("logs-attackmap.events-default", description="data stream or index name")
+    data_stream: bool = True
+    url: str | None = Field(None, description="null: $ATTACKMAP_ES_URL")
+
+
+class EventsFileOutput(Section):
+    """Common events appended to an NDJSON file."""
+
+    type: Literal["events"]
+    path: Path
+
+
+ExportOutput = Annotated[HecOutput | TaxiiOutput | ElasticsearchOutput | EventsFileOutput, Field(discriminator="type")]
+
+
+class DeliverySettings(Section):
+    """How exports are delivered: spooled to disk, retried, dead-lettered with the reason."""
+
+    spool_dir: Path | None = Field(None, description="null: $ATTACKMAP_HOME/spool")
+    batch_size: int = Field(500, ge=1, le=10_000)
+    max_retry_seconds: float = Field(30, gt=0, description="longest wait between two tries")
+    give_up_after_hours: float = Field(24, gt=0, description="then an undeliverable event is dead-lettered")
+
+
 class Outputs(Section):
     elasticsearch_write_back: bool = Field(
         False, description="flows write threat.* and provenance back to the alert (attackmap enrich writes NDJSON)"
     )
+    exports: list[ExportOutput] = Field(
+        default_factory=list, description="where enriched alerts also go, in near real time (flows, event worker)"
+    )
+    delivery: DeliverySettings = Field(default_factory=DeliverySettings)
 
 
 class Workflow(Section):

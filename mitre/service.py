@@ -30,6 +30,7 @@ from mitre.io.elastic import (
     source_alert,
 )
 from mitre.io.events import AlertRef, parse_ref
+from mitre.io.exports.registry import Exports, open_exports
 from mitre.models import OutcomeStatus, RawAlert, RunSummary
 
 AlertRefLike = str | Mapping[str, Any] | AlertRef
@@ -37,12 +38,14 @@ AlertRefLike = str | Mapping[str, Any] | AlertRef
 
 @dataclass
 class Runtime:
-    """What a process needs to enrich: the engine, an ES client and the sink over it."""
+    """What a process needs to enrich: the engine, an ES client and the sink over it, and the
+    workflow's exports (`outputs.exports`: HEC, TAXII, Elasticsearch, …), delivered in the background."""
 
     engine: Engine
     es: Any
     sink: ElasticSink
     write_back: bool
+    exports: Exports | None = None
 
     @property
     def workflow(self) -> Workflow:
@@ -51,12 +54,20 @@ class Runtime:
 
 def make_runtime(engine: Engine, es: Any, *, write_back: bool | None = None, batch_size: int | None = None) -> Runtime:
     workflow = engine.workflow
+    outputs = workflow.outputs
     return Runtime(
         engine=engine,
         es=es,
         sink=ElasticSink(es, batch_size=batch_size or max(workflow.trigger.batch_size, 500)),
-        write_back=workflow.outputs.elasticsearch_write_back if write_back is None else write_back,
+        write_back=outputs.elasticsearch_write_back if write_back is None else write_back,
+        exports=open_exports(outputs.exports, outputs.delivery, engine.catalog, Environment().home),
     )
+
+
+def export_enriched(runtime: Runtime, alerts: Iterable[Mapping[str, Any]]) -> None:
+    """Hand enriched alerts to the workflow's exports: a spool append, never a wait on a receiver."""
+    if runtime.exports is not None:
+        runtime.exports.offer_alerts(alerts)
 
 
 def build_runtime(workflow: str | None = None, env: Environment | None = None) -> Runtime:
@@ -116,6 +127,7 @@ def map_sources(engine: Engine, alerts: Sequence[SourceAlert]) -> tuple[list[Ale
 def enrich_sources(runtime: Runtime, alerts: Sequence[SourceAlert]) -> BatchResult:
     """Map and (when the workflow writes back) bulk-write a batch already read from ES."""
     updates, summary = map_sources(runtime.engine, alerts)
+    export_enriched(runtime, (u.alert for u in updates))
     result = BatchResult(requested=len(alerts), summary=summary)
     if runtime.write_back:
         result.sink = runtime.sink.write(updates)
@@ -125,10 +137,12 @@ def enrich_sources(runtime: Runtime, alerts: Sequence[SourceAlert]) -> BatchResu
 def enrich_bare(runtime: Runtime, alerts: Sequence[Mapping[str, Any]]) -> BatchResult:
     """Alerts with no place in ES: enriched and returned (in `alerts`), never written."""
     result = BatchResult(requested=len(alerts))
-    for outcome in runtime.engine.process_batch([RawAlert(line=None, alert=dict(a)) for a in alerts]):
+    outcomes = runtime.engine.process_batch([RawAlert(line=None, alert=dict(a)) for a in alerts])
+    for outcome in outcomes:
         result.summary.add(outcome)
         if outcome.alert is not None:
             result.alerts.append(outcome.alert)
+    export_enriched(runtime, (o.alert for o in outcomes if o.status is OutcomeStatus.ENRICHED and o.alert))
     return result
 
 
@@ -192,6 +206,7 @@ def run_pipeline(
                 raise item
             alerts, missing, n = item
             updates, summary = map_sources(runtime.engine, alerts)
+            export_enriched(runtime, (u.alert for u in updates))
             step = BatchResult(requested=n, missing=list(missing), summary=summary)
             if runtime.write_back:
                 future = writer.submit(runtime.sink.write, updates)

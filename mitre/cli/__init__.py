@@ -10,6 +10,7 @@ import typer
 from mitre.cli import attack, budget, workflows
 from mitre.cli.enrich import enrich, explain
 from mitre.cli.evalcmd import eval_command
+from mitre.cli.export import export
 from mitre.cli.serve import serve
 
 app = typer.Typer(
@@ -38,6 +39,7 @@ def main_options(
 app.command()(enrich)
 app.command()(explain)
 app.command(name="eval")(eval_command)
+app.command()(export)
 app.add_typer(attack.app, name="attack")
 app.add_typer(budget.app, name="budget")
 app.add_typer(workflows.app, name="workflows")
