@@ -19,6 +19,7 @@ from mitre.knowledge_store import defer_knowledge, load_knowledge
 from mitre.mappers import default_registry
 from mitre.mappers.base import Mapper, MapperContext, MapperRegistry
 from mitre.mappers.local import LocalMapper
+from mitre.tool_events import load_tool_events
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,8 @@ def build_engine(
             size_limit_bytes=config.cache.size_limit_mb * 2**20,
             ttl_seconds=config.cache.ttl_days * DAY_SECONDS,
         )
-    engine = Engine(catalog, indicators, config, options.workflow, mapper, cache, warnings)
+    tool_events = load_tool_events(catalog, workflow.tool_events.table)
+    engine = Engine(catalog, indicators, config, options.workflow, mapper, cache, warnings, tool_events=tool_events)
     if observer is not None:
         engine.observers.append(observer)
     return engine

@@ -93,6 +93,16 @@ class BudgetSettings(Section):
     ledger_es_url: str | None = Field(None, description="elasticsearch ledger URL; null: $ATTACKMAP_ES_URL")
 
 
+class ToolEventSettings(Section):
+    """Offensive-tool telemetry (mitre/tool_events.py): the table and what an unknown tool event maps to."""
+
+    table: Path | None = Field(None, description="tool-event table (YAML); null: the built-in one")
+    unknown_techniques: list[str] = Field(
+        default_factory=lambda: ["T1595"], description="an event type the table does not know; [] skips it"
+    )
+    unknown_tactics: list[str] = Field(default_factory=lambda: ["TA0043"])
+
+
 class Outputs(Section):
     ndjson: Path | None = None
     elasticsearch_write_back: bool = False
@@ -107,6 +117,7 @@ class Workflow(Section):
     mapper: MapperSettings = Field(default_factory=MapperSettings)
     budget: BudgetSettings = Field(default_factory=BudgetSettings)
     outputs: Outputs = Field(default_factory=Outputs)
+    tool_events: ToolEventSettings = Field(default_factory=ToolEventSettings)
 
 
 class CatalogSettings(Section):
@@ -169,7 +180,8 @@ def load_workflows(path: Path | None) -> WorkflowsFile:
     workflows = [
         w.model_copy(
             update={
-                "mapper": w.mapper.model_copy(update={"knowledge_base": [anchor(p) for p in w.mapper.knowledge_base]})
+                "mapper": w.mapper.model_copy(update={"knowledge_base": [anchor(p) for p in w.mapper.knowledge_base]}),
+                "tool_events": w.tool_events.model_copy(update={"table": anchor(w.tool_events.table)}),
             }
         )
         for w in config.workflows

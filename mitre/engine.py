@@ -20,8 +20,9 @@ from mitre.cache import MappingCache
 from mitre.cachekey import IDENTITY_FIELDS, cache_key
 from mitre.catalog import Catalog
 from mitre.config import WorkflowsFile
-from mitre.decision import decide, skip_early
+from mitre.decision import OPTED_OUT, decide, skip_early
 from mitre.enrich import (
+    PROVENANCE_FIELD,
     Enrichment,
     apply_enrichment,
     build_enrichment,
@@ -49,6 +50,7 @@ from mitre.models import (
     RawAlert,
     ValidatedMapping,
 )
+from mitre.tool_events import ToolEvent, ToolEventTable
 from mitre.validate import validate_mapping
 
 VALIDATED_MEMO_ENTRIES = 20_000
@@ -107,6 +109,14 @@ def signature_fields(indicators: IndicatorSet) -> tuple[frozenset[str], tuple[st
     return frozenset({*ALERT_ID_FIELDS, *presence_only}), presence_only
 
 
+def with_tenant(alert: dict[str, Any], tenant: str) -> dict[str, Any]:
+    """A copy of the alert stamped as the tenant's (``attackmap.tenant``, the first tenant field features
+    read); enrichment rewrites the provenance object and keeps the stamp."""
+    provenance = alert.get(PROVENANCE_FIELD)
+    stamped = {**provenance, "tenant": tenant} if isinstance(provenance, dict) else {"tenant": tenant}
+    return {**alert, PROVENANCE_FIELD: stamped}
+
+
 class Engine:
     """One workflow's pipeline over a loaded catalog, indicator set, mapper and (optional) cache."""
 
@@ -119,6 +129,7 @@ class Engine:
         mapper: Mapper,
         cache: MappingCache | None,
         warnings: Sequence[str] = (),
+        tool_events: ToolEventTable | None = None,
     ) -> None:
         self.catalog = catalog
         self.indicators = indicators
@@ -127,6 +138,7 @@ class Engine:
         self.mapper = mapper
         self.cache = cache
         self.warnings = list(warnings)
+        self.tool_events = tool_events
         # The indicator catalog shapes every mapping (decisions, evidence, the local mapper's ranks).
         identity = f"{mapper.settings_hash()}:{indicators.fingerprint}"
         self._settings_hash = hashlib.sha256(identity.encode()).hexdigest()[:16]
@@ -215,6 +227,7 @@ class Engine:
             model=self.mapper.model,
             prompt_hash=self.mapper.prompt_hash,
             settings_hash=self._settings_hash,
+            tenant=features.tenant,
         )
 
     def _validated(self, key: str | None, result: MappingResult) -> ValidatedMapping:
@@ -273,6 +286,30 @@ class Engine:
             seen.add(key)
         return out
 
+    def _tool_outcome(self, item: RawAlert, alert: dict[str, Any], event: ToolEvent, now: str) -> Outcome:
+        """A tool event: its decision and mapping come from the tool-event table, not the mapper."""
+        assert self.tool_events is not None
+        features = event.features()
+        decision, result = self.tool_events.map(event, self.workflow.tool_events)
+        if (skip := skip_early(features, self.workflow.decision)) is not None and skip.reason == OPTED_OUT:
+            decision, result = skip, None
+        if result is None:
+            skipped = mark_skipped(alert, skip_provenance(decision, self.catalog))
+            return Outcome(
+                status=OutcomeStatus.SKIPPED, reason=decision.reason, alert=skipped, decision=decision, line=item.line
+            )
+        mapping = validate_mapping(result, self.catalog)
+        settings = f"{self._settings_hash}:{self.tool_events.fingerprint}"
+        enrichment = build_enrichment(alert, features, decision, mapping, self.catalog, settings_hash=settings)
+        return Outcome(
+            status=OutcomeStatus.ENRICHED,
+            reason=decision.reason,
+            alert=apply_enrichment(alert, enrichment, cache_hit=False, now=now),
+            decision=decision,
+            mapping=mapping,
+            line=item.line,
+        )
+
     # ------------------------------------------------------------ public
 
     def _run(self, items: Sequence[RawAlert], todo: list[_Todo], outcomes: list[Outcome | None], now: str) -> None:
@@ -313,7 +350,9 @@ class Engine:
                 bare = outcome.model_copy(update={"alert": None, "line": None, "cache_hit": True})
                 self._remember(entry.signature, _Remembered(bare, enrichment=enrichment))
 
-    def process_batch(self, items: Sequence[RawAlert]) -> list[Outcome]:
+    def process_batch(self, items: Sequence[RawAlert], tenant: str | None = None) -> list[Outcome]:
+        """Every item's outcome, in order. `tenant`: who the batch belongs to when the caller knows better
+        than the alerts (an API key's tenant, a webhook's header); it wins over the alerts' own."""
         now = timestamp()
         if time.monotonic() - self._outcomes_since >= self.outcome_memo_seconds:
             self._outcomes.clear()
@@ -327,6 +366,11 @@ class Engine:
             alert = self._parse(item)
             if isinstance(alert, Outcome):
                 outcomes[i] = alert
+                continue
+            if tenant is not None:
+                alert = with_tenant(alert, tenant)
+            if self.tool_events is not None and (event := self.tool_events.recognise(alert)) is not None:
+                outcomes[i] = self._tool_outcome(item, alert, event, now)
                 continue
             flat = flatten_alert(alert)
             signature = self._signature(flat)
@@ -355,8 +399,8 @@ class Engine:
             observer(done)
         return done
 
-    def process(self, alert: dict[str, Any]) -> Outcome:
-        return self.process_batch([RawAlert(line=None, alert=alert)])[0]
+    def process(self, alert: dict[str, Any], tenant: str | None = None) -> Outcome:
+        return self.process_batch([RawAlert(line=None, alert=alert)], tenant=tenant)[0]
 
     def explain(self, alert: dict[str, Any]) -> Explanation:
         """Everything behind one alert's mapping, computed fresh (the cache is not consulted)."""

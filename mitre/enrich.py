@@ -15,6 +15,7 @@ import orjson
 
 from mitre.catalog import Catalog
 from mitre.features import flatten
+from mitre.fingerprint import execution_fingerprint
 from mitre.models import AlertFeatures, Decision, DecisionKind, ValidatedMapping
 
 FRAMEWORK = "MITRE ATT&CK"
@@ -156,6 +157,8 @@ def build_enrichment(
         "enriched_at": "",
         "provenance_hash": provenance_hash(catalog, mapping, settings_hash, decision),
     }
+    if features.tenant is not None:
+        provenance["tenant"] = features.tenant
     return Enrichment(threat=build_threat(catalog, techniques, tactics), provenance=provenance)
 
 
@@ -173,6 +176,8 @@ def apply_enrichment(alert: Mapping[str, Any], enrichment: Enrichment, *, cache_
     provenance = dict(enrichment.provenance)
     provenance["cache_hit"] = cache_hit
     provenance["enriched_at"] = now
+    # Per alert, not per enrichment: the same mapping serves many executions.
+    provenance["execution_fingerprint"] = execution_fingerprint(alert)
     enriched[PROVENANCE_FIELD] = provenance
     return enriched
 
@@ -217,5 +222,9 @@ def skip_provenance(decision: Decision, catalog: Catalog) -> dict[str, Any]:
 def mark_skipped(alert: Mapping[str, Any], provenance: Mapping[str, Any]) -> dict[str, Any]:
     """A skipped alert keeps every field; only the provenance says why it was skipped."""
     marked = dict(alert)
-    marked[PROVENANCE_FIELD] = dict(provenance)
+    stamped = dict(provenance)
+    earlier = alert.get(PROVENANCE_FIELD)
+    if isinstance(earlier, Mapping) and earlier.get("tenant") is not None:
+        stamped["tenant"] = earlier["tenant"]
+    marked[PROVENANCE_FIELD] = stamped
     return marked

@@ -50,6 +50,7 @@ class AlertFeatures(Contract):
     risk_score: float | None = None
     severity: str | None = None
     platform: str | None = None
+    tenant: str | None = None
     fields: dict[str, str] = Field(default_factory=dict)
     truncated_fields: tuple[str, ...] = ()
 
@@ -83,7 +84,7 @@ class Decision(Contract):
     indicators: tuple[IndicatorHit, ...] = ()
 
 
-EvidenceSource = Literal["indicator", "lexical", "knowledge_base", "llm", "rule"]
+EvidenceSource = Literal["indicator", "lexical", "knowledge_base", "llm", "rule", "tool_event", "analyst"]
 
 
 class Evidence(Contract):
