@@ -12,6 +12,7 @@ from pathlib import Path
 
 from mitre.cache import DAY_SECONDS, MappingCache
 from mitre.catalog import Catalog, load_catalog
+from mitre.compliance import load_compliance
 from mitre.config import Environment, WorkflowsFile
 from mitre.engine import Engine
 from mitre.indicators import load_indicators
@@ -90,7 +91,18 @@ def build_engine(
             ttl_seconds=config.cache.ttl_days * DAY_SECONDS,
         )
     tool_events = load_tool_events(catalog, workflow.tool_events.table)
-    engine = Engine(catalog, indicators, config, options.workflow, mapper, cache, warnings, tool_events=tool_events)
+    compliance, missing = load_compliance(catalog, config.compliance.mappings, config.compliance.user_mappings)
+    engine = Engine(
+        catalog,
+        indicators,
+        config,
+        options.workflow,
+        mapper,
+        cache,
+        [*warnings, *missing],
+        tool_events=tool_events,
+        compliance=compliance,
+    )
     if observer is not None:
         engine.observers.append(observer)
     return engine

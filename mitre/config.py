@@ -131,10 +131,22 @@ class CacheSettings(Section):
     ttl_days: float = Field(7, gt=0)
 
 
+class ComplianceSettings(Section):
+    """Compliance controls on every enriched alert (mitre/compliance.py); missing files are reported."""
+
+    mappings: list[Path] = Field(
+        default_factory=list, description="CTID Mappings Explorer JSONL (NIST 800-53 rev5, CSA CCM, CRI Profile)"
+    )
+    user_mappings: list[Path] = Field(
+        default_factory=list, description="your own ISO 27001 / SOC 2 → ATT&CK mapping files (YAML, see README)"
+    )
+
+
 class WorkflowsFile(Section):
     version: Literal[1] = 1
     catalog: CatalogSettings = Field(default_factory=CatalogSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
+    compliance: ComplianceSettings = Field(default_factory=ComplianceSettings)
     workflows: list[Workflow] = Field(default_factory=lambda: [Workflow(name="default")])
 
     def workflow(self, name: str | None = None) -> Workflow:
@@ -177,6 +189,12 @@ def load_workflows(path: Path | None) -> WorkflowsFile:
         update={"path": anchor(config.catalog.path), "crosswalks": [anchor(p) for p in config.catalog.crosswalks]}
     )
     cache = config.cache.model_copy(update={"directory": anchor(config.cache.directory)})
+    compliance = config.compliance.model_copy(
+        update={
+            "mappings": [anchor(p) for p in config.compliance.mappings],
+            "user_mappings": [anchor(p) for p in config.compliance.user_mappings],
+        }
+    )
     workflows = [
         w.model_copy(
             update={
@@ -186,7 +204,9 @@ def load_workflows(path: Path | None) -> WorkflowsFile:
         )
         for w in config.workflows
     ]
-    return config.model_copy(update={"catalog": catalog, "cache": cache, "workflows": workflows})
+    return config.model_copy(
+        update={"catalog": catalog, "cache": cache, "compliance": compliance, "workflows": workflows}
+    )
 
 
 def default_workflows_path(env: Environment) -> Path | None:

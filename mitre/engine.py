@@ -19,6 +19,7 @@ import orjson
 from mitre.cache import MappingCache
 from mitre.cachekey import IDENTITY_FIELDS, cache_key
 from mitre.catalog import Catalog
+from mitre.compliance import ComplianceMap
 from mitre.config import WorkflowsFile
 from mitre.decision import OPTED_OUT, decide, skip_early
 from mitre.enrich import (
@@ -130,6 +131,7 @@ class Engine:
         cache: MappingCache | None,
         warnings: Sequence[str] = (),
         tool_events: ToolEventTable | None = None,
+        compliance: ComplianceMap | None = None,
     ) -> None:
         self.catalog = catalog
         self.indicators = indicators
@@ -139,6 +141,7 @@ class Engine:
         self.cache = cache
         self.warnings = list(warnings)
         self.tool_events = tool_events
+        self.compliance = compliance
         # The indicator catalog shapes every mapping (decisions, evidence, the local mapper's ranks).
         identity = f"{mapper.settings_hash()}:{indicators.fingerprint}"
         self._settings_hash = hashlib.sha256(identity.encode()).hexdigest()[:16]
@@ -300,7 +303,9 @@ class Engine:
             )
         mapping = validate_mapping(result, self.catalog)
         settings = f"{self._settings_hash}:{self.tool_events.fingerprint}"
-        enrichment = build_enrichment(alert, features, decision, mapping, self.catalog, settings_hash=settings)
+        enrichment = build_enrichment(
+            alert, features, decision, mapping, self.catalog, settings_hash=settings, compliance=self.compliance
+        )
         return Outcome(
             status=OutcomeStatus.ENRICHED,
             reason=decision.reason,
@@ -333,7 +338,13 @@ class Engine:
         mapped = self.map_decided([p.features for p in prepared], [p.decision for p in prepared])
         for entry, done, (mapping, hit) in zip(mapped_todo, prepared, mapped, strict=True):
             enrichment = build_enrichment(
-                done.alert, done.features, done.decision, mapping, self.catalog, settings_hash=self._settings_hash
+                done.alert,
+                done.features,
+                done.decision,
+                mapping,
+                self.catalog,
+                settings_hash=self._settings_hash,
+                compliance=self.compliance,
             )
             outcome = Outcome(
                 status=OutcomeStatus.ENRICHED,
@@ -414,6 +425,13 @@ class Engine:
         enriched = None
         if decision.kind is not DecisionKind.SKIP:
             enriched = enrich_alert(
-                alert, features, decision, mapping, self.catalog, cache_hit=False, settings_hash=self._settings_hash
+                alert,
+                features,
+                decision,
+                mapping,
+                self.catalog,
+                cache_hit=False,
+                settings_hash=self._settings_hash,
+                compliance=self.compliance,
             )
         return Explanation(features=features, decision=decision, mapping=mapping, enriched=enriched)

@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from mitre.catalog import Catalog
+from mitre.compliance import ComplianceMap
 from mitre.features import flatten
 from mitre.fingerprint import execution_fingerprint
 from mitre.models import AlertFeatures, Decision, DecisionKind, ValidatedMapping
@@ -110,6 +111,7 @@ def build_enrichment(
     catalog: Catalog,
     *,
     settings_hash: str,
+    compliance: ComplianceMap | None = None,
 ) -> Enrichment:
     """The merged ECS threat object and the provenance for one alert, before its per-run stamps.
 
@@ -159,6 +161,8 @@ def build_enrichment(
     }
     if features.tenant is not None:
         provenance["tenant"] = features.tenant
+    if compliance is not None:
+        provenance["compliance"] = compliance.tags(techniques)
     return Enrichment(threat=build_threat(catalog, techniques, tactics), provenance=provenance)
 
 
@@ -202,9 +206,12 @@ def enrich_alert(
     cache_hit: bool,
     settings_hash: str,
     now: datetime | None = None,
+    compliance: ComplianceMap | None = None,
 ) -> dict[str, Any]:
     """A copy of the alert with merged ECS threat.* and the `attackmap` provenance object."""
-    enrichment = build_enrichment(alert, features, decision, mapping, catalog, settings_hash=settings_hash)
+    enrichment = build_enrichment(
+        alert, features, decision, mapping, catalog, settings_hash=settings_hash, compliance=compliance
+    )
     return apply_enrichment(alert, enrichment, cache_hit=cache_hit, now=timestamp(now))
 
 

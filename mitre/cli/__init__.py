@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from mitre.cli import attack, budget, workflows
+from mitre.cli.coverage import coverage
 from mitre.cli.enrich import enrich, explain
 from mitre.cli.evalcmd import eval_command
 from mitre.cli.serve import serve
@@ -22,6 +23,7 @@ app.add_typer(attack.app, name="attack")
 app.add_typer(budget.app, name="budget")
 app.add_typer(workflows.app, name="workflows")
 app.command()(serve)
+app.command()(coverage)
 
 
 def main() -> None:
