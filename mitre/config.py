@@ -108,6 +108,13 @@ class Outputs(Section):
     elasticsearch_write_back: bool = False
 
 
+class TenantSettings(Section):
+    """One tenant's overrides (a Kibana space, a tool platform's tenant_id, an API key's tenant)."""
+
+    opt_outs: OptOuts = Field(default_factory=OptOuts, description="added to the workflow's opt-outs")
+    budget: BudgetSettings | None = Field(None, description="a budget of its own (ledger account workflow@tenant)")
+
+
 class Workflow(Section):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$")
     description: str = ""
@@ -118,6 +125,14 @@ class Workflow(Section):
     budget: BudgetSettings = Field(default_factory=BudgetSettings)
     outputs: Outputs = Field(default_factory=Outputs)
     tool_events: ToolEventSettings = Field(default_factory=ToolEventSettings)
+    tenants: dict[str, TenantSettings] = Field(default_factory=dict, description="per-tenant opt-outs and budgets")
+
+    def budget_account(self, tenant: str | None) -> tuple[str, BudgetSettings]:
+        """(ledger account, budget) an alert of this tenant is charged to: its own, else the workflow's."""
+        own = self.tenants.get(tenant) if tenant is not None else None
+        if own is not None and own.budget is not None:
+            return f"{self.name}@{tenant}", own.budget
+        return self.name, self.budget
 
 
 class CatalogSettings(Section):

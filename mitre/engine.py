@@ -12,7 +12,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
@@ -20,7 +20,7 @@ from mitre.cache import MappingCache
 from mitre.cachekey import IDENTITY_FIELDS, cache_key
 from mitre.catalog import Catalog
 from mitre.compliance import ComplianceMap
-from mitre.config import WorkflowsFile
+from mitre.config import DecisionSettings, OptOuts, WorkflowsFile
 from mitre.decision import OPTED_OUT, decide, skip_early
 from mitre.enrich import (
     PROVENANCE_FIELD,
@@ -141,6 +141,7 @@ class Engine:
         self.cache = cache
         self.warnings = list(warnings)
         self.tool_events = tool_events
+        self._decision_settings: dict[str | None, DecisionSettings] = {}
         self.compliance = compliance
         # The indicator catalog shapes every mapping (decisions, evidence, the local mapper's ranks).
         identity = f"{mapper.settings_hash()}:{indicators.fingerprint}"
@@ -157,6 +158,23 @@ class Engine:
         self._outcomes_since = time.monotonic()
 
     # ------------------------------------------------------------ stages
+
+    def decision_settings(self, tenant: str | None) -> DecisionSettings:
+        """The workflow's hybrid rule with the tenant's own opt-outs added (one tenant's never apply to
+        another's alerts)."""
+        found = self._decision_settings.get(tenant)
+        if found is None:
+            found = self.workflow.decision
+            own = self.workflow.tenants.get(tenant) if tenant is not None else None
+            if own is not None:
+                opt = found.opt_outs
+                merged = OptOuts(
+                    rule_ids=[*opt.rule_ids, *own.opt_outs.rule_ids],
+                    rule_name_patterns=[*opt.rule_name_patterns, *own.opt_outs.rule_name_patterns],
+                )
+                found = found.model_copy(update={"opt_outs": merged})
+            self._decision_settings[tenant] = found
+        return found
 
     def _parse(self, item: RawAlert) -> dict[str, Any] | Outcome:
         alert = item.alert
@@ -191,14 +209,15 @@ class Engine:
             features = features_from_flat(flat)
         except ValueError as exc:
             return self._dead(item, f"invalid_alert: {exc}")
-        decision = skip_early(features, self.workflow.decision) or decide(
-            features, self.indicators.evaluate(features), self.workflow.decision, self.catalog
+        settings = self.decision_settings(features.tenant)
+        decision = skip_early(features, settings) or decide(
+            features, self.indicators.evaluate(features), settings, self.catalog
         )
         if decision.kind is DecisionKind.SKIP:
             return Outcome(
                 status=OutcomeStatus.SKIPPED,
                 reason=decision.reason,
-                alert=mark_skipped(alert, skip_provenance(decision, self.catalog)),
+                alert=mark_skipped(alert, skip_provenance(decision, self.catalog, features.tenant)),
                 decision=decision,
                 line=item.line,
             )
@@ -294,10 +313,10 @@ class Engine:
         assert self.tool_events is not None
         features = event.features()
         decision, result = self.tool_events.map(event, self.workflow.tool_events)
-        if (skip := skip_early(features, self.workflow.decision)) is not None and skip.reason == OPTED_OUT:
+        if (skip := skip_early(features, self.decision_settings(features.tenant))) and skip.reason == OPTED_OUT:
             decision, result = skip, None
         if result is None:
-            skipped = mark_skipped(alert, skip_provenance(decision, self.catalog))
+            skipped = mark_skipped(alert, skip_provenance(decision, self.catalog, features.tenant))
             return Outcome(
                 status=OutcomeStatus.SKIPPED, reason=decision.reason, alert=skipped, decision=decision, line=item.line
             )
@@ -327,7 +346,7 @@ class Engine:
             if isinstance(result, Outcome):
                 outcomes[entry.index] = result
                 if entry.signature is not None and result.status is OutcomeStatus.SKIPPED and result.decision:
-                    provenance = skip_provenance(result.decision, self.catalog)
+                    provenance = cast(dict[str, Any], (result.alert or {}).get(PROVENANCE_FIELD))
                     bare = result.model_copy(update={"alert": None, "line": None})
                     self._remember(entry.signature, _Remembered(bare, skip_provenance=provenance))
             else:
@@ -417,7 +436,7 @@ class Engine:
         """Everything behind one alert's mapping, computed fresh (the cache is not consulted)."""
         features = extract_features(alert)
         hits = self.indicators.evaluate(features)
-        decision = decide(features, hits, self.workflow.decision, self.catalog)
+        decision = decide(features, hits, self.decision_settings(features.tenant), self.catalog)
         # Explain maps even skipped alerts, so an analyst can see what a mapping would say.
         shown = decision if decision.kind is not DecisionKind.SKIP else decision.model_copy(update={"indicators": hits})
         result = map_all(self.mapper, [features], [shown])[0]

@@ -215,23 +215,22 @@ def enrich_alert(
     return apply_enrichment(alert, enrichment, cache_hit=cache_hit, now=timestamp(now))
 
 
-def skip_provenance(decision: Decision, catalog: Catalog) -> dict[str, Any]:
-    """Why an alert was skipped; the same for every alert with the same decision."""
-    return {
+def skip_provenance(decision: Decision, catalog: Catalog, tenant: str | None = None) -> dict[str, Any]:
+    """Why an alert was skipped; the same for every alert of a tenant with the same decision."""
+    provenance = {
         "schema": PROVENANCE_SCHEMA,
         "decision": decision.kind.value,
         "reason": decision.reason,
         "detail": decision.detail,
         "catalog_version": catalog.version,
     }
+    if tenant is not None:
+        provenance["tenant"] = tenant
+    return provenance
 
 
 def mark_skipped(alert: Mapping[str, Any], provenance: Mapping[str, Any]) -> dict[str, Any]:
     """A skipped alert keeps every field; only the provenance says why it was skipped."""
     marked = dict(alert)
-    stamped = dict(provenance)
-    earlier = alert.get(PROVENANCE_FIELD)
-    if isinstance(earlier, Mapping) and earlier.get("tenant") is not None:
-        stamped["tenant"] = earlier["tenant"]
-    marked[PROVENANCE_FIELD] = stamped
+    marked[PROVENANCE_FIELD] = dict(provenance)
     return marked
