@@ -15,6 +15,7 @@ from mitre.catalog import Catalog, load_catalog
 from mitre.compliance import load_compliance
 from mitre.config import Environment, WorkflowsFile
 from mitre.engine import Engine
+from mitre.feedback.loop import open_feedback
 from mitre.indicators import load_indicators
 from mitre.knowledge_store import defer_knowledge, load_knowledge
 from mitre.mappers import default_registry
@@ -33,6 +34,7 @@ class EngineOptions:
     knowledge_base: tuple[Path, ...] | None = None
     cache: bool = True
     cache_dir: Path | None = None
+    feedback: bool = True
 
 
 def resolve_catalog(config: WorkflowsFile, env: Environment, override: Path | None = None) -> Catalog:
@@ -62,6 +64,12 @@ def build_engine(
         if options.knowledge_base is not None
         else tuple(settings.knowledge_base) + ((env.knowledge_base,) if env.knowledge_base else ())
     )
+    feedback = open_feedback(config.feedback, env) if config.feedback.enabled and options.feedback else None
+    if feedback is not None and options.knowledge_base is None:
+        # Analysts' corrections join the knowledge base when it is next built (its fingerprint moves).
+        examples = env.home / "feedback" / "knowledge.jsonl"
+        if feedback.export_knowledge(examples, config.feedback.knowledge_tenants):
+            kb_paths += (examples,)
     if settings.provider == LocalMapper.name:
         knowledge, kb_fingerprint, warnings = defer_knowledge(kb_paths, catalog, env.home / "knowledge")
     else:  # an LLM provider shortlists candidates with the local mapper on every call
@@ -102,7 +110,10 @@ def build_engine(
         [*warnings, *missing],
         tool_events=tool_events,
         compliance=compliance,
+        feedback=feedback,
     )
+    if feedback is not None:
+        engine.observers.append(feedback.observe)
     if observer is not None:
         engine.observers.append(observer)
     return engine

@@ -157,11 +157,27 @@ class ComplianceSettings(Section):
     )
 
 
+class FeedbackSettings(Section):
+    """The analyst feedback loop (mitre/feedback/): where verdicts live and what they change."""
+
+    enabled: bool = Field(True, description="corrections override mappings; review queue and decision telemetry")
+    store: Literal["sqlite", "elasticsearch"] = Field("sqlite", description="where corrections and opt-outs live")
+    path: Path | None = Field(None, description="sqlite file; null: $ATTACKMAP_HOME/feedback.sqlite")
+    index: str = Field("attackmap-feedback", description="elasticsearch index of corrections and opt-outs")
+    es_url: str | None = Field(None, description="elasticsearch URL; null: $ATTACKMAP_ES_URL")
+    review_below: float = Field(0.6, ge=0, le=1, description="mappings below this confidence go to the review page")
+    knowledge_tenants: list[str] = Field(
+        default_factory=lambda: ["default"],
+        description="tenants whose corrections join the knowledge base (shared by all tenants) on its next build",
+    )
+
+
 class WorkflowsFile(Section):
     version: Literal[1] = 1
     catalog: CatalogSettings = Field(default_factory=CatalogSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
     compliance: ComplianceSettings = Field(default_factory=ComplianceSettings)
+    feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)
     workflows: list[Workflow] = Field(default_factory=lambda: [Workflow(name="default")])
 
     def workflow(self, name: str | None = None) -> Workflow:
@@ -219,8 +235,15 @@ def load_workflows(path: Path | None) -> WorkflowsFile:
         )
         for w in config.workflows
     ]
+    feedback = config.feedback.model_copy(update={"path": anchor(config.feedback.path)})
     return config.model_copy(
-        update={"catalog": catalog, "cache": cache, "compliance": compliance, "workflows": workflows}
+        update={
+            "catalog": catalog,
+            "cache": cache,
+            "compliance": compliance,
+            "feedback": feedback,
+            "workflows": workflows,
+        }
     )
 
 

@@ -39,6 +39,7 @@ from mitre.features import (
     flatten_alert,
     has_text,
 )
+from mitre.feedback.loop import FeedbackLoop
 from mitre.indicators import IndicatorSet
 from mitre.mappers.base import Mapper, map_all, maps_in_batches
 from mitre.models import (
@@ -132,6 +133,7 @@ class Engine:
         warnings: Sequence[str] = (),
         tool_events: ToolEventTable | None = None,
         compliance: ComplianceMap | None = None,
+        feedback: FeedbackLoop | None = None,
     ) -> None:
         self.catalog = catalog
         self.indicators = indicators
@@ -143,6 +145,8 @@ class Engine:
         self.tool_events = tool_events
         self._decision_settings: dict[str | None, DecisionSettings] = {}
         self.compliance = compliance
+        self.feedback = feedback
+        self._feedback_version = feedback.version() if feedback is not None else 0
         # The indicator catalog shapes every mapping (decisions, evidence, the local mapper's ranks).
         identity = f"{mapper.settings_hash()}:{indicators.fingerprint}"
         self._settings_hash = hashlib.sha256(identity.encode()).hexdigest()[:16]
@@ -160,17 +164,19 @@ class Engine:
     # ------------------------------------------------------------ stages
 
     def decision_settings(self, tenant: str | None) -> DecisionSettings:
-        """The workflow's hybrid rule with the tenant's own opt-outs added (one tenant's never apply to
-        another's alerts)."""
+        """The workflow's hybrid rule with the tenant's own opt-outs added, from workflows.yaml and from the
+        review page (one tenant's never apply to another's alerts)."""
         found = self._decision_settings.get(tenant)
         if found is None:
             found = self.workflow.decision
             own = self.workflow.tenants.get(tenant) if tenant is not None else None
-            if own is not None:
+            from_page = sorted(self.feedback.opted_out(tenant)) if self.feedback is not None else []
+            if own is not None or from_page:
                 opt = found.opt_outs
+                mine = own.opt_outs if own is not None else OptOuts()
                 merged = OptOuts(
-                    rule_ids=[*opt.rule_ids, *own.opt_outs.rule_ids],
-                    rule_name_patterns=[*opt.rule_name_patterns, *own.opt_outs.rule_name_patterns],
+                    rule_ids=[*opt.rule_ids, *mine.rule_ids, *from_page],
+                    rule_name_patterns=[*opt.rule_name_patterns, *mine.rule_name_patterns],
                 )
                 found = found.model_copy(update={"opt_outs": merged})
             self._decision_settings[tenant] = found
@@ -264,32 +270,47 @@ class Engine:
                 self._validated_memo.popitem(last=False)
         return found[1]
 
+    def keys_of(self, features: Sequence[AlertFeatures]) -> list[str] | None:
+        """Cache keys of the alerts, when anything is keyed on them (the cache, analysts' corrections)."""
+        if self.cache is None and self.feedback is None:
+            return None
+        return [self._key(f) for f in features]
+
     def map_decided(
         self, features: Sequence[AlertFeatures], decisions: Sequence[Decision]
     ) -> list[tuple[ValidatedMapping, bool]]:
         """(validated mapping, cache hit) for alerts already decided to be mapped: the map and
         validate stages alone, cache first, without the outcome memo. The evals score through this."""
-        if self.cache is None:
+        return self._map_keyed(features, decisions, self.keys_of(features))
+
+    def _map_keyed(
+        self, features: Sequence[AlertFeatures], decisions: Sequence[Decision], keys: list[str] | None
+    ) -> list[tuple[ValidatedMapping, bool]]:
+        if keys is None:
             results = map_all(self.mapper, features, decisions)
             return [(self._validated(None, r), False) for r in results]
-        keys = [self._key(f) for f in features]
         found: dict[str, tuple[MappingResult, bool]] = {}
+        if self.feedback is not None:  # an analyst's verdict wins over any mapper and any cache
+            for key, verdict in self.feedback.overrides(keys).items():
+                found[key] = (self.feedback.result_for(verdict), False)
         todo: dict[str, int] = {}
         for i, key in enumerate(keys):
             if key in found or key in todo:
                 continue
-            cached = self.cache.get(key)
+            cached = self.cache.get(key) if self.cache is not None else None
             if cached is not None:
                 found[key] = (cached, True)
             else:
                 todo[key] = i
-        if maps_in_batches(self.mapper) and todo:
+        if todo and (self.cache is None or maps_in_batches(self.mapper)):
             idx = list(todo.values())
             fresh = map_all(self.mapper, [features[i] for i in idx], [decisions[i] for i in idx])
             for key, result in zip(todo, fresh, strict=True):
-                self.cache.put(key, result)
+                if self.cache is not None:
+                    self.cache.put(key, result)
                 found[key] = (result, False)
         else:
+            assert self.cache is not None or not todo
             for key, i in todo.items():
 
                 def compute(
@@ -298,6 +319,7 @@ class Engine:
                     result = self.mapper.map(feat, decision)
                     return result, result.fallback_reason is None
 
+                assert self.cache is not None
                 found[key] = self.cache.get_or_compute(key, compute)
         out = []
         seen: set[str] = set()
@@ -354,8 +376,9 @@ class Engine:
                 mapped_todo.append(entry)
         if not prepared:
             return
-        mapped = self.map_decided([p.features for p in prepared], [p.decision for p in prepared])
-        for entry, done, (mapping, hit) in zip(mapped_todo, prepared, mapped, strict=True):
+        keys = self.keys_of([p.features for p in prepared])
+        mapped = self._map_keyed([p.features for p in prepared], [p.decision for p in prepared], keys)
+        for n, (entry, done, (mapping, hit)) in enumerate(zip(mapped_todo, prepared, mapped, strict=True)):
             enrichment = build_enrichment(
                 done.alert,
                 done.features,
@@ -364,6 +387,7 @@ class Engine:
                 self.catalog,
                 settings_hash=self._settings_hash,
                 compliance=self.compliance,
+                mapping_key=keys[n] if keys is not None else None,
             )
             outcome = Outcome(
                 status=OutcomeStatus.ENRICHED,
@@ -380,10 +404,23 @@ class Engine:
                 bare = outcome.model_copy(update={"alert": None, "line": None, "cache_hit": True})
                 self._remember(entry.signature, _Remembered(bare, enrichment=enrichment))
 
+    def _sync_feedback(self) -> None:
+        """When analysts have said something since the last batch, forget every remembered outcome and
+        decision setting: a correction overrides the next mapping of its key, an opt-out the next alert."""
+        if self.feedback is None:
+            return
+        version = self.feedback.version()
+        if version != self._feedback_version:
+            self._feedback_version = version
+            self._outcomes.clear()
+            self._validated_memo.clear()
+            self._decision_settings.clear()
+
     def process_batch(self, items: Sequence[RawAlert], tenant: str | None = None) -> list[Outcome]:
         """Every item's outcome, in order. `tenant`: who the batch belongs to when the caller knows better
         than the alerts (an API key's tenant, a webhook's header); it wins over the alerts' own."""
         now = timestamp()
+        self._sync_feedback()
         if time.monotonic() - self._outcomes_since >= self.outcome_memo_seconds:
             self._outcomes.clear()
             self._outcomes_since = time.monotonic()

@@ -112,6 +112,7 @@ def build_enrichment(
     *,
     settings_hash: str,
     compliance: ComplianceMap | None = None,
+    mapping_key: str | None = None,
 ) -> Enrichment:
     """The merged ECS threat object and the provenance for one alert, before its per-run stamps.
 
@@ -163,6 +164,8 @@ def build_enrichment(
         provenance["tenant"] = features.tenant
     if compliance is not None:
         provenance["compliance"] = compliance.tags(techniques)
+    if mapping_key is not None:  # what analysts' feedback names: the cache key
+        provenance["mapping_key"] = mapping_key
     return Enrichment(threat=build_threat(catalog, techniques, tactics), provenance=provenance)
 
 
