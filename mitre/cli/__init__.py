@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from mitre.cli import attack, budget, workflows
+from mitre.cli import apikey, attack, budget, federation, feedback, workflows
 from mitre.cli.coverage import coverage
 from mitre.cli.enrich import enrich, explain
 from mitre.cli.evalcmd import eval_command
@@ -22,6 +22,9 @@ app.command(name="eval")(eval_command)
 app.add_typer(attack.app, name="attack")
 app.add_typer(budget.app, name="budget")
 app.add_typer(workflows.app, name="workflows")
+app.add_typer(feedback.app, name="feedback")
+app.add_typer(apikey.app, name="api-key")
+app.add_typer(federation.app, name="federation")
 app.command()(serve)
 app.command()(coverage)
 

@@ -48,8 +48,11 @@ def signed_message(key_id: str, timestamp: str, nonce: str, tenant: str, body: b
 
 
 class Signer(Protocol):
-    key_id: str
-    algorithm: Algorithm
+    @property
+    def key_id(self) -> str: ...
+
+    @property
+    def algorithm(self) -> Algorithm: ...
 
     def sign(self, message: bytes) -> str: ...
 
