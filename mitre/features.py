@@ -299,6 +299,12 @@ def first_text(flat: Mapping[str, Any], names: Iterable[str]) -> str | None:
     """The first of `names` with a value (a list's first item), as text."""
     for name in names:
         value = flat.get(name)
+        if value is None:
+            continue
+        if type(value) is str:  # the common case, per alert on the hot path
+            if value:
+                return value
+            continue
         if isinstance(value, list | tuple):
             value = next((v for v in value if v not in (None, "")), None)
         if (text := _text(value)) is not None:

@@ -39,6 +39,7 @@ _RULE_FIELDS = (
 _RULE_NAMES = ("kibana.alert.rule.name", "signal.rule.name", "event_type")
 _ALERT_IDS = ("kibana.alert.uuid", "_id", "event.id", "id")
 _READER = FieldReader((*_RULE_FIELDS, *_RULE_NAMES, *_ALERT_IDS))
+_RULE_READER = FieldReader(_RULE_FIELDS)
 
 
 def rule_of(alert: dict[str, Any]) -> tuple[str | None, str | None, str | None]:
@@ -120,7 +121,7 @@ class FeedbackLoop:
                 continue
             provenance = outcome.alert.get(PROVENANCE_FIELD)
             tenant = provenance.get("tenant") if isinstance(provenance, dict) else None
-            rule = rule_of(outcome.alert)[0] or "(no rule)"
+            rule = first_text(_RULE_READER.read(outcome.alert), _RULE_FIELDS) or "(no rule)"
             decisions[(tenant, rule, outcome.decision.kind.value)] += 1
             if outcome.status is OutcomeStatus.ENRICHED and not outcome.cache_hit:
                 item = self._review_item(outcome, now)

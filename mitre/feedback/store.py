@@ -37,11 +37,14 @@ class CorrectionStore(Protocol):
 
 
 class _Local:
-    """A SQLite file opened once per thread and process (a forked worker must not share its parent's)."""
+    """A SQLite file opened once per thread and process (a forked worker must not share its parent's).
+    `durable=False` (telemetry, the review queue) skips the fsync of each commit: a crash may lose the
+    last batch's counts, and enrichment never waits for the disk."""
 
-    def __init__(self, path: Path, schema: Sequence[str]) -> None:
+    def __init__(self, path: Path, schema: Sequence[str], durable: bool = True) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
+        self.synchronous = "FULL" if durable else "NORMAL"
         self._local = threading.local()
         conn = self.conn()
         conn.execute("PRAGMA journal_mode=WAL")
@@ -53,6 +56,7 @@ class _Local:
         if conn is None or getattr(self._local, "pid", None) != os.getpid():
             conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
             conn.execute("PRAGMA busy_timeout=30000")
+            conn.execute(f"PRAGMA synchronous={self.synchronous}")
             self._local.conn, self._local.pid = conn, os.getpid()
         return conn
 
@@ -231,6 +235,7 @@ class FeedbackLog:
                 "CREATE TABLE IF NOT EXISTS decisions (day TEXT, tenant TEXT, rule TEXT, kind TEXT, n INTEGER, "
                 "PRIMARY KEY (day, tenant, rule, kind))",
             ),
+            durable=False,
         )
 
     def record(self, review: Sequence[ReviewItem], decisions: dict[tuple[str | None, str, str], int]) -> None:
