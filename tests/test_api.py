@@ -198,3 +198,18 @@ def test_feedback_from_the_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
     rows = json.loads(result.stdout)["rules"]
     assert [(r["rule"], r["corrected"]) for r in rows] == [("rule-dump", 1)]
     assert runner.invoke(cli, ["feedback", "correct", str(alert_file), "-t", "T9999"]).exit_code == 2
+
+
+def test_api_key_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ATTACKMAP_HOME", str(tmp_path))
+    runner = CliRunner()
+    made = runner.invoke(cli, ["api-key", "create", "--name", "sensor", "--role", "service", "--tenant", "acme"])
+    assert made.exit_code == 0, made.output
+    secret = made.stdout.strip().splitlines()[-1]
+    keys = ApiKeys(tmp_path / "api-keys.json")
+    key = keys.authenticate(secret)
+    assert key is not None and (key.role, key.tenant) == ("service", "acme")
+    assert secret not in (tmp_path / "api-keys.json").read_text(), "only a digest is stored"
+    assert runner.invoke(cli, ["api-key", "revoke", key.id]).exit_code == 0
+    assert keys.authenticate(secret) is None
+    assert runner.invoke(cli, ["api-key", "create", "--name", "x", "--role", "root", "--tenant", "a"]).exit_code == 2

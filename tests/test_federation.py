@@ -3,6 +3,7 @@ de-duplication, and the payloads that must be refused with nothing emitted."""
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import ssl
 import time
@@ -16,9 +17,11 @@ import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from starlette.applications import Starlette
 from starlette.routing import Route
+from typer.testing import CliRunner
 
 from devtools.asgi import ThreadedServer, serving
 from devtools.tls import ThrowawayCA
+from mitre.cli import app as cli
 from mitre.io.federation.finding import Envelope, Finding, finding_from_enriched
 from mitre.io.federation.inbound import Inbound
 from mitre.io.federation.outbound import FederationSender, RetryPolicy, mtls_client
@@ -248,3 +251,31 @@ def test_the_nonce_store_is_shared_by_receiver_processes(tmp_path: Path) -> None
     for w in workers:
         w.join(10)
     assert sorted(results.get(timeout=5) for _ in workers) == [False, False, False, True]
+
+
+def test_cli_keygen_and_send(world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ATTACKMAP_HOME", str(tmp_path))
+    runner = CliRunner()
+    private = tmp_path / "east-cli.pem"
+    made = runner.invoke(cli, ["federation", "keygen", "--key-id", "east-cli", "--out", str(private)])
+    assert made.exit_code == 0, made.output
+    entry = yaml.safe_load(made.stdout)[0]
+    assert entry["key_id"] == "east-cli" and oct(private.stat().st_mode)[-3:] == "600"
+    old_entry = _ed_key("east-1", world.signer.private_key)
+    hmac_entry = {"key_id": "east-hmac", "algorithm": "hmac-sha256", "secret_env": "X"}
+    _peers(world.receiver.peers_file, old_entry, hmac_entry, entry)
+    enriched = tmp_path / "enriched.ndjson"
+    alert = {
+        "kibana.alert.uuid": "cli-1",
+        "threat": {"technique": {"id": ["T1059"]}, "tactic": {"id": ["TA0002"]}},
+        "attackmap": {"tenant": "acme", "provenance_hash": "cli", "techniques": []},
+    }
+    enriched.write_text(json.dumps(alert) + "\nnot json\n")
+    before = len(world.receiver.emitted)
+    time.sleep(0.01)
+    args = ["federation", "send", str(enriched), "--url", world.receiver.url, "--key-id", "east-cli"]
+    args += ["--ca", str(world.ca.ca_file), "--cert", str(world.client_cert), "--key", str(world.client_key)]
+    sent = runner.invoke(cli, [*args, "--private-key", str(private), "--timeout", "10"])
+    assert sent.exit_code == 0, sent.output
+    assert [f.id for f in world.receiver.emitted[before:]] == ["cli-1"]
+    _peers(world.receiver.peers_file, old_entry, hmac_entry)
