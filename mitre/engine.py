@@ -7,6 +7,7 @@ Outcome: enriched, skipped (with a reason) or dead-lettered.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import time
 from collections import OrderedDict
@@ -25,6 +26,7 @@ from mitre.decision import OPTED_OUT, decide, skip_early
 from mitre.enrich import (
     PROVENANCE_FIELD,
     Enrichment,
+    WorkflowRef,
     apply_enrichment,
     build_enrichment,
     enrich_alert,
@@ -60,6 +62,35 @@ OUTCOME_MEMO_ENTRIES = 20_000
 # A long-running worker forgets remembered outcomes this often, so none outlives the cache's own
 # expiry by more than this.
 OUTCOME_MEMO_SECONDS = 3600.0
+
+
+@dataclass(frozen=True)
+class EngineConfiguration:
+    """What an engine runs with, as run summaries, provenance and eval reports state it."""
+
+    workflows: str  # the workflows file in effect, or that the built-in defaults are
+    workflow: str
+    catalog_version: str
+    catalog_fingerprint: str
+    catalog_source: str
+    knowledge_sources: tuple[str, ...]
+    knowledge_fingerprint: str
+    mapper: str
+    model: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "workflows": self.workflows,
+            "workflow": self.workflow,
+            "catalog": {
+                "version": self.catalog_version,
+                "fingerprint": self.catalog_fingerprint,
+                "source": self.catalog_source,
+            },
+            "knowledge_base": {"sources": list(self.knowledge_sources), "fingerprint": self.knowledge_fingerprint},
+            "mapper": self.mapper,
+            "model": self.model,
+        }
 
 
 @dataclass(frozen=True)
@@ -131,6 +162,7 @@ class Engine:
         mapper: Mapper,
         cache: MappingCache | None,
         warnings: Sequence[str] = (),
+        configuration: EngineConfiguration | None = None,
         tool_events: ToolEventTable | None = None,
         compliance: ComplianceMap | None = None,
         feedback: FeedbackLoop | None = None,
@@ -147,6 +179,19 @@ class Engine:
         self.compliance = compliance
         self.feedback = feedback
         self._feedback_version = feedback.version() if feedback is not None else 0
+        configuration = configuration or EngineConfiguration(
+            workflows=config.describe_source(),
+            workflow=self.workflow.name,
+            catalog_version=catalog.version,
+            catalog_fingerprint=catalog.fingerprint,
+            catalog_source=catalog.source,
+            knowledge_sources=(),
+            knowledge_fingerprint="",
+            mapper=mapper.name,
+            model=mapper.model,
+        )
+        self.configuration = configuration
+        self._origin = WorkflowRef(configuration.workflows, configuration.workflow)
         # The indicator catalog shapes every mapping (decisions, evidence, the local mapper's ranks).
         identity = f"{mapper.settings_hash()}:{indicators.fingerprint}"
         self._settings_hash = hashlib.sha256(identity.encode()).hexdigest()[:16]
@@ -223,7 +268,7 @@ class Engine:
             return Outcome(
                 status=OutcomeStatus.SKIPPED,
                 reason=decision.reason,
-                alert=mark_skipped(alert, skip_provenance(decision, self.catalog, features.tenant)),
+                alert=mark_skipped(alert, skip_provenance(decision, self.catalog, self._origin, features.tenant)),
                 decision=decision,
                 line=item.line,
             )
@@ -244,8 +289,17 @@ class Engine:
         return remembered.outcome.model_copy(update={"alert": enriched, "line": line})
 
     def _dead(self, item: RawAlert, reason: str) -> Outcome:
-        raw = item.raw.decode("utf-8", "replace") if item.raw is not None else orjson.dumps(item.alert).decode()
-        return Outcome(status=OutcomeStatus.DEAD_LETTER, reason=reason, line=item.line, raw=raw)
+        """A dead letter keeps its input: the text, and the original bytes when they are not UTF-8."""
+        raw_b64 = None
+        if item.raw is None:
+            raw = orjson.dumps(item.alert, default=str).decode()
+        else:
+            try:
+                raw = item.raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raw = item.raw.decode("utf-8", "replace")
+                raw_b64 = base64.b64encode(item.raw).decode()
+        return Outcome(status=OutcomeStatus.DEAD_LETTER, reason=reason, line=item.line, raw=raw, raw_b64=raw_b64)
 
     def _key(self, features: AlertFeatures) -> str:
         return cache_key(
@@ -338,14 +392,21 @@ class Engine:
         if (skip := skip_early(features, self.decision_settings(features.tenant))) and skip.reason == OPTED_OUT:
             decision, result = skip, None
         if result is None:
-            skipped = mark_skipped(alert, skip_provenance(decision, self.catalog, features.tenant))
+            skipped = mark_skipped(alert, skip_provenance(decision, self.catalog, self._origin, features.tenant))
             return Outcome(
                 status=OutcomeStatus.SKIPPED, reason=decision.reason, alert=skipped, decision=decision, line=item.line
             )
         mapping = validate_mapping(result, self.catalog)
         settings = f"{self._settings_hash}:{self.tool_events.fingerprint}"
         enrichment = build_enrichment(
-            alert, features, decision, mapping, self.catalog, settings_hash=settings, compliance=self.compliance
+            alert,
+            features,
+            decision,
+            mapping,
+            self.catalog,
+            settings_hash=settings,
+            compliance=self.compliance,
+            workflow=self._origin,
         )
         return Outcome(
             status=OutcomeStatus.ENRICHED,
@@ -388,6 +449,7 @@ class Engine:
                 settings_hash=self._settings_hash,
                 compliance=self.compliance,
                 mapping_key=keys[n] if keys is not None else None,
+                workflow=self._origin,
             )
             outcome = Outcome(
                 status=OutcomeStatus.ENRICHED,

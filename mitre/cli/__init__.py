@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from importlib import metadata
+from typing import Annotated
+
 import typer
 
 from mitre.cli import apikey, attack, budget, federation, feedback, workflows
@@ -16,6 +19,23 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"attackmap {metadata.version('attackmap')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version and exit")
+    ] = False,
+) -> None:
+    """Map security alerts to MITRE ATT&CK techniques and tactics — offline by default."""
+
+
 app.command()(enrich)
 app.command()(explain)
 app.command(name="eval")(eval_command)

@@ -42,8 +42,12 @@ def open_output(path: str | None) -> Iterator[BinaryIO | None]:
 
 
 def dead_letter_record(outcome: Outcome, source: str) -> bytes:
-    """A dead letter keeps the raw input, where it came from, and why it was rejected."""
-    return orjson.dumps({"source": source, "line": outcome.line, "reason": outcome.reason, "raw": outcome.raw}) + b"\n"
+    """A dead letter keeps the raw input, where it came from, and why it was rejected; a line that is
+    not UTF-8 also keeps its exact bytes (`raw_b64`) beside a readable, lossy `raw`."""
+    record = {"source": source, "line": outcome.line, "reason": outcome.reason, "raw": outcome.raw}
+    if outcome.raw_b64 is not None:
+        record["raw_b64"] = outcome.raw_b64
+    return orjson.dumps(record) + b"\n"
 
 
 def alert_record(outcome: Outcome) -> bytes:
