@@ -6,7 +6,8 @@ detection heuristics: `mitre/data/tool_events.yaml` is that table, validated aga
 catalog like the indicators. Two shapes are recognised:
 
 - the flat payload ``{"event_type": "nmap_scan_completed", "tenant_id": …, "execution_fingerprint": …,
-  "timestamp": …, "attributes": {…}}`` — any document with a string ``event_type`` and no detection rule;
+  "timestamp": …, "attributes": {…}}`` — a document with no detection rule whose string ``event_type`` is
+  in the table, or that has the platform's ``attributes`` object or ``execution_fingerprint``;
 - ECS events whose ``event.module`` or ``observer.product`` names a tool of the table (and whose
   ``event.action`` fits the entry, when it lists actions).
 
@@ -155,7 +156,10 @@ class ToolEventTable:
             return None
         event_type = doc.get("event_type")
         if isinstance(event_type, str) and event_type:
-            return ToolEvent(event_type, self._by_type.get(event_type.lower()), flatten(doc))
+            entry = self._by_type.get(event_type.lower())
+            # An unknown type counts only in the platform's own shape: other sources use `event_type` too.
+            if entry is not None or isinstance(doc.get("attributes"), Mapping) or "execution_fingerprint" in doc:
+                return ToolEvent(event_type, entry, flatten(doc))
         event = doc.get("event")
         observer = doc.get("observer")
         product = (event.get("module") if isinstance(event, Mapping) else None) or doc.get("event.module")

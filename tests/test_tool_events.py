@@ -118,6 +118,11 @@ def test_unknown_tool_events_fall_back_to_the_workflow_default(engine: Engine, t
     assert skipped.status is OutcomeStatus.SKIPPED and skipped.reason == "unknown_tool_event"
 
 
+def test_other_sources_with_an_event_type_are_not_tool_events(engine: Engine) -> None:
+    okta_like = {"event_type": "user.session.start", "process": {"name": "sshd"}, "tenant_id": "acme"}
+    assert engine.tool_events is not None and engine.tool_events.recognise(okta_like) is None
+
+
 def test_alerts_are_not_tool_events(engine: Engine) -> None:
     alert = kibana_alert(command_line=LSASS_COMMAND, process_name="rundll32.exe")
     alert["event_type"] = "nmap_scan_completed"  # a rule makes it an alert, whatever else it carries
