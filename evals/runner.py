@@ -213,7 +213,8 @@ class Runner:
         progress: bool = True,
     ) -> None:
         self.env = env or Environment()
-        self.options = options or EngineOptions(cache=False)
+        # Evals measure the mapper: analysts' corrections and opt-outs never reach them.
+        self.options = replace(options or EngineOptions(cache=False), feedback=False)
         self.workflow = self.options.workflow
         self.scoring: Scoring = scoring
         self.config = scoring_config(config, self.workflow, scoring)

@@ -12,12 +12,15 @@ from pathlib import Path
 
 from mitre.cache import DAY_SECONDS, MappingCache
 from mitre.catalog import Catalog, load_catalog
+from mitre.compliance import load_compliance
 from mitre.config import Environment, MapperSettings, WorkflowsFile
 from mitre.engine import Engine, EngineConfiguration
+from mitre.feedback.loop import open_feedback
 from mitre.indicators import load_indicators
 from mitre.knowledge_store import LoadedKnowledge, Notify, open_knowledge
 from mitre.mappers import LOCAL, default_registry
 from mitre.mappers.base import Mapper, MapperContext, MapperRegistry
+from mitre.tool_events import load_tool_events
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,7 @@ class EngineOptions:
     knowledge_base: tuple[Path, ...] | None = None
     cache: bool = True
     cache_dir: Path | None = None
+    feedback: bool = True
 
 
 def resolve_catalog(
@@ -94,11 +98,18 @@ def build_engine(
     indicators = load_indicators(catalog)
     workflow = config.workflow(options.workflow)
     settings = mapper_settings(config, options)
+    feedback = open_feedback(config.feedback, env) if config.feedback.enabled and options.feedback else None
     if knowledge is None:
+        paths = knowledge_paths(config, env, options)
+        if feedback is not None and options.knowledge_base is None:
+            # Analysts' corrections join the knowledge base when it is next built (its fingerprint moves).
+            examples = env.home / "feedback" / "knowledge.jsonl"
+            if feedback.export_knowledge(examples, config.feedback.knowledge_tenants):
+                paths += (examples,)
         # The local mapper alone loads a stored knowledge base on first use; an LLM provider
         # shortlists candidates with it on every call.
         knowledge = open_knowledge(
-            knowledge_paths(config, env, options),
+            paths,
             catalog,
             env.home / "knowledge",
             lazy=settings.provider == LOCAL,
@@ -140,9 +151,23 @@ def build_engine(
         mapper=mapper.name,
         model=mapper.model,
     )
+    tool_events = load_tool_events(catalog, workflow.tool_events.table)
+    compliance, missing = load_compliance(catalog, config.compliance.mappings, config.compliance.user_mappings)
     engine = Engine(
-        catalog, indicators, config, options.workflow, mapper, cache, [*warnings, *knowledge.warnings], configuration
+        catalog,
+        indicators,
+        config,
+        options.workflow,
+        mapper,
+        cache,
+        [*warnings, *knowledge.warnings, *missing],
+        configuration,
+        tool_events=tool_events,
+        compliance=compliance,
+        feedback=feedback,
     )
+    if feedback is not None:
+        engine.observers.append(feedback.observe)
     if observer is not None:
         engine.observers.append(observer)
     return engine

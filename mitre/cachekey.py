@@ -73,9 +73,10 @@ def cache_key(
     model: str | None,
     prompt_hash: str,
     settings_hash: str = "",
+    tenant: str | None = None,
 ) -> str:
     """SHA-256 hex of the canonical JSON described in the README ("Cache key")."""
-    payload = {
+    payload: dict[str, object] = {
         "v": KEY_SCHEMA_VERSION,
         "catalog": catalog_version,
         "mapper": mapper,
@@ -84,4 +85,6 @@ def cache_key(
         "settings": settings_hash,
         "features": stable_features(features),
     }
+    if tenant is not None:  # a mapping's evidence quotes the alert: never served to another tenant
+        payload["tenant"] = tenant
     return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()

@@ -163,6 +163,16 @@ class DeliverySettings(Section):
     give_up_after_hours: float = Field(24, gt=0, description="then an undeliverable event is dead-lettered")
 
 
+class ToolEventSettings(Section):
+    """Offensive-tool telemetry (mitre/tool_events.py): the table and what an unknown tool event maps to."""
+
+    table: Path | None = Field(None, description="tool-event table (YAML); null: the built-in one")
+    unknown_techniques: list[str] = Field(
+        default_factory=lambda: ["T1595"], description="an event type the table does not know; [] skips it"
+    )
+    unknown_tactics: list[str] = Field(default_factory=lambda: ["TA0043"])
+
+
 class Outputs(Section):
     elasticsearch_write_back: bool = Field(
         False, description="flows write threat.* and provenance back to the alert (attackmap enrich writes NDJSON)"
@@ -171,6 +181,13 @@ class Outputs(Section):
         default_factory=list, description="where enriched alerts also go, in near real time (flows, event worker)"
     )
     delivery: DeliverySettings = Field(default_factory=DeliverySettings)
+
+
+class TenantSettings(Section):
+    """One tenant's overrides (a Kibana space, a tool platform's tenant_id, an API key's tenant)."""
+
+    opt_outs: OptOuts = Field(default_factory=OptOuts, description="added to the workflow's opt-outs")
+    budget: BudgetSettings | None = Field(None, description="a budget of its own (ledger account workflow@tenant)")
 
 
 class Workflow(Section):
@@ -182,6 +199,15 @@ class Workflow(Section):
     mapper: MapperSettings = Field(default_factory=MapperSettings)
     budget: BudgetSettings = Field(default_factory=BudgetSettings)
     outputs: Outputs = Field(default_factory=Outputs)
+    tool_events: ToolEventSettings = Field(default_factory=ToolEventSettings)
+    tenants: dict[str, TenantSettings] = Field(default_factory=dict, description="per-tenant opt-outs and budgets")
+
+    def budget_account(self, tenant: str | None) -> tuple[str, BudgetSettings]:
+        """(ledger account, budget) an alert of this tenant is charged to: its own, else the workflow's."""
+        own = self.tenants.get(tenant) if tenant is not None else None
+        if own is not None and own.budget is not None:
+            return f"{self.name}@{tenant}", own.budget
+        return self.name, self.budget
 
 
 class CatalogSettings(Section):
@@ -201,10 +227,38 @@ class CacheSettings(Section):
     )
 
 
+class ComplianceSettings(Section):
+    """Compliance controls on every enriched alert (mitre/compliance.py); missing files are reported."""
+
+    mappings: list[Path] = Field(
+        default_factory=list, description="CTID Mappings Explorer JSONL (NIST 800-53 rev5, CSA CCM, CRI Profile)"
+    )
+    user_mappings: list[Path] = Field(
+        default_factory=list, description="your own ISO 27001 / SOC 2 → ATT&CK mapping files (YAML, see README)"
+    )
+
+
+class FeedbackSettings(Section):
+    """The analyst feedback loop (mitre/feedback/): where verdicts live and what they change."""
+
+    enabled: bool = Field(True, description="corrections override mappings; review queue and decision telemetry")
+    store: Literal["sqlite", "elasticsearch"] = Field("sqlite", description="where corrections and opt-outs live")
+    path: Path | None = Field(None, description="sqlite file; null: $ATTACKMAP_HOME/feedback.sqlite")
+    index: str = Field("attackmap-feedback", description="elasticsearch index of corrections and opt-outs")
+    es_url: str | None = Field(None, description="elasticsearch URL; null: $ATTACKMAP_ES_URL")
+    review_below: float = Field(0.6, ge=0, le=1, description="mappings below this confidence go to the review page")
+    knowledge_tenants: list[str] = Field(
+        default_factory=lambda: ["default"],
+        description="tenants whose corrections join the knowledge base (shared by all tenants) on its next build",
+    )
+
+
 class WorkflowsFile(Section):
     version: Literal[1] = 1
     catalog: CatalogSettings = Field(default_factory=CatalogSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
+    compliance: ComplianceSettings = Field(default_factory=ComplianceSettings)
+    feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)
     workflows: list[Workflow] = Field(default_factory=lambda: [Workflow(name="default")])
     # The file these settings were read from (None: the built-in defaults); not part of the schema.
     _source: Path | None = PrivateAttr(None)

@@ -13,16 +13,18 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import orjson
 
 from mitre.cache import MappingCache
 from mitre.cachekey import IDENTITY_FIELDS, cache_key
 from mitre.catalog import Catalog
-from mitre.config import WorkflowsFile
-from mitre.decision import decide, skip_early
+from mitre.compliance import ComplianceMap
+from mitre.config import DecisionSettings, OptOuts, WorkflowsFile
+from mitre.decision import OPTED_OUT, decide, skip_early
 from mitre.enrich import (
+    PROVENANCE_FIELD,
     Enrichment,
     WorkflowRef,
     apply_enrichment,
@@ -39,6 +41,7 @@ from mitre.features import (
     flatten_alert,
     has_text,
 )
+from mitre.feedback.loop import FeedbackLoop
 from mitre.indicators import IndicatorSet
 from mitre.mappers.base import Mapper, map_all, maps_in_batches
 from mitre.models import (
@@ -51,6 +54,7 @@ from mitre.models import (
     RawAlert,
     ValidatedMapping,
 )
+from mitre.tool_events import ToolEvent, ToolEventTable
 from mitre.validate import validate_mapping
 
 VALIDATED_MEMO_ENTRIES = 20_000
@@ -138,6 +142,14 @@ def signature_fields(indicators: IndicatorSet) -> tuple[frozenset[str], tuple[st
     return frozenset({*ALERT_ID_FIELDS, *presence_only}), presence_only
 
 
+def with_tenant(alert: dict[str, Any], tenant: str) -> dict[str, Any]:
+    """A copy of the alert stamped as the tenant's (``attackmap.tenant``, the first tenant field features
+    read); enrichment rewrites the provenance object and keeps the stamp."""
+    provenance = alert.get(PROVENANCE_FIELD)
+    stamped = {**provenance, "tenant": tenant} if isinstance(provenance, dict) else {"tenant": tenant}
+    return {**alert, PROVENANCE_FIELD: stamped}
+
+
 class Engine:
     """One workflow's pipeline over a loaded catalog, indicator set, mapper and (optional) cache."""
 
@@ -151,6 +163,9 @@ class Engine:
         cache: MappingCache | None,
         warnings: Sequence[str] = (),
         configuration: EngineConfiguration | None = None,
+        tool_events: ToolEventTable | None = None,
+        compliance: ComplianceMap | None = None,
+        feedback: FeedbackLoop | None = None,
     ) -> None:
         self.catalog = catalog
         self.indicators = indicators
@@ -159,6 +174,11 @@ class Engine:
         self.mapper = mapper
         self.cache = cache
         self.warnings = list(warnings)
+        self.tool_events = tool_events
+        self._decision_settings: dict[str | None, DecisionSettings] = {}
+        self.compliance = compliance
+        self.feedback = feedback
+        self._feedback_version = feedback.version() if feedback is not None else 0
         configuration = configuration or EngineConfiguration(
             workflows=config.describe_source(),
             workflow=self.workflow.name,
@@ -191,6 +211,25 @@ class Engine:
 
     # ------------------------------------------------------------ stages
 
+    def decision_settings(self, tenant: str | None) -> DecisionSettings:
+        """The workflow's hybrid rule with the tenant's own opt-outs added, from workflows.yaml and from the
+        review page (one tenant's never apply to another's alerts)."""
+        found = self._decision_settings.get(tenant)
+        if found is None:
+            found = self.workflow.decision
+            own = self.workflow.tenants.get(tenant) if tenant is not None else None
+            from_page = sorted(self.feedback.opted_out(tenant)) if self.feedback is not None else []
+            if own is not None or from_page:
+                opt = found.opt_outs
+                mine = own.opt_outs if own is not None else OptOuts()
+                merged = OptOuts(
+                    rule_ids=[*opt.rule_ids, *mine.rule_ids, *from_page],
+                    rule_name_patterns=[*opt.rule_name_patterns, *mine.rule_name_patterns],
+                )
+                found = found.model_copy(update={"opt_outs": merged})
+            self._decision_settings[tenant] = found
+        return found
+
     def _parse(self, item: RawAlert) -> dict[str, Any] | Outcome:
         alert = item.alert
         if item.raw is not None:
@@ -220,9 +259,10 @@ class Engine:
             return None
 
     def decide(self, features: AlertFeatures) -> Decision:
-        """The workflow's hybrid decision for an alert."""
-        return skip_early(features, self.workflow.decision) or decide(
-            features, self.indicators.evaluate(features), self.workflow.decision, self.catalog
+        """The workflow's hybrid decision for an alert, under its tenant's settings."""
+        settings = self.decision_settings(features.tenant)
+        return skip_early(features, settings) or decide(
+            features, self.indicators.evaluate(features), settings, self.catalog
         )
 
     def _prepare(self, item: RawAlert, alert: dict[str, Any], flat: dict[str, Any]) -> Prepared | Outcome:
@@ -235,7 +275,7 @@ class Engine:
             return Outcome(
                 status=OutcomeStatus.SKIPPED,
                 reason=decision.reason,
-                alert=mark_skipped(alert, skip_provenance(decision, self.catalog, self._origin)),
+                alert=mark_skipped(alert, skip_provenance(decision, self.catalog, self._origin, features.tenant)),
                 decision=decision,
                 line=item.line,
             )
@@ -277,6 +317,7 @@ class Engine:
             model=self.mapper.model,
             prompt_hash=self.mapper.prompt_hash,
             settings_hash=self._settings_hash,
+            tenant=features.tenant,
         )
 
     def _validated(self, key: str | None, result: MappingResult) -> ValidatedMapping:
@@ -291,16 +332,29 @@ class Engine:
                 self._validated_memo.popitem(last=False)
         return found[1]
 
+    def keys_of(self, features: Sequence[AlertFeatures]) -> list[str] | None:
+        """Cache keys of the alerts, when anything is keyed on them (the cache, analysts' corrections)."""
+        if self.cache is None and self.feedback is None:
+            return None
+        return [self.mapping_key(f) for f in features]
+
     def map_decided(
         self, features: Sequence[AlertFeatures], decisions: Sequence[Decision]
     ) -> list[tuple[ValidatedMapping, bool]]:
         """(validated mapping, cache hit) for alerts already decided to be mapped: the map and
         validate stages alone, cache first, without the outcome memo. The evals score through this."""
-        if self.cache is None:
+        return self._map_keyed(features, decisions, self.keys_of(features))
+
+    def _map_keyed(
+        self, features: Sequence[AlertFeatures], decisions: Sequence[Decision], keys: list[str] | None
+    ) -> list[tuple[ValidatedMapping, bool]]:
+        if keys is None:
             results = map_all(self.mapper, features, decisions)
             return [(self._validated(None, r), False) for r in results]
-        keys = [self.mapping_key(f) for f in features]
         found: dict[str, tuple[MappingResult, bool]] = {}
+        if self.feedback is not None:  # an analyst's verdict wins over any mapper and any cache
+            for key, verdict in self.feedback.overrides(keys).items():
+                found[key] = (self.feedback.result_for(verdict), False)
         todo: dict[str, int] = {}
         for i, key in enumerate(keys):
             if key in found or key in todo:
@@ -308,18 +362,20 @@ class Engine:
             if (done := self.precomputed.get(key)) is not None:
                 found[key] = (done, False)
                 continue
-            cached = self.cache.get(key)
+            cached = self.cache.get(key) if self.cache is not None else None
             if cached is not None:
                 found[key] = (cached, True)
             else:
                 todo[key] = i
-        if maps_in_batches(self.mapper) and todo:
+        if todo and (self.cache is None or maps_in_batches(self.mapper)):
             idx = list(todo.values())
             fresh = map_all(self.mapper, [features[i] for i in idx], [decisions[i] for i in idx])
             for key, result in zip(todo, fresh, strict=True):
-                self.cache.put(key, result)
+                if self.cache is not None:
+                    self.cache.put(key, result)
                 found[key] = (result, False)
         else:
+            assert self.cache is not None or not todo
             for key, i in todo.items():
 
                 def compute(
@@ -328,6 +384,7 @@ class Engine:
                     result = self.mapper.map(feat, decision)
                     return result, result.fallback_reason is None
 
+                assert self.cache is not None
                 found[key] = self.cache.get_or_compute(key, compute)
         out = []
         seen: set[str] = set()
@@ -337,6 +394,39 @@ class Engine:
             out.append((self._validated(key, result), hit or key in seen))
             seen.add(key)
         return out
+
+    def _tool_outcome(self, item: RawAlert, alert: dict[str, Any], event: ToolEvent, now: str) -> Outcome:
+        """A tool event: its decision and mapping come from the tool-event table, not the mapper."""
+        assert self.tool_events is not None
+        features = event.features()
+        decision, result = self.tool_events.map(event, self.workflow.tool_events)
+        if (skip := skip_early(features, self.decision_settings(features.tenant))) and skip.reason == OPTED_OUT:
+            decision, result = skip, None
+        if result is None:
+            skipped = mark_skipped(alert, skip_provenance(decision, self.catalog, self._origin, features.tenant))
+            return Outcome(
+                status=OutcomeStatus.SKIPPED, reason=decision.reason, alert=skipped, decision=decision, line=item.line
+            )
+        mapping = validate_mapping(result, self.catalog)
+        settings = f"{self._settings_hash}:{self.tool_events.fingerprint}"
+        enrichment = build_enrichment(
+            alert,
+            features,
+            decision,
+            mapping,
+            self.catalog,
+            settings_hash=settings,
+            compliance=self.compliance,
+            workflow=self._origin,
+        )
+        return Outcome(
+            status=OutcomeStatus.ENRICHED,
+            reason=decision.reason,
+            alert=apply_enrichment(alert, enrichment, cache_hit=False, now=now),
+            decision=decision,
+            mapping=mapping,
+            line=item.line,
+        )
 
     # ------------------------------------------------------------ public
 
@@ -359,7 +449,7 @@ class Engine:
             if isinstance(result, Outcome):
                 outcomes[entry.index] = result
                 if entry.signature is not None and result.status is OutcomeStatus.SKIPPED and result.decision:
-                    provenance = skip_provenance(result.decision, self.catalog, self._origin)
+                    provenance = cast(dict[str, Any], (result.alert or {}).get(PROVENANCE_FIELD))
                     bare = result.model_copy(update={"alert": None, "line": None})
                     self._remember(entry.signature, _Remembered(bare, skip_provenance=provenance))
             else:
@@ -367,8 +457,9 @@ class Engine:
                 mapped_todo.append(entry)
         if not prepared:
             return
-        mapped = self.map_decided([p.features for p in prepared], [p.decision for p in prepared])
-        for entry, done, (mapping, hit) in zip(mapped_todo, prepared, mapped, strict=True):
+        keys = self.keys_of([p.features for p in prepared])
+        mapped = self._map_keyed([p.features for p in prepared], [p.decision for p in prepared], keys)
+        for n, (entry, done, (mapping, hit)) in enumerate(zip(mapped_todo, prepared, mapped, strict=True)):
             enrichment = build_enrichment(
                 done.alert,
                 done.features,
@@ -376,6 +467,8 @@ class Engine:
                 mapping,
                 self.catalog,
                 settings_hash=self._settings_hash,
+                compliance=self.compliance,
+                mapping_key=keys[n] if keys is not None else None,
                 workflow=self._origin,
             )
             outcome = Outcome(
@@ -396,8 +489,23 @@ class Engine:
                 elif this_batch is not None:
                     this_batch[entry.signature] = _Remembered(bare, enrichment=enrichment)
 
-    def process_batch(self, items: Sequence[RawAlert]) -> list[Outcome]:
+    def _sync_feedback(self) -> None:
+        """When analysts have said something since the last batch, forget every remembered outcome and
+        decision setting: a correction overrides the next mapping of its key, an opt-out the next alert."""
+        if self.feedback is None:
+            return
+        version = self.feedback.version()
+        if version != self._feedback_version:
+            self._feedback_version = version
+            self._outcomes.clear()
+            self._validated_memo.clear()
+            self._decision_settings.clear()
+
+    def process_batch(self, items: Sequence[RawAlert], tenant: str | None = None) -> list[Outcome]:
+        """Every item's outcome, in order. `tenant`: who the batch belongs to when the caller knows better
+        than the alerts (an API key's tenant, a webhook's header); it wins over the alerts' own."""
         now = timestamp()
+        self._sync_feedback()
         if time.monotonic() - self._outcomes_since >= self.outcome_memo_seconds:
             self._outcomes.clear()
             self._outcomes_since = time.monotonic()
@@ -410,6 +518,11 @@ class Engine:
             alert = self._parse(item)
             if isinstance(alert, Outcome):
                 outcomes[i] = alert
+                continue
+            if tenant is not None:
+                alert = with_tenant(alert, tenant)
+            if self.tool_events is not None and (event := self.tool_events.recognise(alert)) is not None:
+                outcomes[i] = self._tool_outcome(item, alert, event, now)
                 continue
             flat = flatten_alert(alert)
             signature = self._signature(flat)
@@ -440,14 +553,14 @@ class Engine:
             observer(done)
         return done
 
-    def process(self, alert: dict[str, Any]) -> Outcome:
-        return self.process_batch([RawAlert(line=None, alert=alert)])[0]
+    def process(self, alert: dict[str, Any], tenant: str | None = None) -> Outcome:
+        return self.process_batch([RawAlert(line=None, alert=alert)], tenant=tenant)[0]
 
     def explain(self, alert: dict[str, Any]) -> Explanation:
         """Everything behind one alert's mapping, computed fresh (the cache is not consulted)."""
         features = extract_features(alert)
         hits = self.indicators.evaluate(features)
-        decision = decide(features, hits, self.workflow.decision, self.catalog)
+        decision = decide(features, hits, self.decision_settings(features.tenant), self.catalog)
         # Explain maps even skipped alerts, so an analyst can see what a mapping would say.
         shown = decision if decision.kind is not DecisionKind.SKIP else decision.model_copy(update={"indicators": hits})
         result = map_all(self.mapper, [features], [shown])[0]
@@ -455,6 +568,13 @@ class Engine:
         enriched = None
         if decision.kind is not DecisionKind.SKIP:
             enriched = enrich_alert(
-                alert, features, decision, mapping, self.catalog, cache_hit=False, settings_hash=self._settings_hash
+                alert,
+                features,
+                decision,
+                mapping,
+                self.catalog,
+                cache_hit=False,
+                settings_hash=self._settings_hash,
+                compliance=self.compliance,
             )
         return Explanation(features=features, decision=decision, mapping=mapping, enriched=enriched)

@@ -14,7 +14,9 @@ from typing import Any
 import orjson
 
 from mitre.catalog import Catalog
+from mitre.compliance import ComplianceMap
 from mitre.features import flatten
+from mitre.fingerprint import execution_fingerprint
 from mitre.models import AlertFeatures, Decision, DecisionKind, ValidatedMapping
 
 FRAMEWORK = "MITRE ATT&CK"
@@ -121,6 +123,8 @@ def build_enrichment(
     catalog: Catalog,
     *,
     settings_hash: str,
+    compliance: ComplianceMap | None = None,
+    mapping_key: str | None = None,
     workflow: WorkflowRef | None = None,
 ) -> Enrichment:
     """The merged ECS threat object and the provenance for one alert, before its per-run stamps.
@@ -141,7 +145,7 @@ def build_enrichment(
         techniques.append(t.technique_id)
         tactics.extend(t.tactic_ids)
     tactics.extend(result.tactic_ids)
-    provenance = {
+    provenance: dict[str, Any] = {
         "schema": PROVENANCE_SCHEMA,
         **(workflow.provenance() if workflow is not None else {}),
         "mapper": result.mapper,
@@ -173,6 +177,12 @@ def build_enrichment(
         "enriched_at": "",
         "provenance_hash": provenance_hash(catalog, mapping, settings_hash, decision),
     }
+    if features.tenant is not None:
+        provenance["tenant"] = features.tenant
+    if compliance is not None:
+        provenance["compliance"] = compliance.tags(techniques)
+    if mapping_key is not None:  # what analysts' feedback names: the cache key
+        provenance["mapping_key"] = mapping_key
     return Enrichment(threat=build_threat(catalog, techniques, tactics), provenance=provenance)
 
 
@@ -190,6 +200,8 @@ def apply_enrichment(alert: Mapping[str, Any], enrichment: Enrichment, *, cache_
     provenance = dict(enrichment.provenance)
     provenance["cache_hit"] = cache_hit
     provenance["enriched_at"] = now
+    # Per alert, not per enrichment: the same mapping serves many executions.
+    provenance["execution_fingerprint"] = execution_fingerprint(alert)
     enriched[PROVENANCE_FIELD] = provenance
     return enriched
 
@@ -214,15 +226,20 @@ def enrich_alert(
     cache_hit: bool,
     settings_hash: str,
     now: datetime | None = None,
+    compliance: ComplianceMap | None = None,
 ) -> dict[str, Any]:
     """A copy of the alert with merged ECS threat.* and the `attackmap` provenance object."""
-    enrichment = build_enrichment(alert, features, decision, mapping, catalog, settings_hash=settings_hash)
+    enrichment = build_enrichment(
+        alert, features, decision, mapping, catalog, settings_hash=settings_hash, compliance=compliance
+    )
     return apply_enrichment(alert, enrichment, cache_hit=cache_hit, now=timestamp(now))
 
 
-def skip_provenance(decision: Decision, catalog: Catalog, workflow: WorkflowRef | None = None) -> dict[str, Any]:
-    """Why an alert was skipped; the same for every alert with the same decision."""
-    return {
+def skip_provenance(
+    decision: Decision, catalog: Catalog, workflow: WorkflowRef | None = None, tenant: str | None = None
+) -> dict[str, Any]:
+    """Why an alert was skipped; the same for every alert of a tenant with the same decision."""
+    provenance = {
         "schema": PROVENANCE_SCHEMA,
         **(workflow.provenance() if workflow is not None else {}),
         "decision": decision.kind.value,
@@ -230,6 +247,9 @@ def skip_provenance(decision: Decision, catalog: Catalog, workflow: WorkflowRef 
         "detail": decision.detail,
         "catalog_version": catalog.version,
     }
+    if tenant is not None:
+        provenance["tenant"] = tenant
+    return provenance
 
 
 def mark_skipped(alert: Mapping[str, Any], provenance: Mapping[str, Any]) -> dict[str, Any]:

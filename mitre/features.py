@@ -94,6 +94,9 @@ ALERT_ID_FIELDS = ("kibana.alert.uuid", "_id", "event.id", "id")
 _SCORE_FIELDS = ("kibana.alert.risk_score", "event.risk_score", "kibana.alert.severity", "event.severity")
 _PLATFORM_FIELDS = ("host.os.type", "host.os.platform", "host.os.family", "host.os.name", "agent.os")
 _ECS_THREAT_FIELDS = ("threat.technique.id", "threat.technique.subtechnique.id", "threat.tactic.id")
+# Who the alert belongs to, first match wins: a tenant stamped by attackmap (an API key's, a webhook
+# header's), a tool platform's tenant_id, ECS-style tenant.id, then the Kibana space.
+TENANT_FIELDS = ("attackmap.tenant", "tenant_id", "tenant.id", "kibana.space_ids")
 # Every flattened name extract_features reads (tests hold it to that): what a memo of
 # per-alert outcomes must key on.
 FEATURE_INPUTS: tuple[str, ...] = tuple(
@@ -105,6 +108,7 @@ FEATURE_INPUTS: tuple[str, ...] = tuple(
             *_SCORE_FIELDS,
             *_PLATFORM_FIELDS,
             *_ECS_THREAT_FIELDS,
+            *TENANT_FIELDS,
         )
     )
 )
@@ -278,6 +282,36 @@ def _float(value: Any) -> float | None:
         return None
 
 
+class FieldReader:
+    """flatten_alert for another fixed set of names (the execution fingerprint's, say): walks only the
+    objects on the way to one of them, in flat, nested or mixed spelling."""
+
+    def __init__(self, names: Iterable[str]) -> None:
+        self._plan = _plan(names)
+
+    def read(self, doc: Mapping[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        _flatten_inputs(doc, self._plan, out)
+        return out
+
+
+def first_text(flat: Mapping[str, Any], names: Iterable[str]) -> str | None:
+    """The first of `names` with a value (a list's first item), as text."""
+    for name in names:
+        value = flat.get(name)
+        if value is None:
+            continue
+        if type(value) is str:  # the common case, per alert on the hot path
+            if value:
+                return value
+            continue
+        if isinstance(value, list | tuple):
+            value = next((v for v in value if v not in (None, "")), None)
+        if (text := _text(value)) is not None:
+            return text
+    return None
+
+
 # --- risk score (issue #11): a score given as a word or a numeric string -------------------------
 # Kibana's risk-score bands: a rule's default risk score for each severity.
 SEVERITY_RISK = {"low": 21.0, "medium": 47.0, "high": 73.0, "critical": 99.0}
@@ -356,6 +390,7 @@ def features_from_flat(flat: Mapping[str, Any], fields: Iterable[str] = OBSERVAB
             flat.get("kibana.alert.severity") or _rule_value(flat, "severity") or flat.get("event.severity")
         ),
         platform=detect_platform(flat),
+        tenant=first_text(flat, TENANT_FIELDS),
         fields=observed,
         truncated_fields=tuple(truncated),
     )

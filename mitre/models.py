@@ -51,6 +51,7 @@ class AlertFeatures(Contract):
     risk_score_text: str | None = None  # a risk score given that could not be read (neither number nor severity)
     severity: str | None = None
     platform: str | None = None
+    tenant: str | None = None
     fields: dict[str, str] = Field(default_factory=dict)
     truncated_fields: tuple[str, ...] = ()
 
@@ -84,7 +85,7 @@ class Decision(Contract):
     indicators: tuple[IndicatorHit, ...] = ()
 
 
-EvidenceSource = Literal["indicator", "lexical", "knowledge_base", "llm", "rule"]
+EvidenceSource = Literal["indicator", "lexical", "knowledge_base", "llm", "rule", "tool_event", "analyst"]
 
 
 class Evidence(Contract):

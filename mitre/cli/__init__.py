@@ -7,7 +7,8 @@ from typing import Annotated
 
 import typer
 
-from mitre.cli import attack, budget, workflows
+from mitre.cli import apikey, attack, budget, federation, feedback, workflows
+from mitre.cli.coverage import coverage
 from mitre.cli.enrich import enrich, explain
 from mitre.cli.evalcmd import eval_command
 from mitre.cli.export import export
@@ -43,7 +44,11 @@ app.command()(export)
 app.add_typer(attack.app, name="attack")
 app.add_typer(budget.app, name="budget")
 app.add_typer(workflows.app, name="workflows")
+app.add_typer(feedback.app, name="feedback")
+app.add_typer(apikey.app, name="api-key")
+app.add_typer(federation.app, name="federation")
 app.command()(serve)
+app.command()(coverage)
 
 
 def main() -> None:

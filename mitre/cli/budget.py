@@ -19,14 +19,21 @@ app = typer.Typer(help="LLM spend: status, kill switch, resume.", no_args_is_hel
 out = Console()
 
 
-def _budget(workflows: Path | None, workflow: str | None) -> Budget:
+TenantOpt = Annotated[str | None, typer.Option("--tenant", help="a tenant with a budget of its own")]
+
+
+def _budget(workflows: Path | None, workflow: str | None, tenant: str | None = None) -> Budget:
     config, env = load_config(workflows)
     try:
         wf = config.workflow(workflow)
+        if tenant is not None and tenant not in wf.tenants:
+            known = ", ".join(wf.tenants) or "none"
+            raise ValueError(f"workflow {wf.name} has no tenant {tenant!r} (tenants: {known})")
+        account, settings = wf.budget_account(tenant)
         ledger = open_ledger(wf.budget, env.home)
     except (ValueError, OSError) as exc:
         raise fail(str(exc)) from exc
-    return Budget(ledger, wf.budget, wf.name, sync_s=0)
+    return Budget(ledger, settings, account, sync_s=0)
 
 
 def _money(v: float | None) -> str:
@@ -37,13 +44,14 @@ def _money(v: float | None) -> str:
 def status(
     workflows: WorkflowsOpt = None,
     workflow: WorkflowOpt = None,
+    tenant: TenantOpt = None,
     chart: Annotated[
         Path | None, typer.Option("--chart", help="write a self-contained HTML chart of spend over time")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the status as JSON")] = False,
 ) -> None:
     """Spend today and this month, burn rate, projection, cache hit rate, calls avoided."""
-    budget = _budget(workflows, workflow)
+    budget = _budget(workflows, workflow, tenant)
     report = status_report(budget)
     if chart is not None:
         if chart.suffix.lower() == ".png":
@@ -80,18 +88,19 @@ def status(
 def kill(
     workflows: WorkflowsOpt = None,
     workflow: WorkflowOpt = None,
+    tenant: TenantOpt = None,
     reason: Annotated[str, typer.Option("--reason", help="recorded in the ledger")] = "manual kill",
 ) -> None:
     """Stop LLM calls now (local mapper only) until `attackmap budget resume`."""
-    budget = _budget(workflows, workflow)
+    budget = _budget(workflows, workflow, tenant)
     budget.kill(reason)
     out.print(f"[bold red]killed[/]: workflow {budget.workflow} maps with the local mapper until resumed")
 
 
 @app.command()
-def resume(workflows: WorkflowsOpt = None, workflow: WorkflowOpt = None) -> None:
+def resume(workflows: WorkflowsOpt = None, workflow: WorkflowOpt = None, tenant: TenantOpt = None) -> None:
     """Lift a kill or a tripped hard limit (recorded in the ledger)."""
-    budget = _budget(workflows, workflow)
+    budget = _budget(workflows, workflow, tenant)
     budget.resume()
     state = budget.check()
     note = " (spend is over a hard limit: resumed for the rest of this period)" if state.state != "ok" else ""

@@ -12,6 +12,7 @@ Name, model, prompt hash and settings hash are the inner mapper's, so cache keys
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 
 from mitre.budget.budget import Budget
@@ -29,10 +30,15 @@ _UNTAGGED = frozenset({UNTAGGED_RULE, NO_RULE, TACTIC_ONLY_RULE})
 
 
 class BudgetedMapper:
-    def __init__(self, inner: LLMMapper, local: LocalMapper, budget: Budget) -> None:
+    def __init__(
+        self, inner: LLMMapper, local: LocalMapper, budget: Budget, tenant_budgets: dict[str, Budget] | None = None
+    ) -> None:
         self.inner = inner
         self.local = local
         self.budget = budget
+        # Tenants with a budget of their own are charged to it, everyone else to the workflow's.
+        self.tenant_budgets = tenant_budgets or {}
+        self._charged = threading.local()
         self.name = inner.name
         self.model = inner.model
         self.prompt_hash = inner.prompt_hash
@@ -41,8 +47,11 @@ class BudgetedMapper:
     def settings_hash(self) -> str:
         return self.inner.settings_hash()
 
+    def _budget_of(self, features: AlertFeatures) -> Budget:
+        return self.tenant_budgets.get(features.tenant or "", self.budget)
+
     def _on_call(self, record: CallRecord) -> None:
-        self.budget.record_call(
+        getattr(self._charged, "budget", self.budget).record_call(
             record.provider,
             record.model,
             record.usage,
@@ -54,7 +63,7 @@ class BudgetedMapper:
         )
 
     def allowed_when_soft(self, features: AlertFeatures, decision: Decision) -> bool:
-        s = self.budget.settings
+        s = self._budget_of(features).settings
         if s.soft_limit_action == "local_only":
             return False
         if s.soft_limit_action == "raise_risk":
@@ -62,18 +71,23 @@ class BudgetedMapper:
         return decision.kind is DecisionKind.MAP and decision.reason in _UNTAGGED
 
     def map(self, features: AlertFeatures, decision: Decision) -> MappingResult:
-        state = self.budget.check()
+        budget = self._budget_of(features)
+        state = budget.check()
         reason = None
         if state.state == "killed":
             reason = BUDGET_EXHAUSTED
         elif state.state == "soft" and not self.allowed_when_soft(features, decision):
             reason = BUDGET_SOFT_LIMIT
         if reason is not None:
-            self.budget.record_fallback(reason)
+            budget.record_fallback(reason)
             return self.local.map(features, decision).model_copy(update={"fallback_reason": reason})
-        result = self.inner.map(features, decision)
+        self._charged.budget = budget
+        try:
+            result = self.inner.map(features, decision)
+        finally:
+            self._charged.budget = self.budget
         if result.fallback_reason:
-            self.budget.record_fallback(result.fallback_reason)
+            budget.record_fallback(result.fallback_reason)
         return self.priced(result)
 
     def priced(self, result: MappingResult, batch: bool = False) -> MappingResult:
@@ -95,5 +109,10 @@ def with_budget(
     if not isinstance(mapper, LLMMapper):
         return mapper, None
     ledger = open_ledger(workflow.budget, env.home)
-    wrapped = BudgetedMapper(mapper, local, Budget(ledger, workflow.budget, workflow.name))
+    tenants = {}
+    for tenant in workflow.tenants:
+        account, settings = workflow.budget_account(tenant)
+        if account != workflow.name:
+            tenants[tenant] = Budget(ledger, settings, account)
+    wrapped = BudgetedMapper(mapper, local, Budget(ledger, workflow.budget, workflow.name), tenants)
     return wrapped, wrapped.observe

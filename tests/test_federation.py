@@ -1,0 +1,281 @@
+"""Signed federation over real mutual TLS (a throwaway CA made here): delivery, retry after an outage,
+de-duplication, and the payloads that must be refused with nothing emitted."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import ssl
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from starlette.applications import Starlette
+from starlette.routing import Route
+from typer.testing import CliRunner
+
+from devtools.asgi import ThreadedServer, serving
+from devtools.tls import ThrowawayCA
+from mitre.cli import app as cli
+from mitre.io.federation.finding import Envelope, Finding, finding_from_enriched
+from mitre.io.federation.inbound import Inbound
+from mitre.io.federation.outbound import FederationSender, RetryPolicy, mtls_client
+from mitre.io.federation.signing import Ed25519Signer, HmacSigner, PeersFile, public_key_text, signed_headers
+from mitre.io.federation.store import ReceiverStore
+
+SECRET = "s" * 32
+PATH = "/v1/federation/inbound"
+
+
+@dataclass
+class Receiver:
+    server: ThreadedServer
+    peers_file: Path
+    emitted: list[Finding] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return self.server.url + PATH
+
+
+@dataclass
+class World:
+    ca: ThrowawayCA
+    client_cert: Path
+    client_key: Path
+    signer: Ed25519Signer
+    receiver: Receiver
+
+    def client(self) -> httpx.Client:
+        return mtls_client(self.ca.ca_file, self.client_cert, self.client_key)
+
+
+def _peers(path: Path, *keys: dict, tenants: Sequence[str] = ("acme",), max_body: int = 64_000) -> None:
+    document = {"peers": [{"name": "east", "tenants": list(tenants), "keys": list(keys), "max_body_bytes": max_body}]}
+    path.write_text(yaml.safe_dump(document))
+
+
+def _ed_key(key_id: str, signer_key: Ed25519PrivateKey) -> dict:
+    return {"key_id": key_id, "algorithm": "ed25519", "public_key": public_key_text(signer_key)}
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
+    root = tmp_path_factory.mktemp("federation")
+    ca = ThrowawayCA(root / "pki")
+    server_cert = ca.issue("receiver", server=True)
+    client = ca.issue("east", server=False)
+    key = Ed25519PrivateKey.generate()
+    peers_file = root / "peers.yaml"
+    _peers(peers_file, _ed_key("east-1", key), {"key_id": "east-hmac", "algorithm": "hmac-sha256", "secret_env": "X"})
+    emitted: list[Finding] = []
+    inbound = Inbound(
+        PeersFile(peers_file, environ={"X": SECRET}, check_every=0),
+        ReceiverStore(root / "receiver.sqlite"),
+        lambda peer, findings: emitted.extend(findings),
+    )
+    app = Starlette(routes=[Route(PATH, inbound.handle, methods=["POST"])])
+    server = ThreadedServer(app, certfile=server_cert.cert, keyfile=server_cert.key, ca_certs=ca.ca_file)
+    server.start()
+    try:
+        yield World(ca, client.cert, client.key, Ed25519Signer("east-1", key), Receiver(server, peers_file, emitted))
+    finally:
+        server.stop()
+
+
+def _finding(n: int, tenant: str = "acme") -> Finding:
+    return Finding(id=f"alert-{n}", tenant=tenant, technique_ids=("T1003.001",), provenance_hash=f"h{n}")
+
+
+def _body(*findings: Finding) -> bytes:
+    return Envelope(findings=findings).model_dump_json().encode()
+
+
+def test_enriched_alert_becomes_a_finding_with_compliance_and_fingerprint() -> None:
+    alert = {
+        "kibana.alert.uuid": "u-1",
+        "@timestamp": "2026-12-01T10:00:00Z",
+        "kibana.alert.rule.name": "Dump",
+        "threat": {"technique": {"id": ["T1003"], "subtechnique": {"id": ["T1003.001"]}}, "tactic": {"id": ["TA0006"]}},
+        "attackmap": {
+            "tenant": "acme",
+            "provenance_hash": "p",
+            "execution_fingerprint": "f" * 64,
+            "techniques": [{"id": "T1003.001", "confidence": 0.97}],
+            "compliance": {"nist_800_53_controls": ["AC-2"], "soc2_controls": [], "iso27001_annex_a_controls": []},
+        },
+    }
+    finding = finding_from_enriched(alert)
+    assert finding.tenant == "acme" and finding.id == "u-1"
+    assert finding.technique_ids == ("T1003.001", "T1003") and finding.tactic_ids == ("TA0006",)
+    assert finding.nist_800_53_controls == ("AC-2",) and finding.soc2_controls == ()
+    assert finding.execution_fingerprint == "f" * 64 and finding.technique_confidence == {"T1003.001": 0.97}
+    with pytest.raises(ValueError):
+        finding_from_enriched({"kibana.alert.uuid": "u-2"})
+
+
+def test_findings_are_delivered_once_over_mutual_tls(world: World, tmp_path: Path) -> None:
+    before = len(world.receiver.emitted)
+    sender = FederationSender(world.receiver.url, world.signer, tmp_path / "spool", world.client())
+    sender.offer([_finding(i) for i in range(5)])
+    assert sender.drain(deadline=time.monotonic() + 20).sent == 5
+    assert [f.id for f in world.receiver.emitted[before:]] == [f"alert-{i}" for i in range(5)]
+    # The answer was lost and the batch is sent again: the receiver keeps ids, nothing is emitted twice.
+    sender.spool.commit(0)
+    assert sender.drain(deadline=time.monotonic() + 20).sent == 5
+    assert len(world.receiver.emitted) == before + 5
+    sender.close()
+
+
+def test_a_client_without_a_certificate_of_the_ca_gets_no_connection(world: World, tmp_path: Path) -> None:
+    stranger = ThrowawayCA(tmp_path / "other").issue("mallory", server=False)
+    body = _body(_finding(99))
+    headers = signed_headers(world.signer, "acme", body)
+    for client in (
+        httpx.Client(verify=ssl.create_default_context(cafile=str(world.ca.ca_file))),
+        mtls_client(world.ca.ca_file, stranger.cert, stranger.key),
+    ):
+        with client, pytest.raises(httpx.HTTPError):
+            client.post(world.receiver.url, content=body, headers=headers).raise_for_status()
+
+
+def test_forged_stale_replayed_oversized_and_wrong_tenant_payloads_are_refused(world: World) -> None:
+    before = len(world.receiver.emitted)
+    url = world.receiver.url
+    forger = Ed25519Signer("east-1", Ed25519PrivateKey.generate())
+    body = _body(_finding(100))
+    good = signed_headers(world.signer, "acme", body)
+    attempts = {
+        "forged": (body, signed_headers(forger, "acme", body), 401, "bad_signature"),
+        "tampered": (_body(_finding(101)), good, 401, "bad_signature"),
+        "unknown key": (body, signed_headers(Ed25519Signer("west-9", forger.private_key), "acme", body), 401, None),
+        "stale": (body, signed_headers(world.signer, "acme", body, timestamp=time.time() - 3600), 401, "stale"),
+        "oversized": (
+            big := _body(*(_finding(i) for i in range(2000))),
+            signed_headers(world.signer, "acme", big),
+            413,
+            None,
+        ),
+        "wrong tenant header": (
+            (other := _body(_finding(102, tenant="globex"))),
+            signed_headers(world.signer, "globex", other),
+            403,
+            "wrong_tenant",
+        ),
+        "wrong tenant inside": (other, signed_headers(world.signer, "acme", other), 403, "wrong_tenant"),
+        "hmac forged": (body, signed_headers(HmacSigner("east-hmac", b"x" * 32), "acme", body), 401, None),
+    }
+    with world.client() as client:
+        for name, (payload, headers, status, code) in attempts.items():
+            response = client.post(url, content=payload, headers=headers)
+            assert response.status_code == status, (name, response.text)
+            if code:
+                assert response.json()["error"] == code, name
+        first = client.post(url, content=body, headers=good)
+        replay = client.post(url, content=body, headers=good)
+        assert first.status_code == 200 and replay.status_code == 409 and replay.json()["error"] == "replay"
+        hmac_body = _body(_finding(103))
+        accepted = client.post(
+            url, content=hmac_body, headers=signed_headers(HmacSigner("east-hmac", SECRET.encode()), "acme", hmac_body)
+        )
+        assert accepted.status_code == 200
+    assert [f.id for f in world.receiver.emitted[before:]] == ["alert-100", "alert-103"], "only the genuine ones"
+
+
+def test_keys_rotate_without_a_restart(world: World) -> None:
+    new_key = Ed25519PrivateKey.generate()
+    old_entry = _ed_key("east-1", world.signer.private_key)
+    hmac_entry = {"key_id": "east-hmac", "algorithm": "hmac-sha256", "secret_env": "X"}
+    body = _body(_finding(200))
+    new_signer = Ed25519Signer("east-2", new_key)
+    with world.client() as client:
+        assert (
+            client.post(world.receiver.url, content=body, headers=signed_headers(new_signer, "acme", body)).status_code
+            == 401
+        )
+        _peers(world.receiver.peers_file, old_entry, _ed_key("east-2", new_key), hmac_entry)
+        time.sleep(0.01)
+        both = [signed_headers(s, "acme", body) for s in (world.signer, new_signer)]
+        assert [client.post(world.receiver.url, content=body, headers=h).status_code for h in both] == [200, 200]
+        _peers(world.receiver.peers_file, _ed_key("east-2", new_key), hmac_entry)
+        time.sleep(0.01)
+        retired = client.post(world.receiver.url, content=body, headers=signed_headers(world.signer, "acme", body))
+        assert retired.status_code == 401 and retired.json()["error"] == "unknown_key"
+        _peers(world.receiver.peers_file, old_entry, hmac_entry)  # as the other tests expect it
+
+
+def test_a_peer_that_is_down_gets_the_spool_when_it_is_back(world: World, tmp_path: Path) -> None:
+    emitted: list[Finding] = []
+    inbound = Inbound(
+        PeersFile(world.receiver.peers_file, environ={"X": SECRET}),
+        ReceiverStore(tmp_path / "r.sqlite"),
+        lambda peer, findings: emitted.extend(findings),
+    )
+    app = Starlette(routes=[Route(PATH, inbound.handle, methods=["POST"])])
+    server_cert = world.ca.issue("late", server=True)
+    down = ThreadedServer(app, certfile=server_cert.cert, keyfile=server_cert.key, ca_certs=world.ca.ca_file)
+    sender = FederationSender(
+        down.url + PATH,
+        world.signer,
+        tmp_path / "spool",
+        world.client(),
+        RetryPolicy(initial_seconds=0.05, max_seconds=0.2),
+    )
+    sender.offer([_finding(i) for i in range(300, 320)])
+    result = sender.drain(deadline=time.monotonic() + 0.5)
+    assert result.sent == 0 and result.waiting, "nothing lost while the peer is down"
+    with serving(app, port=down.port, certfile=server_cert.cert, keyfile=server_cert.key, ca_certs=world.ca.ca_file):
+        assert sender.drain(deadline=time.monotonic() + 10).sent == 20
+        sender.client.close()
+    assert len(emitted) == 20 and sender.spool.backlog_bytes == 0
+    sender.close()
+
+
+def _claim(path: Path, nonce: str, results: multiprocessing.Queue) -> None:
+    results.put(ReceiverStore(path).claim_nonce("east", nonce, time.time(), 60))
+
+
+def test_the_nonce_store_is_shared_by_receiver_processes(tmp_path: Path) -> None:
+    path = tmp_path / "nonces.sqlite"
+    ReceiverStore(path)
+    context = multiprocessing.get_context("fork")
+    results: multiprocessing.Queue = context.Queue()
+    workers = [context.Process(target=_claim, args=(path, "n-1", results)) for _ in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(10)
+    assert sorted(results.get(timeout=5) for _ in workers) == [False, False, False, True]
+
+
+def test_cli_keygen_and_send(world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ATTACKMAP_HOME", str(tmp_path))
+    runner = CliRunner()
+    private = tmp_path / "east-cli.pem"
+    made = runner.invoke(cli, ["federation", "keygen", "--key-id", "east-cli", "--out", str(private)])
+    assert made.exit_code == 0, made.output
+    entry = yaml.safe_load(made.stdout)[0]
+    assert entry["key_id"] == "east-cli" and oct(private.stat().st_mode)[-3:] == "600"
+    old_entry = _ed_key("east-1", world.signer.private_key)
+    hmac_entry = {"key_id": "east-hmac", "algorithm": "hmac-sha256", "secret_env": "X"}
+    _peers(world.receiver.peers_file, old_entry, hmac_entry, entry)
+    enriched = tmp_path / "enriched.ndjson"
+    alert = {
+        "kibana.alert.uuid": "cli-1",
+        "threat": {"technique": {"id": ["T1059"]}, "tactic": {"id": ["TA0002"]}},
+        "attackmap": {"tenant": "acme", "provenance_hash": "cli", "techniques": []},
+    }
+    enriched.write_text(json.dumps(alert) + "\nnot json\n")
+    before = len(world.receiver.emitted)
+    time.sleep(0.01)
+    args = ["federation", "send", str(enriched), "--url", world.receiver.url, "--key-id", "east-cli"]
+    args += ["--ca", str(world.ca.ca_file), "--cert", str(world.client_cert), "--key", str(world.client_key)]
+    sent = runner.invoke(cli, [*args, "--private-key", str(private), "--timeout", "10"])
+    assert sent.exit_code == 0, sent.output
+    assert [f.id for f in world.receiver.emitted[before:]] == ["cli-1"]
+    _peers(world.receiver.peers_file, old_entry, hmac_entry)
