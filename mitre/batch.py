@@ -21,7 +21,7 @@ from typing import BinaryIO
 
 from mitre.chunks import chunked
 from mitre.engine import Engine
-from mitre.io.ndjson import alert_record, read_lines
+from mitre.io.ndjson import alert_record, read_lines, unwritable
 from mitre.models import Outcome, OutcomeStatus, RawAlert, RunSummary
 
 CHUNK = 1024
@@ -75,12 +75,16 @@ def process_chunk(engine: Engine, items: list[RawAlert], keep_skipped: bool) -> 
     summary = RunSummary()
     out: list[bytes] = []
     dead: list[Outcome] = []
-    for outcome in engine.process_batch(items):
+    for item, outcome in zip(items, engine.process_batch(items), strict=True):
+        written = outcome.status is OutcomeStatus.ENRICHED or (keep_skipped and outcome.status is OutcomeStatus.SKIPPED)
+        if written:
+            try:
+                out.append(alert_record(outcome))
+            except (TypeError, ValueError) as exc:  # nested too deep, or values JSON cannot hold
+                outcome = unwritable(item, exc)
         summary.add(outcome)
         if outcome.status is OutcomeStatus.DEAD_LETTER:
             dead.append(outcome)
-        elif keep_skipped or outcome.status is OutcomeStatus.ENRICHED:
-            out.append(alert_record(outcome))
     consumed = sum(len(i.raw or b"") + 1 for i in items)
     return ChunkResult(b"".join(out), summary, consumed, dead=dead)
 
@@ -187,7 +191,7 @@ def run_file(
     keep_skipped: bool,
     workers: int,
     on_result: Callable[[ChunkResult], None],
-    range_bytes: int = RANGE_BYTES,
+    range_bytes: int | None = None,
     spool_dir: Path | None = None,
 ) -> None:
     """Feed a file's results to `on_result` in input order, dead letters numbered by file line.
@@ -203,7 +207,7 @@ def run_file(
             _forked(_Job(engine, path, keep_skipped, Path(spool)), workers) as pool,
         ):
             before = 0
-            for result in pool.imap(_work_range, split_ranges(path, range_bytes), chunksize=1):
+            for result in pool.imap(_work_range, split_ranges(path, range_bytes or RANGE_BYTES), chunksize=1):
                 if before:
                     result.dead = [o.model_copy(update={"line": (o.line or 0) + before}) for o in result.dead]
                 before += result.lines

@@ -2,12 +2,15 @@
 
 Plain classes, no orchestration: the CLI, the evals, Prefect flows, the worker and the webhook all
 call `Engine` (built from workflows.yaml by `mitre.assemble`). Every input ends as exactly one
-Outcome: enriched, skipped (with a reason) or dead-lettered.
+Outcome: enriched, skipped (with a reason) or dead-lettered. An exception while processing a batch
+never loses it: the batch is bisected until the alert that raises is alone, and that alert is
+dead-lettered with an error id (its traceback logged under it, see `mitre.failures`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -30,6 +33,7 @@ from mitre.enrich import (
     skip_provenance,
     timestamp,
 )
+from mitre.failures import FailureLog, describe, new_error_id
 from mitre.features import (
     ALERT_ID_FIELDS,
     extract_features,
@@ -50,6 +54,8 @@ from mitre.models import (
     ValidatedMapping,
 )
 from mitre.validate import validate_mapping
+
+log = logging.getLogger("attackmap.engine")
 
 VALIDATED_MEMO_ENTRIES = 20_000
 OUTCOME_MEMO_ENTRIES = 20_000
@@ -127,6 +133,7 @@ class Engine:
         self.mapper = mapper
         self.cache = cache
         self.warnings = list(warnings)
+        self.failures = FailureLog()
         # The indicator catalog shapes every mapping (decisions, evidence, the local mapper's ranks).
         identity = f"{mapper.settings_hash()}:{indicators.fingerprint}"
         self._settings_hash = hashlib.sha256(identity.encode()).hexdigest()[:16]
@@ -203,9 +210,15 @@ class Engine:
             enriched = mark_skipped(alert, remembered.skip_provenance or {})
         return remembered.outcome.model_copy(update={"alert": enriched, "line": line})
 
-    def _dead(self, item: RawAlert, reason: str) -> Outcome:
-        raw = item.raw.decode("utf-8", "replace") if item.raw is not None else orjson.dumps(item.alert).decode()
-        return Outcome(status=OutcomeStatus.DEAD_LETTER, reason=reason, line=item.line, raw=raw)
+    def _dead(self, item: RawAlert, reason: str, error_id: str | None = None) -> Outcome:
+        return Outcome(
+            status=OutcomeStatus.DEAD_LETTER, reason=reason, line=item.line, raw=item.text(), error_id=error_id
+        )
+
+    def _failed(self, item: RawAlert, exc: Exception) -> Outcome:
+        where = f"alert at line {item.line}" if item.line is not None else "alert"
+        error_id, reason = self.failures.record(exc, where)
+        return self._dead(item, reason, error_id)
 
     def _key(self, features: AlertFeatures) -> str:
         return cache_key(
@@ -314,10 +327,31 @@ class Engine:
                 self._remember(entry.signature, _Remembered(bare, enrichment=enrichment))
 
     def process_batch(self, items: Sequence[RawAlert]) -> list[Outcome]:
+        """One Outcome per item, in order. Never raises for an alert's sake (see _isolated)."""
         now = timestamp()
         if time.monotonic() - self._outcomes_since >= self.outcome_memo_seconds:
             self._outcomes.clear()
             self._outcomes_since = time.monotonic()
+        done = self._isolated(items, now)
+        for observer in self.observers:
+            try:
+                observer(done)
+            except Exception as exc:  # telemetry must not cost the batch its outcomes
+                log.warning("an outcome observer failed [error %s]: %s", new_error_id(), describe(exc))
+        return done
+
+    def _isolated(self, items: Sequence[RawAlert], now: str) -> list[Outcome]:
+        """The batch's outcomes; when processing it raises, each half is processed on its own until
+        the alert that raises is alone (k bad alerts cost ~2k·log2(n) extra passes, not n)."""
+        try:
+            return self._process(items, now)
+        except Exception as exc:
+            if len(items) == 1:
+                return [self._failed(items[0], exc)]
+        middle = len(items) // 2
+        return self._isolated(items[:middle], now) + self._isolated(items[middle:], now)
+
+    def _process(self, items: Sequence[RawAlert], now: str) -> list[Outcome]:
         outcomes: list[Outcome | None] = [None] * len(items)
         todo: list[_Todo] = []
         # Later copies of a signature first seen in this batch wait for its outcome.
@@ -351,8 +385,8 @@ class Engine:
                     again.append(_Todo(entry.index, entry.alert, entry.flat, None))
             self._run(items, again, outcomes, now)
         done = [o for o in outcomes if o is not None]
-        for observer in self.observers:
-            observer(done)
+        if len(done) != len(items):
+            raise RuntimeError(f"{len(items) - len(done)} of {len(items)} alerts got no outcome")
         return done
 
     def process(self, alert: dict[str, Any]) -> Outcome:

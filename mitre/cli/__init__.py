@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import sys
+
 import typer
 
 from mitre.cli import attack, budget, workflows
+from mitre.cli.common import EXIT_FAILURE, err
 from mitre.cli.enrich import enrich, explain
 from mitre.cli.evalcmd import eval_command
+from mitre.cli.logs import configure_logging
 from mitre.cli.serve import serve
 
 app = typer.Typer(
@@ -15,6 +19,14 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
+
+
+@app.callback()
+def _setup() -> None:
+    """Map security alerts to MITRE ATT&CK techniques and tactics — offline by default."""
+    configure_logging()
+
+
 app.command()(enrich)
 app.command()(explain)
 app.command(name="eval")(eval_command)
@@ -25,4 +37,14 @@ app.command()(serve)
 
 
 def main() -> None:
-    app()
+    """The console script: an unexpected failure of a command is one line on the terminal, its
+    traceback in the log file under an error id."""
+    try:
+        app()
+    except Exception as exc:
+        from mitre.failures import FailureLog
+
+        path = configure_logging()
+        _, reason = FailureLog().record(exc, "attackmap " + " ".join(sys.argv[1:2]))
+        err.print(f"[bold red]error:[/] {reason}; traceback in {path}")
+        sys.exit(EXIT_FAILURE)

@@ -14,6 +14,7 @@ from rich.table import Table
 from mitre.batch import ChunkResult, default_workers, run_chunks, run_file
 from mitre.cli.common import (
     EXIT_DEAD_LETTERS,
+    EXIT_INTERNAL_ERRORS,
     EXIT_OK,
     CacheDirOpt,
     CatalogOpt,
@@ -26,7 +27,9 @@ from mitre.cli.common import (
     fail,
     make_engine,
 )
+from mitre.cli.logs import log_path
 from mitre.engine import Engine
+from mitre.failures import INTERNAL_ERROR
 from mitre.io.ndjson import dead_letter_record, open_input, open_output, read_lines
 from mitre.models import RunSummary
 
@@ -118,8 +121,10 @@ def enrich(
         summary_json.write_bytes(orjson.dumps(summary.as_dict(), option=orjson.OPT_INDENT_2))
     if summary.dead_letter:
         err.print(f"[red]{sum(summary.dead_letter.values())} line(s) dead-lettered to {dead_letter}[/]")
-        raise typer.Exit(EXIT_DEAD_LETTERS)
-    raise typer.Exit(EXIT_OK)
+    if failed := summary.dead_letter.get(INTERNAL_ERROR, 0):
+        err.print(f"[red]{failed} of them hit an internal error: tracebacks in {log_path()} under their error ids[/]")
+        raise typer.Exit(EXIT_INTERNAL_ERRORS)
+    raise typer.Exit(EXIT_DEAD_LETTERS if summary.dead_letter else EXIT_OK)
 
 
 def _load_one(path: str) -> dict[str, Any]:

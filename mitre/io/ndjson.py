@@ -10,7 +10,7 @@ from typing import BinaryIO
 
 import orjson
 
-from mitre.models import Outcome, RawAlert
+from mitre.models import Outcome, OutcomeStatus, RawAlert
 
 
 def read_lines(stream: BinaryIO) -> Iterator[RawAlert]:
@@ -42,8 +42,19 @@ def open_output(path: str | None) -> Iterator[BinaryIO | None]:
 
 
 def dead_letter_record(outcome: Outcome, source: str) -> bytes:
-    """A dead letter keeps the raw input, where it came from, and why it was rejected."""
-    return orjson.dumps({"source": source, "line": outcome.line, "reason": outcome.reason, "raw": outcome.raw}) + b"\n"
+    """A dead letter keeps the raw input, where it came from, and why it was rejected (with the
+    error id of an internal error, under which the traceback was logged)."""
+    record: dict[str, object] = {"source": source, "line": outcome.line, "reason": outcome.reason, "raw": outcome.raw}
+    if outcome.error_id is not None:
+        record["error_id"] = outcome.error_id
+    return orjson.dumps(record) + b"\n"
+
+
+def unwritable(item: RawAlert, exc: Exception) -> Outcome:
+    """The dead letter for an alert whose output JSON cannot hold (orjson: nested deeper than 255
+    levels, integers past 64 bits, strings with lone surrogates); the input line is kept as it was."""
+    reason = f"unwritable_output: {exc}"
+    return Outcome(status=OutcomeStatus.DEAD_LETTER, reason=reason, line=item.line, raw=item.text())
 
 
 def alert_record(outcome: Outcome) -> bytes:
