@@ -120,10 +120,21 @@ class CacheSettings(Section):
     ttl_days: float = Field(7, gt=0)
 
 
+class Limits(Section):
+    """What one input may cost: an input past a limit is dead-lettered with the limit named, never read whole."""
+
+    max_line_bytes: int = Field(
+        16 * 2**20,
+        ge=1024,
+        description="NDJSON: a longer line is dead-lettered (line_too_long) after being skipped in 1 MiB steps",
+    )
+
+
 class WorkflowsFile(Section):
     version: Literal[1] = 1
     catalog: CatalogSettings = Field(default_factory=CatalogSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
+    limits: Limits = Field(default_factory=Limits)
     workflows: list[Workflow] = Field(default_factory=lambda: [Workflow(name="default")])
 
     def workflow(self, name: str | None = None) -> Workflow:

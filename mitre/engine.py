@@ -151,6 +151,8 @@ class Engine:
     # ------------------------------------------------------------ stages
 
     def _parse(self, item: RawAlert) -> dict[str, Any] | Outcome:
+        if item.rejected is not None:
+            return self._dead(item, item.rejected)
         alert = item.alert
         if item.raw is not None:
             try:

@@ -15,6 +15,10 @@ from collections import OrderedDict
 
 ERRORS = logging.getLogger("attackmap.errors")
 INTERNAL_ERROR = "internal_error"
+# Dead letters of an input whose worker process kept dying on it (see mitre.forked).
+WORKER_DIED = "worker_died"
+# Dead-letter reasons that mean a failure of attackmap, not of the input.
+INTERNAL_REASONS = frozenset({INTERNAL_ERROR, WORKER_DIED})
 _MESSAGE_CHARS = 300
 # Distinct tracebacks remembered: past the first of a kind, only its error id is logged.
 _KINDS_REMEMBERED = 1000

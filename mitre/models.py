@@ -175,11 +175,14 @@ class Outcome(Contract):
 
 @dataclass(frozen=True)
 class RawAlert:
-    """One input record: already-parsed JSON, or raw bytes from a line of NDJSON."""
+    """One input record: already-parsed JSON, or raw bytes from a line of NDJSON. `rejected` is a
+    reason the reader already has to dead-letter it (a line past the size limit, of which `raw`
+    holds only the beginning)."""
 
     line: int | None
     raw: bytes | None = None
     alert: Any = None
+    rejected: str | None = None
 
     def text(self) -> str:
         """The input as text for a dead letter, whatever it holds (bytes, or a Python object that
