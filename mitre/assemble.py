@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mitre.cache import DAY_SECONDS, MappingCache
+from mitre.cache_guard import GuardedCache
 from mitre.catalog import Catalog, load_catalog
 from mitre.config import Environment, WorkflowsFile
 from mitre.engine import Engine
@@ -83,10 +84,11 @@ def build_engine(
     cache = None
     if options.cache:
         directory = options.cache_dir or env.cache_dir or config.cache.directory or env.home / "cache"
-        cache = MappingCache(
-            directory,
-            size_limit_bytes=config.cache.size_limit_mb * 2**20,
-            ttl_seconds=config.cache.ttl_days * DAY_SECONDS,
+        size_limit_bytes = config.cache.size_limit_mb * 2**20
+        ttl_seconds = config.cache.ttl_days * DAY_SECONDS
+        cache = GuardedCache(
+            lambda: MappingCache(directory, size_limit_bytes=size_limit_bytes, ttl_seconds=ttl_seconds),
+            where=str(directory),
         )
     engine = Engine(catalog, indicators, config, options.workflow, mapper, cache, warnings)
     if observer is not None:

@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from mitre.cache import MappingCache
+from mitre.cache_guard import Store
 from mitre.cachekey import IDENTITY_FIELDS, cache_key
 from mitre.catalog import Catalog
 from mitre.config import WorkflowsFile
@@ -123,7 +123,7 @@ class Engine:
         config: WorkflowsFile,
         workflow_name: str | None,
         mapper: Mapper,
-        cache: MappingCache | None,
+        cache: Store | None,
         warnings: Sequence[str] = (),
     ) -> None:
         self.catalog = catalog
