@@ -174,15 +174,29 @@ def _flatten_inputs(doc: Mapping[str, Any], plan: _Plan, out: dict[str, Any]) ->
             out[leaf] = value
 
 
+def valid_text(text: str) -> str:
+    """Text every encoder takes: a lone surrogate (a parsed ``"\\ud800"``, which no UTF-8 can carry)
+    becomes U+FFFD, so features, cache keys, prompts, evidence and documents never fail to serialise."""
+    return text if text.isascii() else text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+def _str(value: Any) -> str:
+    """str() of a JSON value; an integer too long to print (over 4,300 digits) is named, not printed."""
+    try:
+        return valid_text(value if isinstance(value, str) else str(value))
+    except ValueError:
+        return f"<integer of {value.bit_length()} bits>"
+
+
 def _text(value: Any) -> str | None:
     if value is None or value == "" or value == []:
         return None
     if isinstance(value, list | tuple):
-        parts = [str(v) for v in value if v not in (None, "")]
+        parts = [_str(v) for v in value if v is not None and v != ""]
         return " ".join(parts) if parts else None
     if isinstance(value, Mapping):
         return None
-    return str(value)
+    return _str(value)
 
 
 def has_text(value: Any) -> bool:
@@ -243,8 +257,8 @@ def _as_list(value: Any) -> list[str]:
     if value is None:
         return []
     if isinstance(value, list | tuple):
-        return [str(v) for v in value if v not in (None, "")]
-    return [str(value)]
+        return [_str(v) for v in value if v is not None and v != ""]
+    return [_str(value)]
 
 
 def parse_ecs_threat(flat: Mapping[str, Any]) -> tuple[ThreatRef, ...]:

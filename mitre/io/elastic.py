@@ -35,6 +35,7 @@ from typing import Any, NamedTuple
 from pydantic import BaseModel, ConfigDict, Field
 
 from mitre.config import Environment
+from mitre.features import valid_text
 from mitre.io.events import AlertRef
 
 DEFAULT_ES_URL = "http://127.0.0.1:9200"
@@ -164,11 +165,24 @@ def _engine_doc(stored_source: Mapping[str, Any], alert: Mapping[str, Any]) -> d
     doc: dict[str, Any] = {}
     written = [name for name in ENGINE_FIELDS if name in alert]
     for name in written:
-        doc[name] = _replacement(stored_source.get(name), alert[name])
+        doc[name] = _utf8_safe(_replacement(stored_source.get(name), alert[name]))
     for key in stored_source:
         if any(key.startswith(f"{name}.") for name in written):
             doc[key] = None
     return doc
+
+
+def _utf8_safe(value: Any) -> Any:
+    """``value`` with each lone surrogate in its strings (a parsed ``"\\ud800"``, kept from the alert's
+    own threat data) made U+FFFD: the client would send it as bytes that are not UTF-8, which ES
+    rejects."""
+    if isinstance(value, str):
+        return valid_text(value)
+    if isinstance(value, Mapping):
+        return {_utf8_safe(k): _utf8_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_utf8_safe(v) for v in value]
+    return value
 
 
 # --------------------------------------------------------------------------- source
@@ -524,7 +538,13 @@ class ElasticSink:
     ) -> tuple[list[_Pending], list[_Pending]]:
         """Send one bulk request; return (items to retry after transient errors, items that conflicted)."""
         operations: list[dict[str, Any]] = []
+        sent: list[_Pending] = []
         for item in pending:
+            try:
+                doc = _engine_doc(item.stored, item.alert)
+            except (ValueError, TypeError, RecursionError) as exc:  # one bad document never fails the batch
+                summary.failed.append((item.doc_id, f"unwritable document: {exc}"))
+                continue
             operations.append(
                 {
                     "update": {
@@ -535,7 +555,11 @@ class ElasticSink:
                     }
                 }
             )
-            operations.append({"doc": _engine_doc(item.stored, item.alert), "detect_noop": True})
+            operations.append({"doc": doc, "detect_noop": True})
+            sent.append(item)
+        pending = sent
+        if not pending:
+            return [], []
         kwargs: dict[str, Any] = {}
         if self.refresh:
             kwargs["refresh"] = self.refresh
