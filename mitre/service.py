@@ -7,6 +7,7 @@ are. Reading, mapping and writing overlap in `run_pipeline`.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 from collections import deque
@@ -30,9 +31,11 @@ from mitre.io.elastic import (
     source_alert,
 )
 from mitre.io.events import AlertRef, parse_ref
-from mitre.models import OutcomeStatus, RawAlert, RunSummary
+from mitre.models import Outcome, OutcomeStatus, RawAlert, RunSummary
 
 AlertRefLike = str | Mapping[str, Any] | AlertRef
+
+log = logging.getLogger("attackmap.service")
 
 
 @dataclass
@@ -77,6 +80,8 @@ class BatchResult:
     summary: RunSummary = field(default_factory=RunSummary)
     sink: SinkSummary = field(default_factory=SinkSummary)
     alerts: list[dict[str, Any]] = field(default_factory=list)
+    # One per alert the engine dead-lettered: where it is, why, and the error id of an internal error.
+    dead_letters: list[dict[str, Any]] = field(default_factory=list)
 
     def merge(self, other: BatchResult) -> None:
         self.requested += other.requested
@@ -84,6 +89,7 @@ class BatchResult:
         self.summary.merge(other.summary)
         self.sink = self.sink.merge(other.sink)
         self.alerts.extend(other.alerts)
+        self.dead_letters.extend(other.dead_letters)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -97,25 +103,39 @@ class BatchResult:
             "unchanged": self.sink.unchanged,
             "conflicts_retried": self.sink.conflicts_retried,
             "failed": [list(item) for item in self.sink.failed],
+            "dead_letters": self.dead_letters,
         }
 
 
-def map_sources(engine: Engine, alerts: Sequence[SourceAlert]) -> tuple[list[AlertUpdate], RunSummary]:
-    """Run the engine over the alerts; the updates to write for those it enriched."""
+def dead_letter(outcome: Outcome, **where: Any) -> dict[str, Any]:
+    """What a flow's result records of an alert the engine dead-lettered (the alert stays as it was)."""
+    return {**where, "reason": outcome.reason, "error_id": outcome.error_id}
+
+
+def map_sources(
+    engine: Engine, alerts: Sequence[SourceAlert]
+) -> tuple[list[AlertUpdate], RunSummary, list[dict[str, Any]]]:
+    """Run the engine over the alerts: the updates to write for those it enriched, the counts, and
+    the dead letters (an alert that fails is recorded with its reason; the batch goes on)."""
     outcomes = engine.process_batch([RawAlert(line=None, alert=a.source) for a in alerts])
     summary = RunSummary()
     updates: list[AlertUpdate] = []
+    dead: list[dict[str, Any]] = []
     for alert, outcome in zip(alerts, outcomes, strict=True):
         summary.add(outcome)
         if outcome.status is OutcomeStatus.ENRICHED and outcome.alert is not None:
             updates.append(AlertUpdate(alert.index, alert.doc_id, alert.seq_no, alert.primary_term, outcome.alert))
-    return updates, summary
+        elif outcome.status is OutcomeStatus.DEAD_LETTER:
+            dead.append(dead_letter(outcome, index=alert.index, id=alert.doc_id))
+    if dead:
+        log.warning("%d of %d alerts dead-lettered, e.g. %s", len(dead), len(alerts), dead[0])
+    return updates, summary, dead
 
 
 def enrich_sources(runtime: Runtime, alerts: Sequence[SourceAlert]) -> BatchResult:
     """Map and (when the workflow writes back) bulk-write a batch already read from ES."""
-    updates, summary = map_sources(runtime.engine, alerts)
-    result = BatchResult(requested=len(alerts), summary=summary)
+    updates, summary, dead = map_sources(runtime.engine, alerts)
+    result = BatchResult(requested=len(alerts), summary=summary, dead_letters=dead)
     if runtime.write_back:
         result.sink = runtime.sink.write(updates)
     return result
@@ -124,10 +144,13 @@ def enrich_sources(runtime: Runtime, alerts: Sequence[SourceAlert]) -> BatchResu
 def enrich_bare(runtime: Runtime, alerts: Sequence[Mapping[str, Any]]) -> BatchResult:
     """Alerts with no place in ES: enriched and returned (in `alerts`), never written."""
     result = BatchResult(requested=len(alerts))
-    for outcome in runtime.engine.process_batch([RawAlert(line=None, alert=dict(a)) for a in alerts]):
+    outcomes = runtime.engine.process_batch([RawAlert(line=None, alert=dict(a)) for a in alerts])
+    for position, outcome in enumerate(outcomes):
         result.summary.add(outcome)
         if outcome.alert is not None:
             result.alerts.append(outcome.alert)
+        elif outcome.status is OutcomeStatus.DEAD_LETTER:
+            result.dead_letters.append(dead_letter(outcome, position=position))
     return result
 
 
@@ -190,8 +213,8 @@ def run_pipeline(
             if isinstance(item, BaseException):
                 raise item
             alerts, missing, n = item
-            updates, summary = map_sources(runtime.engine, alerts)
-            step = BatchResult(requested=n, missing=list(missing), summary=summary)
+            updates, summary, dead = map_sources(runtime.engine, alerts)
+            step = BatchResult(requested=n, missing=list(missing), summary=summary, dead_letters=dead)
             if runtime.write_back:
                 future = writer.submit(runtime.sink.write, updates)
             else:

@@ -139,3 +139,29 @@ def test_enrich_dead_letters_crashing_alerts_with_line_and_error_id_and_exits_4(
     log = (tmp_path / "home" / "logs" / "attackmap.log").read_text()
     assert "Traceback" in log
     assert all(d["error_id"] in log for d in letters)
+
+
+@pytest.mark.elasticsearch
+def test_an_alert_that_fails_in_an_es_batch_is_recorded_with_its_reason_and_the_batch_is_written(
+    engine, monkeypatch, es_client, es_index
+):
+    """The flows' service: read → map → write back, with one alert reaching a bug."""
+    from mitre.io.elastic import ElasticSource
+    from mitre.service import make_runtime, process_located_and_refs
+
+    _explode_on_marker(monkeypatch)
+    ops: list[dict[str, Any]] = []
+    for i in range(30):
+        command = f"{LSASS_COMMAND} {MARKER}" if i == 11 else f"{LSASS_COMMAND} #{i}"
+        alert = {**kibana_alert(command_line=command), "kibana.alert.uuid": f"a-{i:03d}"}
+        ops += [{"index": {"_index": es_index, "_id": f"a-{i:03d}"}}, alert]
+    es_client.bulk(operations=ops, refresh=True)
+    runtime = make_runtime(engine, es_client, write_back=True, batch_size=10)
+    located = list(ElasticSource(es_client, es_index).read())
+    result = process_located_and_refs(runtime, [], located, None).as_dict()
+    assert result["enriched"] == 29 and result["written"] == 29
+    assert result["dead_letter"] == {"internal_error": 1}
+    [letter] = result["dead_letters"]
+    assert letter["id"] == "a-011" and letter["index"] == es_index and letter["error_id"]
+    assert letter["reason"].startswith("internal_error: KeyError")
+    assert "attackmap" not in es_client.get(index=es_index, id="a-011")["_source"]
