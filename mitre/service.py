@@ -82,6 +82,7 @@ class BatchResult:
     alerts: list[dict[str, Any]] = field(default_factory=list)
     # One per alert the engine dead-lettered: where it is, why, and the error id of an internal error.
     dead_letters: list[dict[str, Any]] = field(default_factory=list)
+    cancelled: bool = False  # stopped at a batch boundary on request
 
     def merge(self, other: BatchResult) -> None:
         self.requested += other.requested
@@ -90,6 +91,7 @@ class BatchResult:
         self.sink = self.sink.merge(other.sink)
         self.alerts.extend(other.alerts)
         self.dead_letters.extend(other.dead_letters)
+        self.cancelled = self.cancelled or other.cancelled
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -104,6 +106,7 @@ class BatchResult:
             "conflicts_retried": self.sink.conflicts_retried,
             "failed": [list(item) for item in self.sink.failed],
             "dead_letters": self.dead_letters,
+            "cancelled": self.cancelled,
         }
 
 
@@ -162,11 +165,14 @@ def run_pipeline(
     jobs: Iterable[Sequence[SourceAlert] | Sequence[AlertRef]],
     *,
     on_batch: Callable[[list[SourceAlert], BatchResult], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> BatchResult:
     """Batches through read → map → write with the ES I/O overlapped: while this thread maps batch N,
     a reader thread fetches batch N+1 (jobs of AlertRef are read with mget; SourceAlert lists pass through)
     and a writer thread bulk-writes batch N-1.  ``on_batch`` runs here, in order, once a batch is written
-    (the place to save a checkpoint); an exception from it stops the pipeline."""
+    (the place to save a checkpoint); an exception from it stops the pipeline.  When ``should_stop()``
+    turns true (a cancelled run), no further batch is mapped; the batches in flight are written and the
+    result says ``cancelled``."""
     total = BatchResult()
     ready: queue.Queue[Any] = queue.Queue(maxsize=2)
     stop = threading.Event()
@@ -212,6 +218,9 @@ def run_pipeline(
                 break
             if isinstance(item, BaseException):
                 raise item
+            if should_stop is not None and should_stop():
+                total.cancelled = True
+                break
             alerts, missing, n = item
             updates, summary, dead = map_sources(runtime.engine, alerts)
             step = BatchResult(requested=n, missing=list(missing), summary=summary, dead_letters=dead)
@@ -247,13 +256,17 @@ def process_refs(runtime: Runtime, refs: Sequence[AlertRefLike], tenant: str | N
 
 
 def process_located_and_refs(
-    runtime: Runtime, refs: Sequence[AlertRefLike], located: Sequence[SourceAlert], tenant: str | None
+    runtime: Runtime,
+    refs: Sequence[AlertRefLike],
+    located: Sequence[SourceAlert],
+    tenant: str | None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> BatchResult:
     """Read → map → write back in batches of ``trigger.batch_size``, pipelined (a retry is idempotent)."""
     size = runtime.workflow.trigger.batch_size
     jobs: list[Sequence[SourceAlert] | Sequence[AlertRef]] = [*chunked(located, size)]
     jobs += chunked(unique_refs(refs, tenant), size)
-    return run_pipeline(runtime, jobs)
+    return run_pipeline(runtime, jobs, should_stop=should_stop)
 
 
 def split_inputs(
