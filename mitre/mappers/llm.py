@@ -146,6 +146,7 @@ class ProviderReply:
     usage: Usage
     problem: str | None = None
     raw_id: str | None = None
+    malformed: bool = False  # the body was not JSON at all: a broken endpoint, which the breaker counts
 
 
 @dataclass(frozen=True)
@@ -286,7 +287,8 @@ class _Malformed:
 
 def malformed_reply(payload: Any) -> ProviderReply | None:
     if isinstance(payload, _Malformed):
-        return ProviderReply(None, Usage(), problem="the response body was not valid JSON (truncated or malformed)")
+        problem = "the response body was not valid JSON (truncated or malformed)"
+        return ProviderReply(None, Usage(), problem=problem, malformed=True)
     return None
 
 
@@ -552,7 +554,10 @@ class LLMMapper:
                 return self.fallback(
                     local_result, f"{FALLBACK_PROVIDER}:{exc.kind}", total if total != Usage() else None
                 )
-            self.breaker.record_success()
+            if reply.malformed:  # 2xx but not JSON: an endpoint answering garbage trips the breaker too
+                self.breaker.record_failure()
+            else:
+                self.breaker.record_success()
             total = add_usage(total, reply.usage)
             result, problem, unknown = self.interpret(reply, local_result, total)
             if unknown:
