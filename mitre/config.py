@@ -40,6 +40,9 @@ class WebhookSettings(Section):
     )
     tolerance_seconds: float = Field(300, gt=0, description="reject timestamps further than this from now")
     max_body_bytes: int = Field(1_048_576, ge=1, description="larger bodies are rejected with 413")
+    body_timeout_seconds: float = Field(
+        10, gt=0, description="a body that takes longer to arrive is rejected with 408 (slow clients, slowloris)"
+    )
     require_nonce: bool = Field(True, description="X-Attackmap-Nonce required; each nonce accepted once per window")
     max_alerts: int = Field(1000, ge=1, description="alerts accepted in one request")
 

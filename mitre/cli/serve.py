@@ -31,6 +31,9 @@ def serve(
         bool, typer.Option("--no-signature", help="accept unsigned requests (only with --ssl-ca-certs: mTLS)")
     ] = False,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+    header_timeout: Annotated[
+        float, typer.Option("--header-timeout", min=0.1, help="seconds a request head may take to arrive (slowloris)")
+    ] = 10.0,
 ) -> None:
     """Receive alerts on POST /hooks or /hooks/WORKFLOW and emit one Prefect event per alert.
 
@@ -40,7 +43,7 @@ def serve(
     import uvicorn
 
     from mitre.io.events import PrefectEvents
-    from mitre.io.webhook import create_app
+    from mitre.io.webhook import create_app, slow_client_guard
 
     config, _ = load_config(workflows)
     if not prefect_api_url:
@@ -74,6 +77,7 @@ def serve(
         host=host,
         port=port,
         log_level=log_level,
+        http=slow_client_guard(header_timeout),
         ssl_certfile=str(ssl_certfile) if ssl_certfile else None,
         ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None,
         ssl_ca_certs=str(ssl_ca_certs) if ssl_ca_certs else None,

@@ -11,7 +11,11 @@ Authentication (all checked before anything is emitted):
   from the environment variable named in the workflow's ``trigger.webhook.secret_env``;
 - ``X-Attackmap-Nonce``: accepted once within the window (a signature is also accepted only once, so a
   captured request replayed with a fresh nonce is rejected too);
-- bodies larger than ``max_body_bytes`` get 413 (checked on Content-Length and while streaming).
+- bodies larger than ``max_body_bytes`` get 413 (checked on Content-Length and while streaming);
+- a body that takes longer than ``body_timeout_seconds`` to arrive gets 408, and a request head that
+  takes longer than the server's header timeout closes the connection (`SlowClientGuard`): a client
+  trickling bytes (slowloris) cannot hold connections open;
+- an authentication header sent twice gets 400: ambiguous, never resolved by picking one.
 
 Optional TLS / mutual TLS is uvicorn's (see `mitre/cli/serve.py`). The events themselves, and how they
 reach Prefect, are `mitre.io.events`.
@@ -19,6 +23,7 @@ reach Prefect, are `mitre.io.events`.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
@@ -30,6 +35,7 @@ from typing import Any
 
 import orjson
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -135,22 +141,37 @@ class WebhookState:
     signatures: SeenWithin
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def _read_body(request: Request, limit: int, timeout: float) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
-            if int(declared) > limit:
-                raise Rejected(413, "too_large", f"body over {limit} bytes")
+            declared_size = int(declared)
         except ValueError as exc:
             raise Rejected(400, "bad_request", "invalid Content-Length") from exc
+        if declared_size > limit:
+            raise Rejected(413, "too_large", f"body over {limit} bytes")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise Rejected(413, "too_large", f"body over {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise Rejected(413, "too_large", f"body over {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError as exc:
+        raise Rejected(408, "too_slow", f"body not received within {timeout:g} s") from exc
     return b"".join(chunks)
+
+
+_SINGLE_HEADERS = (TIMESTAMP_HEADER, SIGNATURE_HEADER, NONCE_HEADER, TENANT_HEADER, "content-length")
+
+
+def _no_duplicates(headers: Headers) -> None:
+    """An authentication header sent twice is ambiguous: rejected, never resolved by picking one."""
+    for name in _SINGLE_HEADERS:
+        if len(headers.getlist(name)) > 1:
+            raise Rejected(400, "duplicate_header", f"{name} sent more than once")
 
 
 def verify(state: WebhookState, headers: Mapping[str, str], body: bytes, now: float) -> None:
@@ -211,7 +232,8 @@ def create_app(
             return JSONResponse({"error": "unknown_workflow", "message": f"no enabled workflow {name!r}"}, 404)
         state = states[name]
         try:
-            body = await _read_body(request, state.settings.max_body_bytes)
+            _no_duplicates(request.headers)
+            body = await _read_body(request, state.settings.max_body_bytes, state.settings.body_timeout_seconds)
             verify(state, request.headers, body, clock())
             try:
                 payload = orjson.loads(body)
@@ -251,3 +273,56 @@ def create_app(
             Route("/hooks/{workflow}", hook, methods=["POST"]),
         ]
     )
+
+
+# --------------------------------------------------------------------------- slow clients
+
+
+def slow_client_guard(header_timeout: float) -> type[Any]:
+    """uvicorn's h11 protocol with a deadline on each request head (``http=`` of `uvicorn.run`).
+
+    uvicorn times out idle keep-alive connections, but not a connection whose request head never
+    completes: a client that trickles a header byte at a time (slowloris) holds it, and every worker
+    slot, for ever. Here the head of each request — the first right after connecting, each next one
+    after a response — must arrive within ``header_timeout`` seconds, or the connection is closed.
+    (Bodies have their own deadline: `WebhookSettings.body_timeout_seconds`, 408.)"""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class SlowClientGuard(H11Protocol):
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._arm_head_deadline()
+
+        _head_deadline: asyncio.TimerHandle | None = None
+
+        def _arm_head_deadline(self) -> None:
+            self._waiting_for = self.cycle  # a new cycle starts when the head is complete
+            self._head_deadline = self.loop.call_later(header_timeout, self._head_too_slow)
+
+        def _head_too_slow(self) -> None:
+            self._head_deadline = None
+            if not self.transport.is_closing():
+                log.warning("webhook: request head not received within %g s; connection closed", header_timeout)
+                self.transport.close()
+
+        def _disarm(self) -> None:
+            if self._head_deadline is not None:
+                self._head_deadline.cancel()
+                self._head_deadline = None
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self.cycle is not self._waiting_for:
+                self._disarm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._disarm()
+                self._arm_head_deadline()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+    return SlowClientGuard
