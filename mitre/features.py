@@ -192,7 +192,9 @@ def _text(value: Any) -> str | None:
     if value is None or value == "" or value == []:
         return None
     if isinstance(value, list | tuple):
-        parts = [_str(v) for v in value if v is not None and v != ""]
+        # Only the list's own scalars are text: an object or list inside it is structure, not an
+        # observable (and printing one nested hundreds of levels deep would exhaust the stack).
+        parts = [_str(v) for v in value if v is not None and v != "" and not isinstance(v, list | tuple | Mapping)]
         return " ".join(parts) if parts else None
     if isinstance(value, Mapping):
         return None
@@ -257,8 +259,8 @@ def _as_list(value: Any) -> list[str]:
     if value is None:
         return []
     if isinstance(value, list | tuple):
-        return [_str(v) for v in value if v is not None and v != ""]
-    return [_str(value)]
+        return [_str(v) for v in value if v is not None and v != "" and not isinstance(v, list | tuple | Mapping)]
+    return [] if isinstance(value, Mapping) else [_str(value)]
 
 
 def parse_ecs_threat(flat: Mapping[str, Any]) -> tuple[ThreatRef, ...]:

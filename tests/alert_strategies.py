@@ -101,6 +101,9 @@ def _parent(doc: Any, path: tuple[Any, ...]) -> Any:
     return doc
 
 
+MUTATIONS = ("swap", "swap", "drop", "plant", "plant", "flat_and_nested", "deep", "deep_plant")
+
+
 @st.composite
 def mutated_alerts(draw: st.DrawFn, max_mutations: int = 4) -> Any:
     """A real alert with up to `max_mutations` mutations (or, rarely, any JSON value at all)."""
@@ -108,7 +111,7 @@ def mutated_alerts(draw: st.DrawFn, max_mutations: int = 4) -> Any:
         return draw(json_values)
     alert = orjson.loads(draw(st.sampled_from(seed_alerts())))
     for _ in range(draw(st.integers(1, max_mutations))):
-        kind = draw(st.sampled_from(("swap", "swap", "drop", "plant", "plant", "flat_and_nested", "deep")))
+        kind = draw(st.sampled_from(MUTATIONS))
         paths = _paths(alert)
         if kind in ("swap", "drop", "deep") and paths:
             path = draw(st.sampled_from(paths))
@@ -122,6 +125,10 @@ def mutated_alerts(draw: st.DrawFn, max_mutations: int = 4) -> Any:
                 parent[path[-1]] = draw(json_values)
         elif kind == "plant" and isinstance(alert, dict):
             alert[draw(st.sampled_from(FEATURE_INPUTS))] = draw(json_values)
+        elif kind == "deep_plant" and isinstance(alert, dict):  # a field features read, hundreds of levels deep
+            depth = draw(st.sampled_from((254, 300, 700)))
+            deep = _nest(draw(scalars), depth, draw(st.booleans()))
+            alert[draw(st.sampled_from(FEATURE_INPUTS))] = [draw(scalars), deep]
         elif kind == "flat_and_nested" and isinstance(alert, dict):
             name = draw(st.sampled_from(FEATURE_INPUTS))
             head, _, tail = name.partition(".")

@@ -285,3 +285,15 @@ def test_the_guard_closes_a_connection_that_sends_nothing(server):
     with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
         assert sock.recv(16) == b""
     assert time.monotonic() - started < 3.0
+
+
+def test_a_bad_item_is_reported_and_the_good_alerts_beside_it_accepted():
+    recorder = Recorder()
+    client = TestClient(create_app(config(), recorder, {"soc": SECRET}))
+    items = [{"_index": "alerts-1", "_id": "a1"}, 42, {"no": "id"}, "attackmap.alert/alerts-1/a2"]
+    body = orjson.dumps({"alerts": items})
+    response = client.post("/hooks/soc", content=body, headers=signed_headers(SECRET, body))
+    assert response.status_code == 202, response.text
+    assert response.json()["accepted"] == 2 and len(recorder.events) == 2
+    assert [r["item"] for r in response.json()["rejected"]] == [1, 2]
+    assert "no _index/_id" in response.json()["rejected"][1]["reason"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -102,4 +103,14 @@ def unwritable(item: RawAlert, exc: Exception) -> Outcome:
 
 
 def alert_record(outcome: Outcome) -> bytes:
-    return orjson.dumps(outcome.alert) + b"\n"
+    """One output line. orjson first (fast); what it refuses — nesting past 255 levels, integers
+    past 64 bits, lone surrogates (written escaped, as they came) — goes through the standard
+    encoder, which raises only for what JSON cannot hold at all (NaN, nesting past the stack)."""
+    try:
+        return orjson.dumps(outcome.alert) + b"\n"
+    except TypeError:
+        pass
+    try:
+        return json.dumps(outcome.alert, ensure_ascii=True, allow_nan=False, separators=(",", ":")).encode() + b"\n"
+    except RecursionError as exc:
+        raise ValueError("nested too deep to write") from exc

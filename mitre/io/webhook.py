@@ -93,33 +93,47 @@ def _alerts_of(payload: Any) -> list[Any]:
 
 
 def extract_refs(payload: Any, tenant: str | None) -> list[AlertRef]:
-    """Alert references from a webhook body.
+    """Alert references from a webhook body; ValueError naming the first item that is not one.
 
     Accepted: ``{"alerts": [...]}`` (Kibana: ``{"alerts": {{{context.alerts}}}}``), a list, or a single
     object.  Each item is a resource id string, or an object with ``_index``/``_id`` (Kibana alert
     documents) or ``index``/``id``; without an index, ``kibana.alert.uuid`` is looked up in the
     tenant's (Kibana space's) alerts index.
     """
-    refs: list[AlertRef] = []
-    for i, item in enumerate(_alerts_of(payload)):
-        if isinstance(item, str):
-            refs.append(parse_ref(item, tenant))
-            continue
-        if not isinstance(item, Mapping):
-            raise ValueError(f"alert {i}: expected an object or a reference string")
-        item_tenant = tenant
-        spaces = get_path(item, "kibana.space_ids")
-        if item_tenant is None and isinstance(spaces, list) and spaces and isinstance(spaces[0], str):
-            item_tenant = spaces[0]
-        if (item.get("index") or item.get("_index")) and (item.get("id") or item.get("_id")):
-            refs.append(parse_ref(item, item_tenant))
-            continue
-        uuid_value = get_path(item, "kibana.alert.uuid")
-        if isinstance(uuid_value, str) and uuid_value:
-            refs.append(AlertRef(kibana_alerts_index(item_tenant or "default"), uuid_value, item_tenant))
-            continue
-        raise ValueError(f"alert {i}: no _index/_id, index/id or kibana.alert.uuid")
+    refs, rejected = sort_items(payload, tenant)
+    if rejected:
+        raise ValueError(f"alert {rejected[0]['item']}: {rejected[0]['reason']}")
     return refs
+
+
+def sort_items(payload: Any, tenant: str | None) -> tuple[list[AlertRef], list[dict[str, Any]]]:
+    """(the references of a webhook body, one ``{"item", "reason"}`` per item that is not one): a bad
+    item is reported, never a reason to refuse the good ones beside it (see extract_refs for shapes)."""
+    refs: list[AlertRef] = []
+    rejected: list[dict[str, Any]] = []
+    for i, item in enumerate(_alerts_of(payload)):
+        try:
+            refs.append(_item_ref(item, tenant))
+        except ValueError as exc:
+            rejected.append({"item": i, "reason": str(exc)})
+    return refs, rejected
+
+
+def _item_ref(item: Any, tenant: str | None) -> AlertRef:
+    if isinstance(item, str):
+        return parse_ref(item, tenant)
+    if not isinstance(item, Mapping):
+        raise ValueError("expected an object or a reference string")
+    item_tenant = tenant
+    spaces = get_path(item, "kibana.space_ids")
+    if item_tenant is None and isinstance(spaces, list) and spaces and isinstance(spaces[0], str):
+        item_tenant = spaces[0]
+    if (item.get("index") or item.get("_index")) and (item.get("id") or item.get("_id")):
+        return parse_ref(item, item_tenant)
+    uuid_value = get_path(item, "kibana.alert.uuid")
+    if isinstance(uuid_value, str) and uuid_value:
+        return AlertRef(kibana_alerts_index(item_tenant or "default"), uuid_value, item_tenant)
+    raise ValueError("no _index/_id, index/id or kibana.alert.uuid")
 
 
 # --------------------------------------------------------------------------- app
@@ -243,9 +257,11 @@ def create_app(
             if tenant is None and isinstance(payload, Mapping) and isinstance(payload.get("tenant"), str):
                 tenant = payload["tenant"]
             try:
-                refs = extract_refs(payload, tenant or None)
+                refs, rejected = sort_items(payload, tenant or None)
             except ValueError as exc:
                 raise Rejected(422, "invalid_payload", str(exc)) from exc
+            if not refs and rejected:
+                raise Rejected(422, "invalid_payload", f"alert {rejected[0]['item']}: {rejected[0]['reason']}")
             if not refs:
                 raise Rejected(422, "no_alerts", "no alerts in the body")
             if len(refs) > state.settings.max_alerts:
@@ -261,7 +277,11 @@ def create_app(
             log.error("webhook %s: could not emit %d events: %s", name, len(events), type(exc).__name__)
             return JSONResponse({"error": "emit_failed", "message": "event bus unavailable; retry"}, 503)
         log.info("webhook %s: %d alerts from %s → %d events", name, len(refs), client, len(events))
-        return JSONResponse({"accepted": len(events), "events": [e["id"] for e in events]}, 202)
+        answer: dict[str, Any] = {"accepted": len(events), "events": [e["id"] for e in events]}
+        if rejected:  # the good alerts are accepted; each bad item is named with the reason
+            log.warning("webhook %s: %d items from %s rejected, e.g. %s", name, len(rejected), client, rejected[0])
+            answer["rejected"] = rejected
+        return JSONResponse(answer, 202)
 
     async def health(_: Request) -> JSONResponse:
         return JSONResponse({"status": "ok", "workflows": sorted(workflows)})
