@@ -6,7 +6,7 @@ The node is Elastic's ``integ-test-zip`` distribution from Maven Central
 127.0.0.1 without security, and run in the background.  That distribution ships no JDK: ES 8.x runs on
 Java 17+, ES 9.x needs Java 21+; a suitable JDK is picked from ``ES_JAVA_HOME``, ``JAVA_HOME`` and
 ``/usr/lib/jvm/*``.  Elasticsearch refuses to run as root, so as root the node runs as the system user
-``attackmap-es`` (created on first use) through ``runuser``.
+``attackmap-es`` (created on first use, after saying so on stderr) through ``runuser``.
 
 The distribution is minimal: no ``GET /`` handler (readiness is ``/_cluster/health``), no Painless, and
 only the core mapper types.  Everything the project does against it (point-in-time, search_after,
@@ -26,6 +26,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -45,6 +46,11 @@ ARTIFACT_ID = "elasticsearch"
 DEPENDENCY_PLUGIN = "org.apache.maven.plugins:maven-dependency-plugin:3.8.1"
 HEAP = "512m"
 STATE_FILE = "node.json"
+
+
+def say(message: str) -> None:
+    """Tell the user what is about to be installed or created on their machine, before it is."""
+    print(f"es_node: {message}", file=sys.stderr, flush=True)
 
 
 class NodeError(RuntimeError):
@@ -149,6 +155,7 @@ def download(version: str) -> Path:
     ]
     if "MAVEN_REPO_LOCAL" in os.environ:
         cmd.append(f"-Dmaven.repo.local={os.environ['MAVEN_REPO_LOCAL']}")
+    say(f"downloading Elasticsearch {version} from Maven Central with mvn into {m2_repository()} (~300 MB, once)")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
     if proc.returncode != 0 or not path.is_file():
         lines = (proc.stdout + proc.stderr).strip().splitlines()
@@ -201,6 +208,10 @@ def ensure_user() -> None:
         pwd.getpwnam(ES_USER)
         return
     useradd = shutil.which("useradd") or "/usr/sbin/useradd"
+    say(
+        f"creating the system user {ES_USER} (no home, no login shell) to run Elasticsearch, "
+        "which refuses to run as root"
+    )
     proc = subprocess.run(
         [
             useradd,
@@ -237,6 +248,7 @@ def node_base(work_dir: Path) -> Path:
         return work_dir
     digest = hashlib.sha256(str(work_dir.resolve()).encode()).hexdigest()[:12]
     base = Path("/var/tmp") / f"attackmap-es-{digest}"
+    say(f"{ES_USER} cannot reach {work_dir}: the node's files go to {base} instead")
     base.mkdir(parents=True, exist_ok=True)
     base.chmod(0o755)
     return base
@@ -396,6 +408,7 @@ def start(
         elif not port_free(port):
             raise NodeError(f"port {port} on 127.0.0.1 is taken by another process; pick another with --port")
         java_home = find_java(version)
+        say(f"starting Elasticsearch {version} on 127.0.0.1:{port} with the JDK at {java_home}")
         zip_path = download(version)
         base = node_base(work_dir)
         home = unpack(zip_path, base, version)

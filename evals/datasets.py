@@ -16,7 +16,7 @@ import hashlib
 import tomllib
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,9 @@ class Case:
     dedup_text: str = ""
     # Labelled text a knowledge base may learn from but the mapper never sees (an ART test's description).
     prose: str = ""
+    # Where the row came from ("<file name>:<line>"): how cross-validation finds it in a knowledge base
+    # that loads the same file (`mitre.knowledge.load_examples` names id-less rows so).
+    origin: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
 
 
@@ -105,12 +108,12 @@ def sigma_case(row: Mapping[str, Any], source: str = "sigma") -> Case:
 def load_sigma(path: Path) -> tuple[list[Case], LoadReport]:
     report = LoadReport(dataset=f"sigma:{path}")
     cases = []
-    for _, row in _jsonl(path):
+    for line, row in _jsonl(path):
         report.rows += 1
         if not row.get("detection") or not row.get("id"):
             report.skipped["no_detection"] += 1
             continue
-        cases.append(sigma_case(row, source=f"sigma:{path.name}"))
+        cases.append(replace(sigma_case(row, source=f"sigma:{path.name}"), origin=f"{path.name}:{line}"))
     report.cases = len(cases)
     return cases, report
 
@@ -143,7 +146,7 @@ def atomic_case(row: Mapping[str, Any], source: str = "atomic") -> Case | None:
 def load_atomic(path: Path) -> tuple[list[Case], LoadReport]:
     report = LoadReport(dataset=f"atomic:{path}")
     cases = []
-    for _, row in _jsonl(path):
+    for line, row in _jsonl(path):
         report.rows += 1
         if not row.get("technique"):
             report.skipped["no_technique"] += 1
@@ -153,7 +156,7 @@ def load_atomic(path: Path) -> tuple[list[Case], LoadReport]:
             reason = "manual_executor" if row.get("executor") == "manual" else "no_command"
             report.skipped[reason] += 1
             continue
-        cases.append(case)
+        cases.append(replace(case, origin=f"{path.name}:{line}"))
     report.cases = len(cases)
     return cases, report
 
@@ -260,6 +263,7 @@ def load_rules(path: Path) -> tuple[list[Case], LoadReport]:
                 source=f"rules:{path.name}",
                 author=author,
                 dedup_text=query or str(row.get("name") or ""),
+                origin=f"{path.name}:{index}",
             )
         )
     report.cases = len(cases)
@@ -291,12 +295,12 @@ def load_cases(path: Path) -> tuple[list[Case], LoadReport]:
     files = sorted(path.glob("*.jsonl")) if path.is_dir() else [path]
     cases = []
     for file in files:
-        for _, row in _jsonl(file):
+        for line, row in _jsonl(file):
             report.rows += 1
             if "alert" not in row or "expected" not in row or "id" not in row:
                 report.skipped["not_a_case"] += 1
                 continue
-            cases.append(case_from_row(row, source=file.name))
+            cases.append(replace(case_from_row(row, source=file.name), origin=f"{file.name}:{line}"))
     report.cases = len(cases)
     return cases, report
 

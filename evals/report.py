@@ -78,6 +78,8 @@ def report_dict(result: RunResult, catalog: Catalog) -> dict[str, Any]:
         "groups": result.groups,
         "seconds": round(result.seconds, 2),
         "settings": result.settings,
+        "configuration": result.configuration,
+        "warnings": result.warnings,
         "load": result.dataset.load.as_dict(),
         "labels": result.dataset.labels.as_dict(),
         "headline": headline(m),
@@ -115,6 +117,25 @@ def extra_sources_line(outcomes: dict[str, Any]) -> str:
     return f"Unnamed techniques beside a right one, by the evidence that named them: {named or 'none'}."
 
 
+def configuration_lines(conf: dict[str, Any]) -> list[str]:
+    """The engine configuration a report measured, one line per part."""
+    if not conf:
+        return []
+    catalog = conf.get("catalog") or {}
+    kb = conf.get("knowledge_base") or {}
+    lines = [
+        f"workflows: {conf.get('workflows')} (workflow {conf.get('workflow')})",
+        f"catalog: ATT&CK {catalog.get('version')} from {catalog.get('source')}, "
+        f"fingerprint {catalog.get('fingerprint')}",
+        f"knowledge base: {'; '.join(kb.get('sources') or []) or 'none'}, fingerprint {kb.get('fingerprint') or '—'}",
+        f"mapper: {conf.get('mapper')}" + (f" ({conf['model']})" if conf.get("model") else ""),
+        f"scoring: {conf.get('scoring')}",
+    ]
+    if kb.get("cross_validation"):
+        lines.append(f"cross-validation: {kb['cross_validation']}")
+    return lines
+
+
 def to_markdown(rep: dict[str, Any], catalog: Catalog, gate: list[str] | None = None) -> str:
     h = rep["headline"]
     m = rep["metrics"]
@@ -127,6 +148,10 @@ def to_markdown(rep: dict[str, Any], catalog: Catalog, gate: list[str] | None = 
         f"time: {rep['seconds']} s",
         f"- labels: excluded {rep['labels']['excluded'] or 'none'}; unmapped technique labels "
         f"{sum(rep['labels']['unmapped_techniques'].values())}; redirected {sum(rep['labels']['redirected'].values())}",
+        "",
+        "Configuration measured:",
+        "",
+        *[f"- {line}" for line in configuration_lines(rep.get("configuration") or {})],
         "",
         "| figure | value |",
         "|---|---|",
@@ -252,6 +277,7 @@ def to_html(rep: dict[str, Any], catalog: Catalog, gate: list[str] | None = None
             f"{e(', '.join(w['expected']))}; predicted {e(', '.join(w['predicted']) or '(nothing)')}</summary>"
             f"<pre>{e(w['alert_text'])}</pre><ul>{ev}</ul>{attr}</details>"
         )
+    conf_html = "".join(f"<li>{e(line)}</li>" for line in configuration_lines(rep.get("configuration") or {}))
     gate_html = ""
     if gate is not None:
         gate_html = "<h2>Gate</h2>" + (
@@ -268,6 +294,7 @@ td,th{{border:1px solid #ddd;padding:2px 8px}} pre{{white-space:pre-wrap;backgro
 <p>mode <b>{e(rep["mode"])}</b>, mapper <b>{e(rep["mapper"])}</b>, knowledge base
 {e(", ".join(rep["knowledge_base"]) or "—")}, ATT&amp;CK {e(rep["catalog"]["version"])},
 {m["cases"]} cases, {rep["seconds"]} s. Excluded: {e(str(rep["labels"]["excluded"] or "none"))}.</p>
+<h2>Configuration measured</h2><ul>{conf_html}</ul>
 <table><tr><th>figure</th><th>value</th></tr>{head_rows}</table>
 {gate_html}
 <h2>Case outcomes</h2>

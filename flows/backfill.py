@@ -44,7 +44,7 @@ def run_backfill(
     source = ElasticSource(
         runtime.es,
         index or workflow.trigger.index_pattern,
-        min_risk=workflow.trigger.match.risk_score_gte if min_risk is None else min_risk,
+        min_risk=workflow.decision.min_risk_score if min_risk is None else min_risk,
         page_size=size,
     )
     total: int | None

@@ -14,7 +14,6 @@ checkpoint is its only state, and must sit on storage that survives the process.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -37,7 +36,7 @@ def default_checkpoint(workflow: str, kind: str = "poller") -> Path:
 
 
 def prefect_api_url() -> str:
-    url = os.environ.get("PREFECT_API_URL", "")
+    url = Environment().prefect_api_url or ""
     if not url:
         from prefect.settings import PREFECT_API_URL
 
@@ -61,7 +60,7 @@ def poll_once(
     source = ElasticSource(
         runtime.es,
         index or workflow.trigger.index_pattern,
-        min_risk=workflow.trigger.match.risk_score_gte,
+        min_risk=workflow.decision.min_risk_score,
         page_size=workflow.trigger.batch_size,
     )
     if emit is None:

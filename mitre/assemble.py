@@ -7,19 +7,18 @@ command-line flags add on top.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mitre.cache import DAY_SECONDS, MappingCache
 from mitre.cache_guard import GuardedCache
 from mitre.catalog import Catalog, load_catalog
-from mitre.config import Environment, WorkflowsFile
-from mitre.engine import Engine
+from mitre.config import Environment, MapperSettings, WorkflowsFile
+from mitre.engine import Engine, EngineConfiguration
 from mitre.indicators import load_indicators
-from mitre.knowledge_store import defer_knowledge, load_knowledge
-from mitre.mappers import default_registry
+from mitre.knowledge_store import LoadedKnowledge, Notify, open_knowledge
+from mitre.mappers import LOCAL, default_registry
 from mitre.mappers.base import Mapper, MapperContext, MapperRegistry
-from mitre.mappers.local import LocalMapper
 
 
 @dataclass(frozen=True)
@@ -34,12 +33,46 @@ class EngineOptions:
     cache_dir: Path | None = None
 
 
-def resolve_catalog(config: WorkflowsFile, env: Environment, override: Path | None = None) -> Catalog:
-    """Explicit path → ATTACKMAP_CATALOG → workflows.yaml → installed active catalog → bundled package."""
-    path = override or env.catalog or config.catalog.path
-    if path is None and (env.home / "catalog.json").is_file():
-        path = env.home / "catalog.json"
-    return load_catalog(path, config.catalog.crosswalks)
+def resolve_catalog(
+    config: WorkflowsFile, env: Environment, override: Path | None = None, warnings: list[str] | None = None
+) -> Catalog:
+    """Explicit path → ATTACKMAP_CATALOG → workflows.yaml → installed active catalog → bundled package.
+
+    A catalog or crosswalk that workflows.yaml names but that is not there (the shared ATT&CK bundle on
+    a machine without it) is reported in `warnings` and the next one in that order is used; an
+    explicit path or ATTACKMAP_CATALOG that is missing is an error."""
+    notes = warnings if warnings is not None else []
+    installed = env.home / "catalog.json"
+    path = override or env.catalog
+    if path is None and config.catalog.path is not None:
+        if config.catalog.path.is_file():
+            path = config.catalog.path
+        else:
+            instead = f"the installed catalog {installed}" if installed.is_file() else "the bundled offline catalog"
+            notes.append(f"catalog {config.catalog.path} not found: using {instead}")
+    if path is None and installed.is_file():
+        path = installed
+    crosswalks = []
+    for crosswalk in config.catalog.crosswalks:
+        if crosswalk.is_file():
+            crosswalks.append(crosswalk)
+        else:
+            notes.append(f"crosswalk {crosswalk} not found: newer ATT&CK IDs it maps are left to the built-in ones")
+    return load_catalog(path, crosswalks)
+
+
+def mapper_settings(config: WorkflowsFile, options: EngineOptions) -> MapperSettings:
+    """The workflow's mapper settings with the command line's provider on top."""
+    settings = config.workflow(options.workflow).mapper
+    return settings.model_copy(update={"provider": options.mapper}) if options.mapper else settings
+
+
+def knowledge_paths(config: WorkflowsFile, env: Environment, options: EngineOptions) -> tuple[Path, ...]:
+    """The knowledge-base files: the command line's, else the workflow's plus ATTACKMAP_KNOWLEDGE_BASE."""
+    if options.knowledge_base is not None:
+        return options.knowledge_base
+    configured = tuple(config.workflow(options.workflow).mapper.knowledge_base)
+    return configured + ((env.knowledge_base,) if env.knowledge_base else ())
 
 
 def build_engine(
@@ -47,34 +80,36 @@ def build_engine(
     env: Environment | None = None,
     options: EngineOptions | None = None,
     registry: MapperRegistry | None = None,
+    *,
+    catalog: Catalog | None = None,
+    knowledge: LoadedKnowledge | None = None,
+    notify: Notify | None = None,
 ) -> Engine:
+    """The engine a workflow describes. `catalog` and `knowledge`, when given, are used instead of
+    loading them (the evals build one engine per cross-validation fold over one catalog). `notify`
+    hears about a slow step (training a knowledge base) as it starts."""
     env = env or Environment()
     options = options or EngineOptions()
-    catalog = resolve_catalog(config, env, options.catalog)
+    warnings: list[str] = []
+    catalog = catalog or resolve_catalog(config, env, options.catalog, warnings)
     indicators = load_indicators(catalog)
     workflow = config.workflow(options.workflow)
-    settings = workflow.mapper
-    if options.mapper:
-        settings = settings.model_copy(update={"provider": options.mapper})
-    kb_paths: tuple[Path, ...] = (
-        options.knowledge_base
-        if options.knowledge_base is not None
-        else tuple(settings.knowledge_base) + ((env.knowledge_base,) if env.knowledge_base else ())
-    )
-    if settings.provider == LocalMapper.name:
-        knowledge, kb_fingerprint, warnings = defer_knowledge(kb_paths, catalog, env.home / "knowledge")
-    else:  # an LLM provider shortlists candidates with the local mapper on every call
-        knowledge, kb_fingerprint, warnings = load_knowledge(kb_paths, catalog, env.home / "knowledge")
-    local = (
-        LocalMapper(catalog, indicators, settings, load_knowledge=knowledge, knowledge_fingerprint=kb_fingerprint)
-        if callable(knowledge)
-        else LocalMapper(catalog, indicators, settings, knowledge=knowledge, knowledge_fingerprint=kb_fingerprint)
-    )
+    settings = mapper_settings(config, options)
+    if knowledge is None:
+        # The local mapper alone loads a stored knowledge base on first use; an LLM provider
+        # shortlists candidates with it on every call.
+        knowledge = open_knowledge(
+            knowledge_paths(config, env, options),
+            catalog,
+            env.home / "knowledge",
+            lazy=settings.provider == LOCAL,
+            notify=notify,
+        )
     registry = registry or default_registry()
+    context = MapperContext(catalog=catalog, settings=settings, indicators=indicators, knowledge=knowledge)
+    local = registry.create(LOCAL, context)
     mapper: Mapper = (
-        local
-        if settings.provider == local.name
-        else registry.create(settings.provider, MapperContext(catalog=catalog, settings=settings, local=local))
+        local if settings.provider == LOCAL else registry.create(settings.provider, replace(context, local=local))
     )
     observer = None
     if mapper is not local:
@@ -90,7 +125,20 @@ def build_engine(
             lambda: MappingCache(directory, size_limit_bytes=size_limit_bytes, ttl_seconds=ttl_seconds),
             where=str(directory),
         )
-    engine = Engine(catalog, indicators, config, options.workflow, mapper, cache, warnings)
+    configuration = EngineConfiguration(
+        workflows=config.describe_source(),
+        workflow=workflow.name,
+        catalog_version=catalog.version,
+        catalog_fingerprint=catalog.fingerprint,
+        catalog_source=catalog.source,
+        knowledge_sources=knowledge.sources,
+        knowledge_fingerprint=knowledge.fingerprint,
+        mapper=mapper.name,
+        model=mapper.model,
+    )
+    engine = Engine(
+        catalog, indicators, config, options.workflow, mapper, cache, [*warnings, *knowledge.warnings], configuration
+    )
     if observer is not None:
         engine.observers.append(observer)
     return engine

@@ -7,11 +7,14 @@ shipped for editors and `attackmap workflows validate` is generated from them.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+BUILT_IN = "built-in defaults (no workflows file)"
+M = TypeVar("M", bound=BaseModel)
 
 
 class Section(BaseModel):
@@ -25,11 +28,6 @@ class OptOuts(Section):
     rule_name_patterns: list[str] = Field(
         default_factory=list, description="fnmatch-style, case-insensitive, e.g. '*test rule*'"
     )
-
-
-class TriggerMatch(Section):
-    risk_score_gte: float = Field(50, ge=0, le=100)
-    has_rule_mitre_tags: bool | None = Field(None, description="null matches both")
 
 
 class WebhookSettings(Section):
@@ -49,7 +47,6 @@ class WebhookSettings(Section):
 
 class Trigger(Section):
     event: str = "security.alert.high-risk"
-    match: TriggerMatch = Field(default_factory=TriggerMatch)
     index_pattern: str = Field(
         ".alerts-security.alerts-*", description="alert indices the poller and backfill read (Kibana: per space)"
     )
@@ -62,7 +59,13 @@ class DecisionSettings(Section):
     """The hybrid rule. gap-fill: map untagged only; hybrid: also extend on indicators; always: map all."""
 
     mode: Literal["gap-fill", "hybrid", "always"] = "hybrid"
-    min_risk_score: float = Field(50, ge=0, le=100)
+    min_risk_score: float = Field(
+        50,
+        ge=0,
+        le=100,
+        description="the one risk threshold: lower-risk alerts are skipped, and the poller and backfill "
+        "read only alerts at or above it (alerts without a score pass)",
+    )
     extend_min_confidence: float = Field(0.8, ge=0, le=1)
     opt_outs: OptOuts = Field(default_factory=OptOuts)
 
@@ -97,8 +100,9 @@ class BudgetSettings(Section):
 
 
 class Outputs(Section):
-    ndjson: Path | None = None
-    elasticsearch_write_back: bool = False
+    elasticsearch_write_back: bool = Field(
+        False, description="flows write threat.* and provenance back to the alert (attackmap enrich writes NDJSON)"
+    )
 
 
 class Workflow(Section):
@@ -139,6 +143,16 @@ class WorkflowsFile(Section):
     cache: CacheSettings = Field(default_factory=CacheSettings)
     limits: Limits = Field(default_factory=Limits)
     workflows: list[Workflow] = Field(default_factory=lambda: [Workflow(name="default")])
+    # The file these settings were read from (None: the built-in defaults); not part of the schema.
+    _source: Path | None = PrivateAttr(None)
+
+    @property
+    def source(self) -> Path | None:
+        return self._source
+
+    def describe_source(self) -> str:
+        """The workflows file in effect, as summaries and provenance name it."""
+        return str(self._source) if self._source is not None else BUILT_IN
 
     def workflow(self, name: str | None = None) -> Workflow:
         enabled = [w for w in self.workflows if w.enabled]
@@ -163,32 +177,35 @@ class Environment(BaseSettings):
     cache_dir: Path | None = None
     knowledge_base: Path | None = None
     es_url: str | None = None  # Elasticsearch for flows, the worker and an ES ledger
+    redact_salt: str | None = None  # LLM redaction: the pseudonym salt (default: $ATTACKMAP_HOME/redact.salt)
+    # Prefect's own variable, read here for the commands that must refuse to run without it.
+    prefect_api_url: str | None = Field(None, validation_alias="PREFECT_API_URL")
 
 
 def load_workflows(path: Path | None) -> WorkflowsFile:
-    """Parse a workflows file; a missing path means the built-in defaults."""
+    """Parse a workflows file; a missing path means the built-in defaults. Every relative path in it
+    (catalog, crosswalks, cache, knowledge base, ledger, …) is read from the file's own folder."""
     if path is None:
         return WorkflowsFile()
     raw = yaml.safe_load(path.read_text()) or {}
-    config = WorkflowsFile.model_validate(raw)
-    base = path.resolve().parent
+    config = _anchored(WorkflowsFile.model_validate(raw), path.resolve().parent)
+    config._source = path.resolve()
+    return config
 
-    def anchor(p: Path | None) -> Path | None:
-        return None if p is None else (p if p.is_absolute() else base / p).resolve()
 
-    catalog = config.catalog.model_copy(
-        update={"path": anchor(config.catalog.path), "crosswalks": [anchor(p) for p in config.catalog.crosswalks]}
-    )
-    cache = config.cache.model_copy(update={"directory": anchor(config.cache.directory)})
-    workflows = [
-        w.model_copy(
-            update={
-                "mapper": w.mapper.model_copy(update={"knowledge_base": [anchor(p) for p in w.mapper.knowledge_base]})
-            }
-        )
-        for w in config.workflows
-    ]
-    return config.model_copy(update={"catalog": catalog, "cache": cache, "workflows": workflows})
+def _anchored(model: M, base: Path) -> M:
+    """A copy of the settings with every relative Path field made absolute against `base`."""
+
+    def anchor(value: Any) -> Any:
+        if isinstance(value, Path):
+            return (value if value.is_absolute() else base / value).resolve()
+        if isinstance(value, BaseModel):
+            return _anchored(value, base)
+        if isinstance(value, list):
+            return [anchor(item) for item in value]
+        return value
+
+    return model.model_copy(update={name: anchor(getattr(model, name)) for name in type(model).model_fields})
 
 
 def default_workflows_path(env: Environment) -> Path | None:

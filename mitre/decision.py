@@ -13,6 +13,7 @@ from mitre.models import AlertFeatures, Decision, DecisionKind, IndicatorHit
 # Stable reason codes (counted in summaries and the ledger).
 OPTED_OUT = "opted_out"
 BELOW_RISK = "below_risk_threshold"
+UNREADABLE_RISK = "unreadable_risk_score"
 MODE_ALWAYS = "mode_always"
 NO_RULE = "no_rule"
 UNTAGGED_RULE = "untagged_rule"
@@ -52,6 +53,13 @@ def skip_early(features: AlertFeatures, settings: DecisionSettings) -> Decision 
     and evaluate indicators only for alerts that pass."""
     if (why := is_opted_out(features, settings)) is not None:
         return Decision(kind=DecisionKind.SKIP, reason=OPTED_OUT, detail=why)
+    if features.risk_score_text is not None and settings.min_risk_score > 0:
+        return Decision(
+            kind=DecisionKind.SKIP,
+            reason=UNREADABLE_RISK,
+            detail=f"risk score {features.risk_score_text!r} is neither a number nor a severity "
+            f"(low, medium, high, critical): the threshold {settings.min_risk_score:g} cannot be applied",
+        )
     if features.risk_score is not None and features.risk_score < settings.min_risk_score:
         return Decision(
             kind=DecisionKind.SKIP,

@@ -9,6 +9,7 @@ dead-lettered with an error id (its traceback logged under it, see `mitre.failur
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import logging
 import time
@@ -26,6 +27,7 @@ from mitre.config import WorkflowsFile
 from mitre.decision import decide, skip_early
 from mitre.enrich import (
     Enrichment,
+    WorkflowRef,
     apply_enrichment,
     build_enrichment,
     enrich_alert,
@@ -62,6 +64,35 @@ OUTCOME_MEMO_ENTRIES = 20_000
 # A long-running worker forgets remembered outcomes this often, so none outlives the cache's own
 # expiry by more than this.
 OUTCOME_MEMO_SECONDS = 3600.0
+
+
+@dataclass(frozen=True)
+class EngineConfiguration:
+    """What an engine runs with, as run summaries, provenance and eval reports state it."""
+
+    workflows: str  # the workflows file in effect, or that the built-in defaults are
+    workflow: str
+    catalog_version: str
+    catalog_fingerprint: str
+    catalog_source: str
+    knowledge_sources: tuple[str, ...]
+    knowledge_fingerprint: str
+    mapper: str
+    model: str | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "workflows": self.workflows,
+            "workflow": self.workflow,
+            "catalog": {
+                "version": self.catalog_version,
+                "fingerprint": self.catalog_fingerprint,
+                "source": self.catalog_source,
+            },
+            "knowledge_base": {"sources": list(self.knowledge_sources), "fingerprint": self.knowledge_fingerprint},
+            "mapper": self.mapper,
+            "model": self.model,
+        }
 
 
 @dataclass(frozen=True)
@@ -125,6 +156,7 @@ class Engine:
         mapper: Mapper,
         cache: Store | None,
         warnings: Sequence[str] = (),
+        configuration: EngineConfiguration | None = None,
     ) -> None:
         self.catalog = catalog
         self.indicators = indicators
@@ -134,6 +166,19 @@ class Engine:
         self.cache = cache
         self.warnings = list(warnings)
         self.failures = FailureLog()
+        configuration = configuration or EngineConfiguration(
+            workflows=config.describe_source(),
+            workflow=self.workflow.name,
+            catalog_version=catalog.version,
+            catalog_fingerprint=catalog.fingerprint,
+            catalog_source=catalog.source,
+            knowledge_sources=(),
+            knowledge_fingerprint="",
+            mapper=mapper.name,
+            model=mapper.model,
+        )
+        self.configuration = configuration
+        self._origin = WorkflowRef(configuration.workflows, configuration.workflow)
         # The indicator catalog shapes every mapping (decisions, evidence, the local mapper's ranks).
         identity = f"{mapper.settings_hash()}:{indicators.fingerprint}"
         self._settings_hash = hashlib.sha256(identity.encode()).hexdigest()[:16]
@@ -192,7 +237,7 @@ class Engine:
             return Outcome(
                 status=OutcomeStatus.SKIPPED,
                 reason=decision.reason,
-                alert=mark_skipped(alert, skip_provenance(decision, self.catalog)),
+                alert=mark_skipped(alert, skip_provenance(decision, self.catalog, self._origin)),
                 decision=decision,
                 line=item.line,
             )
@@ -213,8 +258,18 @@ class Engine:
         return remembered.outcome.model_copy(update={"alert": enriched, "line": line})
 
     def _dead(self, item: RawAlert, reason: str, error_id: str | None = None) -> Outcome:
+        """A dead letter keeps its input: the text, and the original bytes when they are not UTF-8."""
+        raw_b64 = None
+        if item.raw is None:
+            raw = item.text()
+        else:
+            try:
+                raw = item.raw.decode("utf-8")
+            except UnicodeDecodeError:
+                raw = item.raw.decode("utf-8", "replace")
+                raw_b64 = base64.b64encode(item.raw).decode()
         return Outcome(
-            status=OutcomeStatus.DEAD_LETTER, reason=reason, line=item.line, raw=item.text(), error_id=error_id
+            status=OutcomeStatus.DEAD_LETTER, reason=reason, line=item.line, raw=raw, raw_b64=raw_b64, error_id=error_id
         )
 
     def _failed(self, item: RawAlert, exc: Exception) -> Outcome:
@@ -300,7 +355,7 @@ class Engine:
             if isinstance(result, Outcome):
                 outcomes[entry.index] = result
                 if entry.signature is not None and result.status is OutcomeStatus.SKIPPED and result.decision:
-                    provenance = skip_provenance(result.decision, self.catalog)
+                    provenance = skip_provenance(result.decision, self.catalog, self._origin)
                     bare = result.model_copy(update={"alert": None, "line": None})
                     self._remember(entry.signature, _Remembered(bare, skip_provenance=provenance))
             else:
@@ -311,7 +366,13 @@ class Engine:
         mapped = self.map_decided([p.features for p in prepared], [p.decision for p in prepared])
         for entry, done, (mapping, hit) in zip(mapped_todo, prepared, mapped, strict=True):
             enrichment = build_enrichment(
-                done.alert, done.features, done.decision, mapping, self.catalog, settings_hash=self._settings_hash
+                done.alert,
+                done.features,
+                done.decision,
+                mapping,
+                self.catalog,
+                settings_hash=self._settings_hash,
+                workflow=self._origin,
             )
             outcome = Outcome(
                 status=OutcomeStatus.ENRICHED,

@@ -25,6 +25,18 @@ _ATTACK_TAG_KEYS = frozenset({"framework", "tactic", "technique"})
 
 
 @dataclass(frozen=True)
+class WorkflowRef:
+    """Which workflows file and workflow an enrichment came from (not part of the provenance hash:
+    the same result from a moved file is not rewritten)."""
+
+    file: str
+    name: str
+
+    def provenance(self) -> dict[str, str]:
+        return {"workflows": self.file, "workflow": self.name}
+
+
+@dataclass(frozen=True)
 class Enrichment:
     """What enrichment adds to an alert, less the per-alert stamps (cache hit, time).
     Shared between alerts: treat both dicts as read-only."""
@@ -109,6 +121,7 @@ def build_enrichment(
     catalog: Catalog,
     *,
     settings_hash: str,
+    workflow: WorkflowRef | None = None,
 ) -> Enrichment:
     """The merged ECS threat object and the provenance for one alert, before its per-run stamps.
 
@@ -130,6 +143,7 @@ def build_enrichment(
     tactics.extend(result.tactic_ids)
     provenance = {
         "schema": PROVENANCE_SCHEMA,
+        **(workflow.provenance() if workflow is not None else {}),
         "mapper": result.mapper,
         "model": result.model,
         "prompt_hash": result.prompt_hash or None,
@@ -203,10 +217,11 @@ def enrich_alert(
     return apply_enrichment(alert, enrichment, cache_hit=cache_hit, now=timestamp(now))
 
 
-def skip_provenance(decision: Decision, catalog: Catalog) -> dict[str, Any]:
+def skip_provenance(decision: Decision, catalog: Catalog, workflow: WorkflowRef | None = None) -> dict[str, Any]:
     """Why an alert was skipped; the same for every alert with the same decision."""
     return {
         "schema": PROVENANCE_SCHEMA,
+        **(workflow.provenance() if workflow is not None else {}),
         "decision": decision.kind.value,
         "reason": decision.reason,
         "detail": decision.detail,

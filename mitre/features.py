@@ -303,6 +303,32 @@ def _float(value: Any) -> float | None:
         return None
 
 
+# --- risk score (issue #11): a score given as a word or a numeric string -------------------------
+# Kibana's risk-score bands: a rule's default risk score for each severity.
+SEVERITY_RISK = {"low": 21.0, "medium": 47.0, "high": 73.0, "critical": 99.0}
+
+
+def read_risk_score(value: Any) -> tuple[float | None, str | None]:
+    """(risk score, the raw text when it cannot be read). Numbers and numeric strings ("73") are
+    read as numbers, severity words ("high") as Kibana's risk band for that severity; anything else
+    is returned as text for the caller to report, never taken for "no score"."""
+    if value is None or isinstance(value, bool):
+        return None, None if value is None else str(value)
+    if isinstance(value, int | float):
+        return float(value), None
+    text = str(value).strip()
+    if not text:
+        return None, None
+    if (number := _float(text)) is not None:
+        return number, None
+    if (band := SEVERITY_RISK.get(text.lower())) is not None:
+        return band, None
+    return None, text[:64]
+
+
+# -------------------------------------------------------------------------------------------------
+
+
 def flatten_alert(alert: Mapping[str, Any]) -> dict[str, Any]:
     """The dotted view of the parts of an alert that features read."""
     if not isinstance(alert, Mapping):
@@ -336,6 +362,9 @@ def features_from_flat(flat: Mapping[str, Any], fields: Iterable[str] = OBSERVAB
     rule_name = _text(_rule_value(flat, "name"))
     if not observed and rule_name is None:
         raise ValueError("no rule and no observable ECS field: not an alert")
+    risk = read_risk_score(
+        flat.get("kibana.alert.risk_score") or _rule_value(flat, "risk_score") or flat.get("event.risk_score")
+    )
     return AlertFeatures(
         alert_id=_text(flat.get("kibana.alert.uuid") or flat.get("_id") or flat.get("event.id") or flat.get("id")),
         rule_id=_text(_rule_value(flat, "rule_id") or _rule_value(flat, "uuid") or _rule_value(flat, "id")),
@@ -346,9 +375,8 @@ def features_from_flat(flat: Mapping[str, Any], fields: Iterable[str] = OBSERVAB
         rule_tags=tuple(_as_list(_rule_value(flat, "tags"))),
         rule_threat=rule_threat,
         existing_threat=parse_ecs_threat(flat),
-        risk_score=_float(
-            flat.get("kibana.alert.risk_score") or _rule_value(flat, "risk_score") or flat.get("event.risk_score")
-        ),
+        risk_score=risk[0],
+        risk_score_text=risk[1],
         severity=_text(
             flat.get("kibana.alert.severity") or _rule_value(flat, "severity") or flat.get("event.severity")
         ),

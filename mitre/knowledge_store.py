@@ -23,6 +23,33 @@ if TYPE_CHECKING:  # scikit-learn loads only when a knowledge base is actually u
     from mitre.knowledge import KnowledgeBase, LabelReport
 
 KNOWLEDGE_STORE_FORMAT = 1
+KnowledgeLoader = Callable[[], "KnowledgeBase | None"]
+
+
+@dataclass(frozen=True)
+class LoadedKnowledge:
+    """A knowledge base as the local mapper receives it: built, a loader to call on first use, or
+    none; with the fingerprint that goes into cache keys and the sources it learned from."""
+
+    base: KnowledgeBase | KnowledgeLoader | None
+    fingerprint: str
+    sources: tuple[str, ...]
+    warnings: tuple[str, ...] = ()
+
+
+def open_knowledge(
+    paths: Iterable[Path], catalog: Catalog, store: Path | None, *, lazy: bool, notify: Notify | None = None
+) -> LoadedKnowledge:
+    """The knowledge base of these files (and the catalog's own examples). `lazy`: a stored one is
+    unpickled only when first used (the local mapper maps rarely when the cache answers). `notify`
+    hears what takes long (training) before it starts."""
+    paths = list(paths)
+    load = defer_knowledge if lazy else load_knowledge
+    base, fingerprint, warnings = load(paths, catalog, store, notify)
+    sources = tuple(str(p) for p in paths if p.is_file())
+    if catalog.data.examples:
+        sources += (f"ATT&CK {catalog.version} procedure examples and analytics",)
+    return LoadedKnowledge(base, fingerprint, sources, tuple(warnings))
 
 
 @dataclass(frozen=True)
@@ -54,8 +81,11 @@ def knowledge_store(paths: Iterable[Path], catalog: Catalog, store: Path | None)
     return KnowledgeStore(present, fingerprint, warnings, store / f"kb-{key}.pickle" if store is not None else None)
 
 
+Notify = Callable[[str], None]
+
+
 def load_knowledge(
-    paths: Iterable[Path], catalog: Catalog, store: Path | None = None
+    paths: Iterable[Path], catalog: Catalog, store: Path | None = None, notify: Notify | None = None
 ) -> tuple[KnowledgeBase | None, str, list[str]]:
     """(knowledge base or None, content fingerprint, warnings).
 
@@ -77,6 +107,10 @@ def load_knowledge(
             return knowledge, where.fingerprint, where.warnings + kept_warnings
         except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError):
             stored.unlink(missing_ok=True)  # unreadable or from other code: rebuild below
+    if notify is not None:
+        names = ", ".join(p.name for p in where.present) or "the ATT&CK catalog's examples"
+        kept = f"; kept in {store} for later runs" if store is not None else ""
+        notify(f"training the knowledge base from {names} (about 10-20 s, once{kept})")
     examples, report = load_examples(where.present, catalog)
     label_warnings = (
         [f"knowledge base labels not in ATT&CK {catalog.version}: {_short(report)}"] if report.unmapped else []
@@ -97,18 +131,18 @@ def load_knowledge(
 
 
 def defer_knowledge(
-    paths: Iterable[Path], catalog: Catalog, store: Path | None
+    paths: Iterable[Path], catalog: Catalog, store: Path | None, notify: Notify | None = None
 ) -> tuple[KnowledgeBase | Callable[[], KnowledgeBase | None] | None, str, list[str]]:
     """load_knowledge, except that a stored knowledge base is returned as a loader to call on
     first use: only its warnings are read now. A run answered from the cache never pays for it."""
     paths = list(paths)
     where = knowledge_store(paths, catalog, store)
     if where.pickle is None or where.notes is None or not (where.pickle.is_file() and where.notes.is_file()):
-        return load_knowledge(paths, catalog, store)
+        return load_knowledge(paths, catalog, store, notify)
     try:
         kept_warnings = [str(w) for w in orjson.loads(where.notes.read_bytes())]
     except (OSError, orjson.JSONDecodeError):
-        return load_knowledge(paths, catalog, store)
+        return load_knowledge(paths, catalog, store, notify)
 
     def load() -> KnowledgeBase | None:
         return load_knowledge(paths, catalog, store)[0]

@@ -49,6 +49,7 @@ class AlertFeatures(Contract):
     rule_threat: tuple[ThreatRef, ...] = ()
     existing_threat: tuple[ThreatRef, ...] = ()
     risk_score: float | None = None
+    risk_score_text: str | None = None  # a risk score given that could not be read (neither number nor severity)
     severity: str | None = None
     platform: str | None = None
     fields: dict[str, str] = Field(default_factory=dict)
@@ -170,6 +171,7 @@ class Outcome(Contract):
     cache_hit: bool = False
     line: int | None = None
     raw: str | None = None
+    raw_b64: str | None = None  # the input's bytes, when they are not valid UTF-8 (`raw` is then lossy)
     error_id: str | None = None
 
 
@@ -203,7 +205,8 @@ class RawAlert:
 class RunSummary:
     """Counts for one run; the CLI prints it, batch workers and flows add theirs up with `merge`."""
 
-    enriched: int = 0
+    enriched: int = 0  # mapped, with at least one technique
+    no_technique: int = 0  # mapped, but no technique found (at most a tactic)
     skipped: Counter[str] = field(default_factory=Counter)
     dead_letter: Counter[str] = field(default_factory=Counter)
     decisions: Counter[str] = field(default_factory=Counter)
@@ -217,7 +220,10 @@ class RunSummary:
         if outcome.decision is not None:
             self.decisions[f"{outcome.decision.kind.value}:{outcome.decision.reason}"] += 1
         if outcome.status is OutcomeStatus.ENRICHED:
-            self.enriched += 1
+            if outcome.mapping is not None and outcome.mapping.result.techniques:
+                self.enriched += 1
+            else:
+                self.no_technique += 1
             if outcome.cache_hit:
                 self.cache_hits += 1
             else:
@@ -235,6 +241,7 @@ class RunSummary:
     def merge(self, other: RunSummary) -> None:
         """Add another run's counts to these (warnings are the run's own: not merged)."""
         self.enriched += other.enriched
+        self.no_technique += other.no_technique
         self.skipped.update(other.skipped)
         self.dead_letter.update(other.dead_letter)
         self.decisions.update(other.decisions)
@@ -245,12 +252,13 @@ class RunSummary:
 
     @property
     def total(self) -> int:
-        return self.enriched + sum(self.skipped.values()) + sum(self.dead_letter.values())
+        return self.enriched + self.no_technique + sum(self.skipped.values()) + sum(self.dead_letter.values())
 
     def as_dict(self) -> dict[str, Any]:
         return {
             "total": self.total,
             "enriched": self.enriched,
+            "no_technique": self.no_technique,
             "skipped": dict(self.skipped),
             "dead_letter": dict(self.dead_letter),
             "decisions": dict(self.decisions),

@@ -45,12 +45,12 @@ _KEY_FORMATS = re.compile(
 
 
 def installation_salt(home: Path | None = None) -> bytes:
-    env = os.environ.get("ATTACKMAP_REDACT_SALT")
-    if env:
-        return env.encode()
     from mitre.config import Environment
 
-    home = home or Environment().home
+    env = Environment()
+    if env.redact_salt:
+        return env.redact_salt.encode()
+    home = home or env.home
     path = home / "redact.salt"
     if path.is_file():
         return path.read_bytes()

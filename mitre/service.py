@@ -98,6 +98,7 @@ class BatchResult:
             "requested": self.requested,
             "missing": self.missing,
             "enriched": self.summary.enriched,
+            "no_technique": self.summary.no_technique,
             "skipped": dict(self.summary.skipped),
             "dead_letter": dict(self.summary.dead_letter),
             "cache": {"hits": self.summary.cache_hits, "misses": self.summary.cache_misses},

@@ -99,6 +99,13 @@ def _properties(schema: dict[str, Any], root: dict[str, Any]) -> list[str]:
     return sorted(schema.get("properties", {}))
 
 
+# Settings that were removed, and where what they meant lives now.
+REMOVED = {
+    "match": "removed: the one risk threshold is decision.min_risk_score (the poller and backfill read it too)",
+    "ndjson": "removed: `attackmap enrich -o FILE` writes NDJSON; outputs holds elasticsearch_write_back",
+}
+
+
 def _schema_problem(error: SchemaError, root_node: yaml.Node | None, file: str, schema: dict[str, Any]) -> Problem:
     path = list(error.absolute_path)
     node, _ = node_at(root_node, path)
@@ -109,7 +116,7 @@ def _schema_problem(error: SchemaError, root_node: yaml.Node | None, file: str, 
         key = extras[0] if extras else "?"
         key_node, _ = _child(node, key)
         close = difflib.get_close_matches(str(key), allowed, n=1)
-        hint = f"did you mean {close[0]!r}?" if close else f"allowed: {', '.join(allowed)}"
+        hint = REMOVED.get(str(key)) or (f"did you mean {close[0]!r}?" if close else f"allowed: {', '.join(allowed)}")
         return Problem(file, _line(key_node or node), f"{_dotted([*path, key])}: unknown key", hint)
     if error.validator == "enum":
         choices = ", ".join(repr(v) for v in error.validator_value)

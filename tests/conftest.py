@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,6 +28,23 @@ _FUZZ = {
 settings.register_profile("ci", max_examples=1000, derandomize=True, **_FUZZ)
 settings.register_profile("dev", max_examples=100, **_FUZZ)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def temporary_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Every test runs with ATTACKMAP_HOME in a temporary folder: the suite never writes into the
+    user's ~/.local/share/attackmap (knowledge base, cache, ledger, catalog). One per session, so a
+    knowledge base trained by one test is reused by the next; a test may set its own."""
+    home = tmp_path_factory.mktemp("attackmap-home")
+    previous = os.environ.get("ATTACKMAP_HOME")
+    os.environ["ATTACKMAP_HOME"] = str(home)
+    try:
+        yield home
+    finally:
+        if previous is None:
+            os.environ.pop("ATTACKMAP_HOME", None)
+        else:
+            os.environ["ATTACKMAP_HOME"] = previous
 
 
 @pytest.fixture(scope="session")

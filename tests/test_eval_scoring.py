@@ -9,6 +9,7 @@ from evals.metrics import Prediction, Truth, score
 from evals.runner import scoring_decision, user_prediction
 from mitre.catalog import Catalog
 from mitre.config import DecisionSettings, OptOuts
+from mitre.enrich import enrich_alert
 from mitre.features import extract_features
 from mitre.models import Decision, DecisionKind, MappingResult, TechniqueScore, ValidatedMapping
 
@@ -53,7 +54,8 @@ def test_skipped_tagged_rule_is_scored_as_its_own_tags(catalog: Catalog) -> None
     case = _case("t", "g", TAGGED_ALERT)
     feats = extract_features(case.alert)
     skip = Decision(kind=DecisionKind.SKIP, reason="rule_tagged_no_indicator", detail="")
-    got = user_prediction(Prediction(case_id="t"), case, feats, skip, None, catalog)
+    assert skip.kind is DecisionKind.SKIP  # a skipped alert is not enriched: nothing but its rule's tags
+    got = user_prediction(Prediction(case_id="t"), feats, None, catalog)
     assert got.techniques == ("T1003.001",)  # the parent is implied by its sub-technique
     assert got.tactics == ("TA0006",)
     assert got.confidences == {"T1003.001": 1.0}
@@ -64,7 +66,10 @@ def test_extended_alert_is_scored_as_rule_tags_plus_mapper_additions(catalog: Ca
     feats = extract_features(case.alert)
     extend = Decision(kind=DecisionKind.EXTEND, reason="indicator_fired", detail="")
     base = Prediction(case_id="t", techniques=("T1218.011",), confidences={"T1218.011": 0.9})
-    got = user_prediction(base, case, feats, extend, _mapping("T1218.011"), catalog)
+    enriched = enrich_alert(
+        case.alert, feats, extend, _mapping("T1218.011"), catalog, cache_hit=False, settings_hash=""
+    )
+    got = user_prediction(base, feats, enriched, catalog)
     assert set(got.techniques) == {"T1003.001", "T1218.011"}
     assert set(got.tactics) == {"TA0005", "TA0006"}
     assert got.confidences == {"T1003.001": 1.0, "T1218.011": 0.9}
@@ -75,6 +80,7 @@ def test_scoring_decision_keeps_the_rule_but_drops_the_enrichment_filters() -> N
     scored = scoring_decision(settings)
     assert scored.mode == "gap-fill"
     assert scored.min_risk_score == 0 and not scored.opt_outs.rule_ids
+    assert scoring_decision(settings, "mapper").mode == "always"  # mapper scoring maps every alert
 
 
 def test_hard_negative_abstention() -> None:
@@ -89,19 +95,27 @@ def test_hard_negative_abstention() -> None:
 
 
 def test_eval_command_writes_reports_whose_outcomes_match_the_cases(tmp_path, monkeypatch) -> None:
-    """`attackmap eval --report` end to end on the hand-written cases (offline catalog, no knowledge
-    base): JSON, Markdown and HTML, with case outcomes that agree with the per-case predictions."""
+    """`attackmap eval --report` end to end on the hand-written cases (a workflows file with the offline
+    catalog and no knowledge base): JSON, Markdown and HTML, with case outcomes that agree with the
+    per-case predictions and the configuration measured stated."""
     import orjson
     from typer.testing import CliRunner
 
     from mitre.cli import app
 
     monkeypatch.setenv("ATTACKMAP_HOME", str(tmp_path / "home"))
+    workflows = tmp_path / "workflows.yaml"
+    workflows.write_text("version: 1\nworkflows:\n  - name: offline\n    mapper: {knowledge_base: []}\n")
     result = CliRunner().invoke(
-        app, ["eval", "--dataset", "handwritten", "--mapper", "local", "--report", str(tmp_path), "--no-progress"]
+        app,
+        ["eval", "--dataset", "handwritten", "--workflows", str(workflows), "--report", str(tmp_path), "--no-progress"],
     )
     assert result.exit_code == 0, result.output
     report = orjson.loads((tmp_path / "cases-no-kb.json").read_bytes())
+    conf = report["configuration"]
+    assert conf["workflows"] == str(workflows.resolve()) and conf["workflow"] == "offline"
+    assert conf["mapper"] == "local" and conf["knowledge_base"]["sources"] == []
+    assert conf["catalog"]["fingerprint"] and conf["scoring"].startswith("user")
     outcomes = report["metrics"]["outcomes"]
     counted = {"right_only": 0, "right_plus_extra": 0, "wrong": 0, "none": 0}
     for row in report["per_case"]:
@@ -125,3 +139,43 @@ def test_eval_command_writes_reports_whose_outcomes_match_the_cases(tmp_path, mo
     assert f"| only right techniques | {counted['right_only']} |" in markdown
     page = (tmp_path / "cases-no-kb.html").read_text()
     assert f"<td>only right techniques</td><td>{counted['right_only']}</td>" in page
+
+
+def test_cross_validation_leaves_each_folds_rows_out_of_the_configured_knowledge_base(tmp_path, monkeypatch) -> None:
+    """The evaluated corpus is in the workflow's knowledge base: each fold's engine learns from it less
+    that fold's rows, found by id or, for an id-less row, by file and line."""
+    import json
+
+    from evals.runner import Runner, prepare
+    from mitre.assemble import EngineOptions
+    from mitre.config import load_workflows
+
+    rules = tmp_path / "rules.jsonl"
+    rows = [
+        {"id": f"r{i}", "name": f"{verb} rule {i}", "description": f"{verb} {i}", "techniques": [tid]}
+        for i, (verb, tid) in enumerate([("powershell encoded", "T1059.001"), ("lsass dump", "T1003.001")] * 5)
+    ]
+    rows[3].pop("id")  # an id-less row: the knowledge base names it rules.jsonl:4
+    rules.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    workflows = tmp_path / "workflows.yaml"
+    workflows.write_text("version: 1\nworkflows:\n  - name: w\n    mapper: {knowledge_base: [rules.jsonl]}\n")
+    runner = Runner(load_workflows(workflows), options=EngineOptions(cache=False), progress=False)
+    seen: list[set[str]] = []
+    build = runner.engine
+
+    def engine(knowledge=None):
+        seen.append({e.id for e in knowledge.base.examples})
+        return build(knowledge)
+
+    monkeypatch.setattr(runner, "engine", engine)
+    data = prepare(f"rules:{rules}", runner.catalog)
+    result = runner.run(data, cv=2)
+    assert result.folds is not None and len(seen) == 2
+    ids = [c.id for c in data.cases]
+    assert "rules.jsonl:4" not in ids and any(c.origin == "rules.jsonl:4" for c in data.cases)
+    for fold, known in enumerate(seen):
+        held = {c.id for c, f in zip(data.cases, result.folds, strict=True) if f == fold}
+        held |= {c.origin for c, f in zip(data.cases, result.folds, strict=True) if f == fold}
+        rest = {c.id for c, f in zip(data.cases, result.folds, strict=True) if f != fold}
+        assert not known & held and rest - {"rules-4"} <= known | {"rules.jsonl:4"}
+    assert result.configuration["knowledge_base"]["cross_validation"].startswith("2 folds")

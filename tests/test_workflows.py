@@ -18,10 +18,9 @@ workflows:
   - name: high-risk
     trigger:
       event: security.alert.high-risk
-      match:
-        risk_score_gte: 50
     decision:
       mode: hybrid
+      min_risk_score: 50
 """
 
 
@@ -40,7 +39,7 @@ def test_schema_describes_the_models() -> None:
     assert schema["$schema"].endswith("2020-12/schema")
     assert {"version", "catalog", "cache", "workflows"} <= set(schema["properties"])
     trigger = schema["$defs"]["Trigger"]["properties"]
-    assert {"event", "match", "index_pattern", "poll_interval_seconds", "batch_size", "webhook"} <= set(trigger)
+    assert {"event", "index_pattern", "poll_interval_seconds", "batch_size", "webhook"} <= set(trigger)
     assert schema_text().endswith("\n")
 
 
@@ -63,16 +62,21 @@ def test_unknown_key_points_at_its_line_with_a_suggestion() -> None:
 
 def test_bad_enum_points_at_the_value() -> None:
     [p] = problems(GOOD.replace("mode: hybrid", "mode: sometimes"))
-    assert p.line == 9
+    assert p.line == 7
     assert "'sometimes'" in p.message
     assert p.hint is not None and "'gap-fill'" in p.hint and "'always'" in p.hint
 
 
 def test_wrong_type_and_range() -> None:
-    [p] = problems(GOOD.replace("risk_score_gte: 50", "risk_score_gte: high"))
-    assert p.line == 7 and "risk_score_gte" in p.message
-    [p] = problems(GOOD.replace("risk_score_gte: 50", "risk_score_gte: 150"))
-    assert p.line == 7 and p.hint == "must be <= 100"
+    [p] = problems(GOOD.replace("min_risk_score: 50", "min_risk_score: high"))
+    assert p.line == 8 and "min_risk_score" in p.message
+    [p] = problems(GOOD.replace("min_risk_score: 50", "min_risk_score: 150"))
+    assert p.line == 8 and p.hint == "must be <= 100"
+
+
+def test_removed_settings_say_where_their_meaning_went() -> None:
+    [p] = problems(GOOD.replace("      event: security.alert.high-risk\n", "      match: {risk_score_gte: 70}\n"))
+    assert p.line == 5 and "unknown key" in p.message and p.hint is not None and "decision.min_risk_score" in p.hint
 
 
 def test_bad_workflow_name_pattern() -> None:
@@ -83,7 +87,7 @@ def test_bad_workflow_name_pattern() -> None:
 def test_several_problems_are_all_reported_in_line_order() -> None:
     text = GOOD.replace("version: 1", "version: 2").replace("mode: hybrid", "mode: x")
     found = problems(text)
-    assert [p.line for p in found] == [1, 9]
+    assert [p.line for p in found] == [1, 7]
 
 
 def test_missing_required_key_points_at_the_parent() -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+from importlib import metadata
+from typing import Annotated
 
 import typer
 
@@ -21,8 +23,18 @@ app = typer.Typer(
 )
 
 
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"attackmap {metadata.version('attackmap')}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _setup() -> None:
+def main_options(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="print the version and exit")
+    ] = False,
+) -> None:
     """Map security alerts to MITRE ATT&CK techniques and tactics — offline by default."""
     configure_logging()
 

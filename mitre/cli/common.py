@@ -6,8 +6,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+import yaml
 from pydantic import ValidationError
 from rich.console import Console
+from rich.status import Status
 
 from mitre.assemble import EngineOptions, build_engine
 from mitre.catalog import CatalogError
@@ -40,13 +42,62 @@ def fail(message: str, code: int = EXIT_USAGE) -> typer.Exit:
     return typer.Exit(code)
 
 
-def load_config(workflows: Path | None) -> tuple[WorkflowsFile, Environment]:
+def load_config(workflows: Path | None, *, quiet: bool = False) -> tuple[WorkflowsFile, Environment]:
+    """The workflows file in effect (--workflows, $ATTACKMAP_WORKFLOWS, ./workflows.yaml) and the
+    environment. No file found: a warning says so (unless `quiet`). A bad file: its problems, as
+    `attackmap workflows validate` prints them, and exit code 2."""
     env = Environment()
     path = workflows or default_workflows_path(env)
+    if path is None:
+        if not quiet:
+            warn(NO_WORKFLOWS)
+        return load_workflows(None), env
+    if not path.is_file():
+        raise fail(f"{path}: no such workflows file")
     try:
         return load_workflows(path), env
-    except (OSError, ValidationError, ValueError) as exc:
-        raise fail(f"{path}: {exc}") from exc
+    except (OSError, ValidationError, ValueError, yaml.YAMLError) as exc:
+        from mitre.workflows_schema import validate_file
+
+        problems = validate_file(path)
+        for problem in problems:  # as `attackmap workflows validate` prints them: one line each, never wrapped
+            typer.echo(str(problem), err=True)
+        detail = f"{len(problems)} problem(s)" if problems else str(exc)
+        raise fail(f"{path}: {detail} (`attackmap workflows validate {path}` checks it)") from exc
+
+
+class StartupStatus:
+    """What start-up is doing while it takes long: a status line on a terminal, plain lines otherwise
+    (so a first run that trains the knowledge base is never a silent blank)."""
+
+    def __init__(self) -> None:
+        self._status: Status | None = None
+
+    def __call__(self, message: str) -> None:
+        if not err.is_terminal:
+            err.print(f"attackmap: {message}…", markup=False, highlight=False)
+        elif self._status is None:
+            self._status = err.status(message)
+            self._status.start()
+        else:
+            self._status.update(message)
+
+    def __enter__(self) -> StartupStatus:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        if self._status is not None:
+            self._status.stop()
+
+
+NO_WORKFLOWS = (
+    "no workflows file (--workflows, $ATTACKMAP_WORKFLOWS or ./workflows.yaml): using the built-in defaults "
+    "— local mapper, no knowledge-base files, the installed or bundled catalog"
+)
+
+
+def warn(message: str) -> None:
+    err.print(f"[yellow]warning:[/] {message}", highlight=False)
 
 
 def make_engine(
@@ -68,9 +119,10 @@ def make_engine(
         cache_dir=cache_dir,
     )
     try:
-        engine = build_engine(config, env, options)
+        with StartupStatus() as notify:
+            engine = build_engine(config, env, options, notify=notify)
     except (CatalogError, ValueError, OSError) as exc:
         raise fail(str(exc)) from exc
     for warning in engine.warnings:
-        err.print(f"[yellow]warning:[/] {warning}")
+        warn(warning)
     return engine

@@ -28,16 +28,24 @@ from mitre.cli.common import (
     make_engine,
 )
 from mitre.cli.logs import log_path
+from mitre.config import BUILT_IN
 from mitre.engine import Engine
 from mitre.failures import INTERNAL_REASONS, WORKER_DIED
 from mitre.io.ndjson import dead_letter_record, open_input, open_output, read_lines
-from mitre.models import RunSummary
+from mitre.models import AlertFeatures, DecisionKind, RunSummary
+
+# Below this size a file is done before a progress bar could say anything useful.
+PROGRESS_MIN_BYTES = 4 * 2**20
 
 
-def _summary_table(summary: RunSummary, engine: Engine) -> Table:
+def _summary_table(summary: RunSummary, engine: Engine, output: str | None, dead_letter: str) -> Table:
     table = Table(title="attackmap enrich", show_header=False)
+    workflows = engine.configuration.workflows
+    table.add_row("workflows", workflows if workflows != BUILT_IN else f"[yellow]{workflows}[/]")
     table.add_row("alerts", str(summary.total))
-    table.add_row("enriched", str(summary.enriched))
+    table.add_row("enriched (techniques found)", str(summary.enriched))
+    if summary.no_technique:
+        table.add_row("[yellow]mapped, no technique found[/]", str(summary.no_technique))
     for reason, n in sorted(summary.skipped.items()):
         table.add_row(f"skipped: {reason}", str(n))
     for reason, n in sorted(summary.dead_letter.items()):
@@ -46,7 +54,15 @@ def _summary_table(summary: RunSummary, engine: Engine) -> Table:
     for tactic in engine.catalog.tactics:
         if summary.tactics.get(tactic.id):
             table.add_row(f"techniques in {tactic.name}", str(summary.tactics[tactic.id]))
-    table.add_row("mapper / catalog", f"{engine.mapper.name} / ATT&CK {engine.catalog.version}")
+    conf = engine.configuration
+    knowledge = ", ".join(Path(s).name if "/" in s else s for s in conf.knowledge_sources) or "none"
+    catalog_file = Path(conf.catalog_source.split(":", 1)[-1]).name
+    table.add_row("mapper / catalog", f"{conf.mapper} / ATT&CK {conf.catalog_version} ({catalog_file})")
+    table.add_row("knowledge base", knowledge)
+    if summary.warnings:
+        table.add_row("[yellow]warnings[/]", str(len(summary.warnings)))
+    table.add_row("output", {None: "(discarded)", "-": "stdout"}.get(output, output or ""))
+    table.add_row("dead letters", dead_letter if summary.dead_letter else "none")
     return table
 
 
@@ -63,7 +79,7 @@ def run_enrich(
     summary = RunSummary(warnings=list(engine.warnings))
     max_line_bytes = max_line_bytes or engine.config.limits.max_line_bytes
     total = Path(input_path).stat().st_size if input_path != "-" else None
-    show = progress and total is not None and err.is_terminal
+    show = progress and total is not None and total >= PROGRESS_MIN_BYTES and err.is_terminal
     bar = Progress(
         TextColumn("enriching"),
         BarColumn(),
@@ -139,11 +155,16 @@ def enrich(
         workers=workers or default_workers(),
         max_line_bytes=max_line_bytes,
     )
-    err.print(_summary_table(summary, engine))
+    err.print(_summary_table(summary, engine, output, dead_letter))
     for warning in summary.warnings[len(engine.warnings) :]:
         err.print(f"[yellow]warning:[/] {warning}")
     if summary_json:
-        summary_json.write_bytes(orjson.dumps(summary.as_dict(), option=orjson.OPT_INDENT_2))
+        data = summary.as_dict() | {
+            "configuration": engine.configuration.as_dict(),
+            "output": output,
+            "dead_letter_file": dead_letter if summary.dead_letter else None,
+        }
+        summary_json.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2))
     if summary.dead_letter:
         err.print(f"[red]{sum(summary.dead_letter.values())} line(s) dead-lettered to {dead_letter}[/]")
     if failed := sum(summary.dead_letter.get(reason, 0) for reason in INTERNAL_REASONS):
@@ -167,6 +188,16 @@ def _load_one(path: str) -> dict[str, Any]:
     if not isinstance(doc, dict):
         raise fail(f"{path}: expected one JSON object")
     return doc
+
+
+def _risk_text(features: AlertFeatures) -> str:
+    if features.risk_score is not None:
+        risk = f"{features.risk_score:g}"
+    elif features.risk_score_text is not None:
+        risk = f"unreadable risk score {features.risk_score_text!r}"
+    else:
+        risk = "no risk score"
+    return f"{risk} / {features.severity or 'no severity'}"
 
 
 def explain(
@@ -202,11 +233,12 @@ def explain(
     out = Console()
     f = explanation.features
     feats = Table(title="features", show_header=False)
+    tags = dict.fromkeys(r.technique_id or f"{r.tactic_id} (tactic only)" for r in f.rule_threat)
     for name, value in [
         ("rule", f"{f.rule_name} ({f.rule_type or 'no type'})" if f.rule_name else "none (raw event)"),
-        ("rule tags", ", ".join(r.technique_id or f"{r.tactic_id} (tactic only)" for r in f.rule_threat) or "none"),
-        ("risk / severity", f"{f.risk_score} / {f.severity}"),
-        ("platform", str(f.platform)),
+        ("rule tags", ", ".join(tags) or "none"),
+        ("risk / severity", _risk_text(f)),
+        ("platform", f.platform or "unknown"),
         *[(k, v if len(v) < 200 else v[:200] + "…") for k, v in f.fields.items()],
     ]:
         feats.add_row(name, value)
@@ -217,9 +249,13 @@ def explain(
         out.print(
             f"  indicator [cyan]{hit.indicator_id}[/] on {hit.field}: {hit.matched!r} → {', '.join(hit.techniques)}"
         )
+    skipped = d.kind is DecisionKind.SKIP
+    if mapping and skipped:
+        would = ", ".join(t.technique_id for t in mapping.techniques) or "no technique"
+        out.print(f"[bold]not mapped[/] (skipped); a mapping would give: {would}")
     if mapping:
         cands = Table(title="candidates")
-        for col in ("technique", "name", "confidence", "tactics", "chosen"):
+        for col in ("technique", "name", "confidence", "tactics", "would be chosen" if skipped else "chosen"):
             cands.add_column(col)
         chosen = {t.technique_id for t in mapping.techniques}
         for c in mapping.candidates:

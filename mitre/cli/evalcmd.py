@@ -10,14 +10,21 @@ import typer
 import yaml
 from rich.table import Table
 
-from mitre.assemble import resolve_catalog
-from mitre.catalog import Catalog, CatalogError, load_catalog
-from mitre.cli.common import EXIT_FAILURE, EXIT_OK, CatalogOpt, WorkflowOpt, WorkflowsOpt, err, fail, load_config
-from mitre.config import MapperSettings
-from mitre.indicators import load_indicators
-from mitre.mappers import default_registry
-from mitre.mappers.base import Mapper, MapperContext
-from mitre.mappers.local import LocalMapper
+from mitre.assemble import EngineOptions
+from mitre.catalog import CatalogError
+from mitre.cli.common import (
+    EXIT_FAILURE,
+    EXIT_OK,
+    CatalogOpt,
+    MapperOpt,
+    WorkflowOpt,
+    WorkflowsOpt,
+    err,
+    fail,
+    load_config,
+    warn,
+)
+from mitre.config import WorkflowsFile
 
 DEFAULT_THRESHOLDS = Path(__file__).resolve().parents[2] / "evals" / "thresholds.yaml"
 
@@ -55,15 +62,37 @@ def load_thresholds(path: Path) -> dict[str, Any]:
     return profiles
 
 
-def _catalog(workflows: Path | None, catalog: Path | None, crosswalk: list[Path] | None) -> Catalog:
-    config, env = load_config(workflows)
-    try:
-        if catalog is not None or crosswalk:
-            path = catalog or env.catalog or config.catalog.path
-            return load_catalog(path, [*config.catalog.crosswalks, *(crosswalk or [])])
-        return resolve_catalog(config, env)
-    except (CatalogError, OSError) as exc:
-        raise fail(str(exc)) from exc
+def knowledge_kinds(paths: list[Path], evaluated: tuple[Path, ...]) -> list[str]:
+    """The dataset kinds of the knowledge-base files, less the evaluated corpus itself (for profile names)."""
+    from evals.datasets import sniff_kind
+
+    kinds = []
+    for path in paths:
+        if path.resolve() in evaluated or not path.is_file():
+            continue
+        try:
+            kind = sniff_kind(path)
+        except ValueError:
+            kind = "rules"
+        if kind not in kinds:
+            kinds.append(kind)
+    return kinds
+
+
+def _override(
+    config: WorkflowsFile, workflow: str | None, crosswalk: list[Path] | None, **mapper: Any
+) -> WorkflowsFile:
+    """The workflows file with the command line's crosswalks and mapper settings on top."""
+    chosen = config.workflow(workflow)
+    updates = {k: v for k, v in mapper.items() if v is not None}
+    workflows = [
+        w.model_copy(update={"mapper": w.mapper.model_copy(update=updates)}) if w is chosen else w
+        for w in config.workflows
+    ]
+    catalog = config.catalog.model_copy(update={"crosswalks": [*config.catalog.crosswalks, *(crosswalk or [])]})
+    changed = config.model_copy(update={"workflows": workflows, "catalog": catalog})
+    changed._source = config.source
+    return changed
 
 
 def _slug(text: str) -> str:
@@ -79,13 +108,21 @@ def eval_command(
             help="handwritten | sigma:PATH | atomic:PATH | elastic:PATH | rules:PATH | cases:PATH | PATH",
         ),
     ] = "handwritten",
-    mapper: Annotated[str, typer.Option("--mapper", help="local | anthropic | openai | ...")] = "local",
+    mapper: MapperOpt = None,
     knowledge_base: Annotated[
         list[str] | None,
-        typer.Option("--knowledge-base", "-k", help="dataset spec used as knowledge base (repeatable)"),
+        typer.Option(
+            "--knowledge-base",
+            "-k",
+            help="instead of the workflow's knowledge base: a dataset spec (sigma:PATH, atomic:PATH, …; repeatable)",
+        ),
     ] = None,
+    no_knowledge_base: Annotated[
+        bool, typer.Option("--no-knowledge-base", help="no knowledge-base files (the catalog's own examples only)")
+    ] = False,
     cv: Annotated[
-        int | None, typer.Option("--cv", help="grouped k-fold CV: the knowledge base is the other folds")
+        int | None,
+        typer.Option("--cv", help="grouped k-fold CV: each fold's knowledge base leaves out that fold's rows"),
     ] = None,
     report: Annotated[Path | None, typer.Option("--report", help="write JSON, Markdown and HTML here")] = None,
     gate: Annotated[bool, typer.Option("--gate", help="exit 1 when a figure misses thresholds.yaml")] = False,
@@ -114,58 +151,55 @@ def eval_command(
             "mapper: the mapper's own output on every alert",
         ),
     ] = "user",
-    cache_dir: Annotated[Path | None, typer.Option("--cache-dir", help="mapping cache (LLM mappers)")] = None,
+    cache_dir: Annotated[
+        Path | None, typer.Option("--cache-dir", help="use a mapping cache here (default: none, every alert mapped)")
+    ] = None,
     no_progress: Annotated[bool, typer.Option("--no-progress")] = False,
 ) -> None:
-    """Evaluate a mapper on labelled cases (grouped k-fold CV or a separate knowledge base)."""
-    from evals.report import write_reports
-    from evals.runner import Runner, prepare, scoring_decision
+    """Evaluate the engine a workflows file describes on labelled cases (grouped k-fold CV or not).
 
-    cat = _catalog(workflows, catalog, crosswalk)
-    config, _ = load_config(workflows)
-    try:
-        settings: MapperSettings = config.workflow(workflow).mapper
-    except ValueError as exc:
-        raise fail(str(exc)) from exc
-    updates: dict[str, Any] = {"provider": mapper}
-    if max_techniques is not None:
-        updates["max_techniques"] = max_techniques
-    if confidence_floor is not None:
-        updates["confidence_floor"] = confidence_floor
-    settings = settings.model_copy(update=updates)
+    Catalog, crosswalks, knowledge base and mapper come from workflows.yaml, as for `enrich`;
+    the flags override them."""
+    from evals.report import write_reports
+    from evals.runner import Runner, Scoring, dataset_files, prepare
+
     if scoring not in ("user", "mapper"):
         raise fail(f"unknown --scoring {scoring!r}; known: user, mapper")
-    decision = scoring_decision(config.workflow(workflow).decision) if scoring == "user" else None
+    if no_knowledge_base and knowledge_base:
+        raise fail("--no-knowledge-base and --knowledge-base exclude each other")
+    config, env = load_config(workflows)
     try:
-        data = prepare(dataset, cat, split)
-        kbs = [prepare(spec, cat) for spec in knowledge_base or []]
-    except (OSError, ValueError) as exc:
+        config = _override(
+            config,
+            workflow,
+            crosswalk,
+            max_techniques=max_techniques,
+            confidence_floor=confidence_floor,
+        )
+        kb_files = tuple(f for spec in knowledge_base or [] for f in dataset_files(spec))
+        options = EngineOptions(
+            workflow=workflow,
+            mapper=mapper,
+            catalog=catalog,
+            knowledge_base=() if no_knowledge_base else (kb_files if knowledge_base else None),
+            cache=cache_dir is not None,
+            cache_dir=cache_dir,
+        )
+        mode: Scoring = "mapper" if scoring == "mapper" else "user"
+        runner = Runner(config, env=env, options=options, scoring=mode, progress=not no_progress)
+        data = prepare(dataset, runner.catalog, split)
+    except (CatalogError, OSError, ValueError) as exc:
         raise fail(str(exc)) from exc
     if not data.cases:
         raise fail(f"{dataset}: no scorable cases ({data.labels.as_dict()['excluded']})")
-
-    factory = None
-    if mapper != "local":
-        registry = default_registry()
-        if mapper not in registry.names():
-            raise fail(f"unknown mapper {mapper!r}; known: local, {', '.join(registry.names())}")
-
-        def factory(local: LocalMapper) -> Mapper:
-            return registry.create(mapper, MapperContext(catalog=cat, settings=settings, local=local))
-
-        factory.__name__ = mapper
-
-    runner = Runner(
-        cat,
-        load_indicators(cat),
-        settings,
-        mapper_factory=factory,
-        cache_dir=cache_dir,
-        progress=not no_progress,
-        decision=decision,
-    )
-    result = runner.run(data, knowledge=kbs, cv=cv, seed=seed)
-    name = profile or profile_name(data.kind, cv, [k.kind for k in kbs]) + (f"-{split}" if split else "")
+    try:
+        result = runner.run(data, cv=cv, seed=seed)
+    except (CatalogError, OSError, ValueError) as exc:
+        raise fail(str(exc)) from exc
+    for warning in result.warnings:
+        warn(warning)
+    kinds = knowledge_kinds(list(runner.knowledge_paths), data.files)
+    name = profile or profile_name(data.kind, cv, kinds) + (f"-{split}" if split else "")
 
     failures: list[str] | None = None
     if gate:
@@ -181,7 +215,7 @@ def eval_command(
 
     _print_summary(result.metrics, name, data, failures)
     if report is not None:
-        paths = write_reports(result, cat, report, _slug(name), failures)
+        paths = write_reports(result, runner.catalog, report, _slug(name), failures)
         err.print(f"reports: {', '.join(str(p) for p in paths.values())}")
     raise typer.Exit(EXIT_FAILURE if failures else EXIT_OK)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -60,20 +60,26 @@ def schema(
 
 
 @app.command()
-def show(workflows: WorkflowsOpt = None) -> None:
+def show(
+    workflows: WorkflowsOpt = None,
+    as_json: Annotated[bool, typer.Option("--json", help="every setting, defaults filled in, as JSON")] = False,
+) -> None:
     """The workflows as loaded (defaults filled in): trigger, decision, mapper, outputs."""
     config, _ = load_config(workflows)
-    table = Table(title="attackmap workflows")
+    if as_json:
+        payload = {"file": config.describe_source(), **config.model_dump(mode="json")}
+        typer.echo(json.dumps(payload, indent=2))
+        return
+    table = Table(title=f"attackmap workflows — {config.describe_source()}")
     for column in ("name", "enabled", "trigger", "source", "decision", "mapper", "write-back"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")
     for w in config.workflows:
-        match = w.trigger.match
-        trigger = f"{w.trigger.event}\nrisk ≥ {match.risk_score_gte:g}"
-        if match.has_rule_mitre_tags is not None:
-            trigger += f", tagged={match.has_rule_mitre_tags}"
+        trigger = f"{w.trigger.event}\nrisk ≥ {w.decision.min_risk_score:g}"
         source = f"{w.trigger.index_pattern}\nevery {w.trigger.poll_interval_seconds:g}s, batch {w.trigger.batch_size}"
         decision = f"{w.decision.mode}, min risk {w.decision.min_risk_score:g}"
         mapper = w.mapper.provider + (f" ({w.mapper.model})" if w.mapper.model else "")
+        if w.mapper.knowledge_base:
+            mapper += "\nknowledge base: " + ", ".join(str(p) for p in w.mapper.knowledge_base)
         table.add_row(
             w.name,
             "yes" if w.enabled else "no",
@@ -83,7 +89,9 @@ def show(workflows: WorkflowsOpt = None) -> None:
             mapper,
             str(w.outputs.elasticsearch_write_back),
         )
-    out.print(table)
+    # Piped or redirected, rich would assume 80 columns and cut every cell: give the table its width.
+    console = out if out.is_terminal else Console(width=Console(width=10_000).measure(table).maximum)
+    console.print(table)
 
 
 @app.command()
@@ -100,7 +108,7 @@ def deploy(
     poller: Annotated[bool, typer.Option("--poller/--no-poller", help="also deploy the scheduled ES poller")] = False,
 ) -> None:
     """Create or update one Prefect deployment per enabled workflow, with its event trigger."""
-    if not os.environ.get("PREFECT_API_URL"):
+    if not Environment().prefect_api_url:
         raise fail("set PREFECT_API_URL first (importing Prefect without it starts a throwaway server)")
     config, _ = load_config(workflows)
     from flows.deploy import apply_deployments, build_deployments, serve_deployments
@@ -119,7 +127,7 @@ def deploy(
 @app.command()
 def undeploy(workflows: WorkflowsOpt = None) -> None:
     """Delete the workflows' deployments and their trigger automations."""
-    if not os.environ.get("PREFECT_API_URL"):
+    if not Environment().prefect_api_url:
         raise fail("set PREFECT_API_URL first (importing Prefect without it starts a throwaway server)")
     config, _ = load_config(workflows)
     from flows.deploy import remove_deployments

@@ -87,17 +87,20 @@ def open_output(path: str | None) -> Iterator[BinaryIO | None]:
 
 
 def dead_letter_record(outcome: Outcome, source: str) -> bytes:
-    """A dead letter keeps the raw input, where it came from, and why it was rejected (with the
-    error id of an internal error, under which the traceback was logged)."""
+    """A dead letter keeps the raw input, where it came from, and why it was rejected; a line that is
+    not UTF-8 also keeps its exact bytes (`raw_b64`) beside a readable, lossy `raw`; an internal
+    error keeps the error id under which its traceback was logged."""
     record: dict[str, object] = {"source": source, "line": outcome.line, "reason": outcome.reason, "raw": outcome.raw}
+    if outcome.raw_b64 is not None:
+        record["raw_b64"] = outcome.raw_b64
     if outcome.error_id is not None:
         record["error_id"] = outcome.error_id
     return orjson.dumps(record) + b"\n"
 
 
 def unwritable(item: RawAlert, exc: Exception) -> Outcome:
-    """The dead letter for an alert whose output JSON cannot hold (orjson: nested deeper than 255
-    levels, integers past 64 bits, strings with lone surrogates); the input line is kept as it was."""
+    """The dead letter for an alert whose output JSON cannot hold (nested past what encoders write, or
+    NaN); the input line is kept as it was."""
     reason = f"unwritable_output: {exc}"
     return Outcome(status=OutcomeStatus.DEAD_LETTER, reason=reason, line=item.line, raw=item.text())
 

@@ -8,6 +8,8 @@ from typing import Protocol, runtime_checkable
 
 from mitre.catalog import Catalog
 from mitre.config import MapperSettings
+from mitre.indicators import IndicatorSet
+from mitre.knowledge_store import LoadedKnowledge
 from mitre.models import AlertFeatures, Decision, MappingResult
 
 
@@ -45,12 +47,15 @@ def map_all(mapper: Mapper, features: Sequence[AlertFeatures], decisions: Sequen
 
 @dataclass(frozen=True)
 class MapperContext:
-    """What a mapper factory may use: the catalog, the workflow's mapper settings, and the local
-    mapper (LLM providers use it for candidate shortlists and as their fallback)."""
+    """What a mapper factory may use: the catalog, the workflow's mapper settings, the indicator set
+    and knowledge base (the local mapper's evidence), and the local mapper (LLM providers use it for
+    candidate shortlists and as their fallback)."""
 
     catalog: Catalog
     settings: MapperSettings
     local: Mapper | None = None
+    indicators: IndicatorSet | None = None
+    knowledge: LoadedKnowledge | None = None
 
 
 MapperFactory = Callable[[MapperContext], Mapper]
