@@ -66,3 +66,13 @@ def catalog() -> Catalog:
 @pytest.fixture(scope="session")
 def indicators(catalog: Catalog) -> IndicatorSet:
     return load_indicators(catalog)
+
+
+@pytest.fixture(autouse=True)
+def _cli_logging_reset() -> Iterator[None]:
+    """A command run in the test process configures the `attackmap` loggers for a terminal (see
+    mitre/cli/logs.py); the next test starts from Python's defaults again."""
+    yield
+    from mitre.cli.logs import reset_logging
+
+    reset_logging()

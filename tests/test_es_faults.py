@@ -143,6 +143,7 @@ def own_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Pa
         yield info.url, work_dir
     finally:
         es_node.stop(work_dir)
+        shutil.rmtree(es_node.node_base(work_dir), ignore_errors=True)  # /var/tmp/… when run as root
         shutil.rmtree(work_dir, ignore_errors=True)
 
 

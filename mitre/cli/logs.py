@@ -10,12 +10,25 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
+from typing import TextIO
 
 from mitre.config import Environment
 from mitre.failures import ERRORS
 
 LOG_NAME = "attackmap.log"
 _FILE_FORMAT = "%(asctime)s %(process)d %(levelname)s %(name)s: %(message)s"
+
+
+class _Terminal(logging.StreamHandler):
+    """Writes to whatever sys.stderr is when a record comes (a test runner swaps it per command)."""
+
+    @property
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: TextIO) -> None:
+        pass
 
 
 class _OneLine(logging.Formatter):
@@ -29,17 +42,25 @@ def log_path(env: Environment | None = None) -> Path:
     return (env or Environment()).home / "logs" / LOG_NAME
 
 
-def configure_logging(path: Path | None = None) -> Path:
-    """Send the ``attackmap`` loggers to the terminal (warnings, one line; per-alert errors excluded:
-    the run's summary counts them) and to the log file (everything, with tracebacks). Idempotent."""
-    path = path or log_path()
+def reset_logging() -> None:
+    """Undo configure_logging (tests run many commands in one process)."""
     root = logging.getLogger("attackmap")
     for handler in list(root.handlers):
         if getattr(handler, "_attackmap_cli", False):
             root.removeHandler(handler)
             handler.close()
+    root.propagate = True
+    root.setLevel(logging.NOTSET)
+
+
+def configure_logging(path: Path | None = None) -> Path:
+    """Send the ``attackmap`` loggers to the terminal (warnings, one line; per-alert errors excluded:
+    the run's summary counts them) and to the log file (everything, with tracebacks). Idempotent."""
+    path = path or log_path()
+    reset_logging()
+    root = logging.getLogger("attackmap")
     handlers: list[logging.Handler] = []
-    to_terminal = logging.StreamHandler(sys.stderr)
+    to_terminal = _Terminal()
     to_terminal.setLevel(logging.WARNING)
     to_terminal.setFormatter(_OneLine())
     try:
@@ -56,4 +77,6 @@ def configure_logging(path: Path | None = None) -> Path:
         handler._attackmap_cli = True  # type: ignore[attr-defined]
         root.addHandler(handler)
     root.setLevel(logging.INFO)
+    # Not to the root logger too: Prefect, once imported, prints whatever reaches it, tracebacks included.
+    root.propagate = False
     return path

@@ -527,36 +527,41 @@ class ElasticSink:
         deadline = self._clock() + self.retry_seconds
         attempt = 0
         while pending:
+            out_of_time = self._clock() >= deadline
             try:
-                pending = self._load_stored(pending, summary)
+                pending, unread = self._load_stored(pending, summary, out_of_time=out_of_time)
             except Exception as exc:
-                if not _transient(exc) or self._clock() >= deadline:
+                if not _transient(exc) or out_of_time:
                     why = f"reading the stored document failed: {exc}"
                     summary.failed.extend((item.doc_id, why) for item in pending)
                     return summary
                 attempt += 1
                 self._pause(attempt)
                 continue
-            if not pending:
-                break
-            retry, conflicts = self._bulk(pending, summary, out_of_time=self._clock() >= deadline)
+            retry: list[_Pending] = []
+            conflicts: list[_Pending] = []
+            if pending:
+                retry, conflicts = self._bulk(pending, summary, out_of_time=out_of_time)
             summary.conflicts_retried += sum(1 for item in conflicts if not item.conflicted)
             for item in conflicts:
                 item.conflicted = True
                 item.conflicts += 1
-            pending = retry + conflicts
+            pending = retry + conflicts + unread
             if not pending:
                 break
             attempt += 1
-            if retry:
+            if retry or unread:
                 self._pause(attempt)
         return summary
 
     def _pause(self, attempt: int) -> None:
         self._sleep(min(self.backoff_cap, self.backoff * (2 ** (attempt - 1))))
 
-    def _load_stored(self, pending: list[_Pending], summary: SinkSummary) -> list[_Pending]:
+    def _load_stored(
+        self, pending: list[_Pending], summary: SinkSummary, *, out_of_time: bool
+    ) -> tuple[list[_Pending], list[_Pending]]:
         """Fetch the stored engine fields (and, after a conflict, the fresh seq_no); drop unchanged/missing.
+        Returns (to write, to read again): a document whose shard is not available is read again.
 
         The first attempt keeps the caller's ``seq_no``/``primary_term`` as the guard, so a doc changed
         since it was read conflicts; a conflicted doc is retried with the numbers read here.
@@ -568,9 +573,15 @@ class ElasticSink:
             filter_path=["docs.found", "docs._seq_no", "docs._primary_term", "docs._source", "docs.error"],
         )
         keep: list[_Pending] = []
+        unread: list[_Pending] = []  # a shard not (yet) available, e.g. a node just restarted: read again
         for item, doc in zip(pending, resp["docs"], strict=True):
             if "error" in doc:
-                summary.failed.append((item.doc_id, f"get failed: {_reason(doc['error'])}"))
+                error = doc["error"]
+                permanent = isinstance(error, Mapping) and error.get("type") == "index_not_found_exception"
+                if permanent or out_of_time:
+                    summary.failed.append((item.doc_id, f"get failed: {_reason(error)}"))
+                else:
+                    unread.append(item)
                 continue
             if not doc.get("found"):
                 summary.failed.append((item.doc_id, f"document_missing: [{item.doc_id}] not found in {item.index}"))
@@ -584,7 +595,7 @@ class ElasticSink:
                 item.seq_no = doc["_seq_no"]
                 item.primary_term = doc["_primary_term"]
             keep.append(item)
-        return keep
+        return keep, unread
 
     def _bulk(
         self, pending: list[_Pending], summary: SinkSummary, *, out_of_time: bool
