@@ -117,15 +117,26 @@ def test_worker_killed_with_sigkill_mid_burst_enriches_every_alert_once_after_re
 # --------------------------------------------------------------------------- the warm executor
 
 
-def create_run(api: httpx.Client, deployment: str, refs: list[str]) -> str:
-    deployment_id = api.get(f"/deployments/name/{deployment}").json()["id"]
-    resp = api.post(f"/deployments/{deployment_id}/create_flow_run", json={"parameters": {"refs": refs}})
+def call(api: httpx.Client, method: str, url: str, **kwargs: Any) -> httpx.Response:
+    """A Prefect API call, retried while SQLite is locked (503), as Prefect's own client does."""
+    for attempt in range(10):
+        resp = api.request(method, url, **kwargs)
+        if resp.status_code != 503:
+            resp.raise_for_status()
+            return resp
+        time.sleep(0.5 * (attempt + 1))
     resp.raise_for_status()
+    return resp
+
+
+def create_run(api: httpx.Client, deployment: str, refs: list[str]) -> str:
+    deployment_id = call(api, "GET", f"/deployments/name/{deployment}").json()["id"]
+    resp = call(api, "POST", f"/deployments/{deployment_id}/create_flow_run", json={"parameters": {"refs": refs}})
     return str(resp.json()["id"])
 
 
 def run_state(api: httpx.Client, run_id: str) -> tuple[str, str]:
-    state = api.get(f"/flow_runs/{run_id}").json()["state"]
+    state = call(api, "GET", f"/flow_runs/{run_id}").json()["state"]
     return state["type"], state["name"]
 
 
@@ -164,7 +175,7 @@ def test_executor_killed_mid_run_is_swept_back_and_rerun_by_another_each_alert_o
         assert 0 < at_kill < n and run_state(api, long_run)[0] == "RUNNING", (at_kill, run_state(api, long_run))
         # A run another executor claimed (Pending) and never started: what a death between the two leaves.
         claimed = create_run(api, "enrich-alerts/faults", [alert_resource_id(es_index, i) for i in extra])
-        api.post(f"/flow_runs/{claimed}/set_state", json={"state": {"type": "PENDING"}, "force": True})
+        call(api, "POST", f"/flow_runs/{claimed}/set_state", json={"state": {"type": "PENDING"}, "force": True})
         restarted = time.monotonic()
         second = start(executor, env, tmp_path / "executor-2.log")
         try:
@@ -200,8 +211,7 @@ def test_a_run_cancelled_in_the_warm_executor_stops_at_a_batch_boundary(
         wait_for(lambda: "being served in-process" in log.read_text(errors="replace"), 90, "executor", log)
         run = create_run(api, "enrich-alerts/faults", [alert_resource_id(es_index, i) for i in ids])
         wait_for(lambda: enriched_count(es_client, es_index) >= 100, 120, "the run under way", log)
-        cancel = api.post(f"/flow_runs/{run}/set_state", json={"state": {"type": "CANCELLING"}})
-        assert cancel.status_code in (200, 201), cancel.text
+        call(api, "POST", f"/flow_runs/{run}/set_state", json={"state": {"type": "CANCELLING"}})
         wait_for(lambda: run_state(api, run)[0] == "CANCELLED", 60, "the run cancelled", log)
         time.sleep(2.0)
         written = enriched_count(es_client, es_index)
@@ -236,7 +246,7 @@ def test_prefect_server_restarted_while_runs_are_queued_the_durable_path_resumes
         post_events(api_url, [alert_event("security.alert.high-risk", AlertRef(es_index, i)) for i in ids])
 
     def runs(api_url: str) -> list[dict[str, Any]]:
-        return list(httpx.post(f"{api_url}/flow_runs/filter", json={}, timeout=10).json())
+        return list(call(httpx.Client(timeout=10), "POST", f"{api_url}/flow_runs/filter", json={}).json())
 
     try:
         with run_prefect_server(home, port) as api_url:
