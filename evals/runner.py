@@ -30,7 +30,7 @@ from evals.grouping import GroupingSettings, fold_assignment, group_cases
 from evals.labels import LabelStats, normalise_cases
 from evals.metrics import Prediction, Truth, score
 from mitre.assemble import EngineOptions, build_engine, knowledge_paths, mapper_settings, resolve_catalog
-from mitre.budget import PriceTable
+from mitre.budget.prices import PriceTable
 from mitre.catalog import Catalog
 from mitre.config import DecisionSettings, Environment, OptOuts, WorkflowsFile
 from mitre.engine import Engine

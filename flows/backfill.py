@@ -6,6 +6,9 @@ is saved after every batch that was written, so a stopped or failed backfill res
 off when run again with the same checkpoint file.  Reading, mapping and writing overlap (one batch of
 each in flight; see `mitre.service.run_pipeline`).  Progress is logged and kept in a Prefect progress
 artifact.
+
+`retag`: the same walk over stored alerts, re-tagging what attackmap enriched under one ATT&CK version
+for another with an official crosswalk (`mitre.retag`): no mapping, only the tags move.
 """
 
 from __future__ import annotations
@@ -21,8 +24,11 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
 from flows.poller import default_checkpoint
 from flows.runtimes import RUNTIMES
+from mitre.catalog import Catalog, load_catalog
 from mitre.chunks import chunked
-from mitre.io.elastic import Checkpoint, ElasticSource, SourceAlert
+from mitre.config import Environment, default_workflows_path, load_workflows
+from mitre.io.elastic import AlertUpdate, Checkpoint, ElasticSink, ElasticSource, SinkSummary, SourceAlert, es_client
+from mitre.retag import load_crosswalk, retag_alert
 from mitre.service import BatchResult, Runtime, run_pipeline
 
 Progress = Callable[[int, int | None, BatchResult], None]
@@ -108,3 +114,73 @@ def backfill(
     out["seconds"] = round(time.perf_counter() - started, 3)
     out["checkpoint"] = cp.timestamp
     return out
+
+
+# --------------------------------------------------------------------------- re-tag for a new ATT&CK version
+
+
+def run_retag(
+    es: Any,
+    sink: ElasticSink,
+    index: str,
+    checkpoint: Checkpoint,
+    crosswalk: dict[str, tuple[str, ...]],
+    catalog: Catalog,
+    *,
+    batch_size: int = 500,
+) -> tuple[int, SinkSummary]:
+    """Re-tag every stored alert after the checkpoint for ``catalog`` (see `mitre.retag`); returns the
+    alerts read and what the sink wrote. The checkpoint is saved after each written batch, and an alert
+    already re-tagged is left alone, so a stopped or repeated run is safe."""
+    source = ElasticSource(es, index, page_size=batch_size)
+    saver = Checkpoint(checkpoint.path, checkpoint.timestamp, checkpoint.tiebreaker)
+    total = SinkSummary()
+    read = 0
+    for batch in chunked(source.read(checkpoint), batch_size):
+        read += len(batch)
+        updates = [
+            AlertUpdate(a.index, a.doc_id, a.seq_no, a.primary_term, new)
+            for a in batch
+            if (new := retag_alert(a.source, crosswalk, catalog)) is not None
+        ]
+        written = sink.write(updates)
+        if written.failed:
+            raise RuntimeError(f"{len(written.failed)} re-tag write failures, e.g. {written.failed[:3]}")
+        total = total.merge(written)
+        saver.advance(batch[-1].sort)
+        saver.save()
+    return read, total
+
+
+@flow(name="retag-alerts", retries=0)
+def retag(
+    catalog: str,
+    crosswalk: str,
+    index: str | None = None,
+    workflow: str | None = None,
+    checkpoint: str | None = None,
+    batch_size: int = 500,
+) -> dict[str, Any]:
+    """Re-tag alerts already enriched in Elasticsearch for another ATT&CK version (e.g. v18.1 → v19.1 with
+    the official crosswalk); rerun with the same checkpoint to resume."""
+    logger = get_run_logger()
+    env = Environment()
+    chosen = load_workflows(default_workflows_path(env)).workflow(workflow)
+    new_catalog = load_catalog(Path(catalog))
+    target = index or chosen.trigger.index_pattern
+    path = Path(checkpoint) if checkpoint else default_checkpoint(chosen.name, f"retag-{new_catalog.version}")
+    es = es_client()
+    started = time.perf_counter()
+    read, summary = run_retag(
+        es, ElasticSink(es), target, Checkpoint.load(path), load_crosswalk(Path(crosswalk)), new_catalog,
+        batch_size=batch_size,
+    )  # fmt: skip
+    logger.info("retag to ATT&CK %s: %d read, %d re-tagged, %d unchanged", new_catalog.version, read,
+                summary.updated, summary.unchanged)  # fmt: skip
+    return {
+        "read": read,
+        "retagged": summary.updated,
+        "unchanged": summary.unchanged,
+        "to_version": new_catalog.version,
+        "seconds": round(time.perf_counter() - started, 3),
+    }

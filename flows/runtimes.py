@@ -35,7 +35,12 @@ class Runtimes:
             self._by_workflow.setdefault(runtime.workflow.name, runtime)
 
     def clear(self) -> None:
+        """Forget every runtime, after giving their exports a few seconds to deliver what is spooled
+        (what is left stays in the spool for the next process)."""
         with self._lock:
+            for runtime in {id(r): r for r in self._by_workflow.values()}.values():
+                if runtime.exports is not None:
+                    runtime.exports.close(timeout=5.0)
             self._by_workflow.clear()
 
 

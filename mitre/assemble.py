@@ -108,21 +108,32 @@ def build_engine(
     registry = registry or default_registry()
     context = MapperContext(catalog=catalog, settings=settings, indicators=indicators, knowledge=knowledge)
     local = registry.create(LOCAL, context)
-    mapper: Mapper = (
-        local if settings.provider == LOCAL else registry.create(settings.provider, replace(context, local=local))
-    )
+    mapper: Mapper = local
     observer = None
-    if mapper is not local:
+    if settings.provider != LOCAL:
+        # LLM providers shortlist candidates with the local mapper's retriever and knowledge base,
+        # and fall back to it: they need the real one, not any mapper registered as "local".
+        from mitre.mappers.local import LocalMapper
+
+        if not isinstance(local, LocalMapper):
+            raise ValueError(f"provider {settings.provider!r} needs the local mapper under the name {LOCAL!r}")
         from mitre.mappers.budgeted import with_budget
 
-        mapper, observer = with_budget(mapper, local, workflow, env)
+        llm = registry.create(settings.provider, replace(context, local=local))
+        mapper, observer = with_budget(llm, local, workflow, env)
     cache = None
     if options.cache:
         directory = options.cache_dir or env.cache_dir or config.cache.directory or env.home / "cache"
         size_limit_bytes = config.cache.size_limit_mb * 2**20
         ttl_seconds = config.cache.ttl_days * DAY_SECONDS
+        llm_ttl_seconds = config.cache.llm_ttl_days * DAY_SECONDS
         cache = GuardedCache(
-            lambda: MappingCache(directory, size_limit_bytes=size_limit_bytes, ttl_seconds=ttl_seconds),
+            lambda: MappingCache(
+                directory,
+                size_limit_bytes=size_limit_bytes,
+                ttl_seconds=ttl_seconds,
+                llm_ttl_seconds=llm_ttl_seconds,
+            ),
             where=str(directory),
         )
     configuration = EngineConfiguration(

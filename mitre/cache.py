@@ -1,16 +1,26 @@
-"""The mapping cache: diskcache, least-recently-used eviction, a size limit and a 7-day expiry.
+"""The mapping cache: diskcache, least-recently-used eviction, a size limit and a 7-day expiry (30 days
+for an LLM's answers, which cost money to ask again and come out the same).
 
 Lookups of one key while it is being computed compute it once (single-flight): a per-key
 thread lock inside the process, then a diskcache lock shared by every process using the
 same directory. A small in-process memo in front of SQLite keeps warm lookups cheap.
+
+Single-flight covers results that are not cached too (an LLM answer that fell back to the local
+mapper): the computing caller publishes its result in `FlightResults` for a short while, and every
+caller that was already waiting for the key when it finished takes it instead of computing again.
+A caller that arrives later computes afresh, so a fallback is never served in place of a later
+answer. `FlightResults` is the seam for sharing across machines (a Redis implementation, with a
+Redis lock in place of the diskcache one).
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import diskcache
 
@@ -18,6 +28,33 @@ from mitre.models import MappingResult
 
 DAY_SECONDS = 86_400
 LOCK_EXPIRE_SECONDS = 120  # a crashed holder frees the key after this
+FLIGHT_PREFIX = "attackmap-flight:"
+
+
+class FlightResults(Protocol):
+    """Where a computation leaves a result it did not cache, for the callers waiting on the same key."""
+
+    def publish(self, key: str, value: MappingResult, finished_at: float) -> None: ...
+
+    def since(self, key: str, asked_at: float) -> MappingResult | None:
+        """The result of a computation that finished at or after `asked_at`, if any."""
+        ...
+
+
+class DiskFlightResults:
+    """FlightResults in the cache directory: shared by every process using it, kept as long as a lock."""
+
+    def __init__(self, store: diskcache.Cache) -> None:
+        self._store = store
+
+    def publish(self, key: str, value: MappingResult, finished_at: float) -> None:
+        self._store.set(FLIGHT_PREFIX + key, (finished_at, value.model_dump_json()), expire=LOCK_EXPIRE_SECONDS)
+
+    def since(self, key: str, asked_at: float) -> MappingResult | None:
+        found = self._store.get(FLIGHT_PREFIX + key)
+        if found is None or found[0] < asked_at:
+            return None
+        return MappingResult.model_validate_json(found[1])
 
 
 class MappingCache:
@@ -27,11 +64,13 @@ class MappingCache:
         *,
         size_limit_bytes: int = 512 * 2**20,
         ttl_seconds: float = 7 * DAY_SECONDS,
+        llm_ttl_seconds: float | None = None,
         memo_entries: int = 20_000,
     ) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
         self.ttl_seconds = ttl_seconds
+        self.llm_ttl_seconds = llm_ttl_seconds or ttl_seconds
         self._store = diskcache.Cache(
             str(directory), eviction_policy="least-recently-used", size_limit=size_limit_bytes
         )
@@ -40,6 +79,7 @@ class MappingCache:
         self._memo_lock = threading.Lock()
         self._key_locks: dict[str, threading.Lock] = {}
         self._key_locks_guard = threading.Lock()
+        self.flights: FlightResults = DiskFlightResults(self._store)
         self.hits = 0
         self.misses = 0
 
@@ -72,7 +112,8 @@ class MappingCache:
         return value
 
     def put(self, key: str, value: MappingResult) -> None:
-        self._store.set(key, value.model_dump_json().encode(), expire=self.ttl_seconds)
+        ttl = self.ttl_seconds if value.mapper == "local" else self.llm_ttl_seconds
+        self._store.set(key, value.model_dump_json().encode(), expire=ttl)
         self._remember(key, value)
 
     def _key_lock(self, key: str) -> threading.Lock:
@@ -80,21 +121,25 @@ class MappingCache:
             return self._key_locks.setdefault(key, threading.Lock())
 
     def get_or_compute(self, key: str, compute: Callable[[], tuple[MappingResult, bool]]) -> tuple[MappingResult, bool]:
-        """Return (value, hit). `compute` returns (value, cacheable); only cacheable values are stored."""
+        """Return (value, hit). `compute` returns (value, cacheable); only cacheable values are stored,
+        the others are handed to the callers waiting for the key meanwhile (a hit for them)."""
         found = self.get(key)
         if found is not None:
             self.hits += 1
             return found, True
+        asked_at = time.time()
         lock = self._key_lock(key)
         try:
             with lock, diskcache.Lock(self._store, f"attackmap-lock:{key}", expire=LOCK_EXPIRE_SECONDS):
-                found = self.get(key)
+                found = self.get(key) or self.flights.since(key, asked_at)
                 if found is not None:
                     self.hits += 1
                     return found, True
                 value, cacheable = compute()
                 if cacheable:
                     self.put(key, value)
+                else:
+                    self.flights.publish(key, value, time.time())
                 self.misses += 1
                 return value, False
         finally:

@@ -7,7 +7,7 @@ shipped for editors and `attackmap workflows validate` is generated from them.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
@@ -83,6 +83,18 @@ class MapperSettings(Section):
         False, description="LLM providers: replace users, hosts, IPs, e-mails, secrets with stable pseudonyms"
     )
     timeout_s: float = Field(30.0, gt=0, description="LLM providers: timeout of one HTTP request")
+    cascade_confidence: float | None = Field(
+        0.9,
+        ge=0,
+        le=1,
+        description="LLM providers: the local mapper answers alone when its best technique has at least this "
+        "confidence (no LLM call); null asks the LLM about every mapped alert",
+    )
+    prompt_cache_ttl: Literal["5m", "1h"] = Field(
+        "1h",
+        description="anthropic: how long the cached prompt prefix lives (1h writes cost 2x input, 5m 1.25x); "
+        "at the call rates of bench/cost_simulation.py 1h costs a third less",
+    )
 
 
 class BudgetSettings(Section):
@@ -99,10 +111,69 @@ class BudgetSettings(Section):
     ledger_es_url: str | None = Field(None, description="elasticsearch ledger URL; null: $ATTACKMAP_ES_URL")
 
 
+class HecOutput(Section):
+    """Splunk HTTP Event Collector: common events, batched, technique and tactic IDs as indexed fields."""
+
+    type: Literal["hec"]
+    url: str = Field(description="base URL, e.g. https://splunk.example:8088")
+    token_env: str = Field("ATTACKMAP_HEC_TOKEN", description="environment variable holding the HEC token")
+    index: str | None = None
+    source: str = "attackmap"
+    sourcetype: str = "attackmap:event"
+    host: str | None = Field(None, description="null: the alert's host")
+    ack: bool = Field(False, description="indexer acknowledgement (channel + /services/collector/ack)")
+    verify_tls: bool = True
+    ca_file: Path | None = None
+
+
+class TaxiiOutput(Section):
+    """A TAXII 2.1 collection: STIX 2.1 indicators, attack-patterns and a sighting per alert."""
+
+    type: Literal["taxii"]
+    collection_url: str
+    user_env: str | None = Field("ATTACKMAP_TAXII_USER", description="environment variable with the user")
+    password_env: str | None = Field("ATTACKMAP_TAXII_PASSWORD", description="environment variable, the password")
+    tlp: Literal["clear", "green", "amber", "red"] = "amber"
+    verify_tls: bool = True
+    ca_file: Path | None = None
+
+
+class ElasticsearchOutput(Section):
+    """Common events into a data stream (or index) with an ECS index template, in bulk."""
+
+    type: Literal["elasticsearch"]
+    target: str = Field("logs-attackmap.events-default", description="data stream or index name")
+    data_stream: bool = True
+    url: str | None = Field(None, description="null: $ATTACKMAP_ES_URL")
+
+
+class EventsFileOutput(Section):
+    """Common events appended to an NDJSON file."""
+
+    type: Literal["events"]
+    path: Path
+
+
+ExportOutput = Annotated[HecOutput | TaxiiOutput | ElasticsearchOutput | EventsFileOutput, Field(discriminator="type")]
+
+
+class DeliverySettings(Section):
+    """How exports are delivered: spooled to disk, retried, dead-lettered with the reason."""
+
+    spool_dir: Path | None = Field(None, description="null: $ATTACKMAP_HOME/spool")
+    batch_size: int = Field(500, ge=1, le=10_000)
+    max_retry_seconds: float = Field(30, gt=0, description="longest wait between two tries")
+    give_up_after_hours: float = Field(24, gt=0, description="then an undeliverable event is dead-lettered")
+
+
 class Outputs(Section):
     elasticsearch_write_back: bool = Field(
         False, description="flows write threat.* and provenance back to the alert (attackmap enrich writes NDJSON)"
     )
+    exports: list[ExportOutput] = Field(
+        default_factory=list, description="where enriched alerts also go, in near real time (flows, event worker)"
+    )
+    delivery: DeliverySettings = Field(default_factory=DeliverySettings)
 
 
 class Workflow(Section):
@@ -125,6 +196,12 @@ class CacheSettings(Section):
     directory: Path | None = Field(None, description="null: $ATTACKMAP_HOME/cache")
     size_limit_mb: int = Field(512, ge=1)
     ttl_days: float = Field(7, gt=0)
+    llm_ttl_days: float = Field(
+        30,
+        gt=0,
+        description="how long an LLM answer is kept: its key already holds the catalog, prompt, model and settings, "
+        "so asking again only pays for the same answer",
+    )
 
 
 class Limits(Section):

@@ -192,6 +192,9 @@ class Engine:
         self._outcomes: OrderedDict[bytes, _Remembered] = OrderedDict()
         self.outcome_memo_seconds = OUTCOME_MEMO_SECONDS
         self._outcomes_since = time.monotonic()
+        # Mappings already made for this run by cache key (a vendor batch's answers and fallbacks):
+        # consulted before the cache and the mapper.
+        self.precomputed: dict[str, MappingResult] = {}
 
     # ------------------------------------------------------------ stages
 
@@ -225,14 +228,18 @@ class Engine:
         except TypeError:  # a value JSON cannot hold (alerts handed in as Python objects)
             return None
 
+    def decide(self, features: AlertFeatures) -> Decision:
+        """The workflow's hybrid decision for an alert."""
+        return skip_early(features, self.workflow.decision) or decide(
+            features, self.indicators.evaluate(features), self.workflow.decision, self.catalog
+        )
+
     def _prepare(self, item: RawAlert, alert: dict[str, Any], flat: dict[str, Any]) -> Prepared | Outcome:
         try:
             features = features_from_flat(flat)
         except ValueError as exc:
             return self._dead(item, f"invalid_alert: {exc}")
-        decision = skip_early(features, self.workflow.decision) or decide(
-            features, self.indicators.evaluate(features), self.workflow.decision, self.catalog
-        )
+        decision = self.decide(features)
         if decision.kind is DecisionKind.SKIP:
             return Outcome(
                 status=OutcomeStatus.SKIPPED,
@@ -277,7 +284,8 @@ class Engine:
         error_id, reason = self.failures.record(exc, where)
         return self._dead(item, reason, error_id)
 
-    def _key(self, features: AlertFeatures) -> str:
+    def mapping_key(self, features: AlertFeatures) -> str:
+        """The cache key of an alert's mapping (see mitre.cachekey)."""
         return cache_key(
             features,
             catalog_version=self.catalog.fingerprint,
@@ -307,11 +315,14 @@ class Engine:
         if self.cache is None:
             results = map_all(self.mapper, features, decisions)
             return [(self._validated(None, r), False) for r in results]
-        keys = [self._key(f) for f in features]
+        keys = [self.mapping_key(f) for f in features]
         found: dict[str, tuple[MappingResult, bool]] = {}
         todo: dict[str, int] = {}
         for i, key in enumerate(keys):
             if key in found or key in todo:
+                continue
+            if (done := self.precomputed.get(key)) is not None:
+                found[key] = (done, False)
                 continue
             cached = self.cache.get(key)
             if cached is not None:
@@ -345,8 +356,17 @@ class Engine:
 
     # ------------------------------------------------------------ public
 
-    def _run(self, items: Sequence[RawAlert], todo: list[_Todo], outcomes: list[Outcome | None], now: str) -> None:
-        """The full pipeline for alerts the outcome memo could not answer; remembers what it may."""
+    def _run(
+        self,
+        items: Sequence[RawAlert],
+        todo: list[_Todo],
+        outcomes: list[Outcome | None],
+        now: str,
+        this_batch: dict[bytes, _Remembered] | None = None,
+    ) -> None:
+        """The full pipeline for alerts the outcome memo could not answer; remembers what it may.
+        An outcome it may not remember (an LLM fallback) goes to `this_batch`: the copies of the alert
+        waiting in the same batch share it rather than asking the vendor again."""
         prepared: list[Prepared] = []
         mapped_todo: list[_Todo] = []
         for entry in todo:
@@ -385,9 +405,12 @@ class Engine:
             )
             outcomes[entry.index] = outcome
             # A mapping the cache did not keep (an LLM fallback) must be asked for again next time.
-            if entry.signature is not None and (hit or mapping.result.fallback_reason is None):
+            if entry.signature is not None:
                 bare = outcome.model_copy(update={"alert": None, "line": None, "cache_hit": True})
-                self._remember(entry.signature, _Remembered(bare, enrichment=enrichment))
+                if hit or mapping.result.fallback_reason is None:
+                    self._remember(entry.signature, _Remembered(bare, enrichment=enrichment))
+                elif this_batch is not None:
+                    this_batch[entry.signature] = _Remembered(bare, enrichment=enrichment)
 
     def process_batch(self, items: Sequence[RawAlert]) -> list[Outcome]:
         """One Outcome per item, in order. Never raises for an alert's sake (see _isolated)."""
@@ -437,14 +460,16 @@ class Engine:
                     continue
                 pending.add(signature)
             todo.append(_Todo(i, alert, flat, signature))
-        self._run(items, todo, outcomes, now)
+        this_batch: dict[bytes, _Remembered] = {}
+        self._run(items, todo, outcomes, now, this_batch)
         if waiting:
             again = []
             for entry in waiting:
                 assert entry.signature is not None
-                if (remembered := self._outcomes.get(entry.signature)) is not None:
+                remembered = self._outcomes.get(entry.signature) or this_batch.get(entry.signature)
+                if remembered is not None:
                     outcomes[entry.index] = self._replay(remembered, entry.alert, items[entry.index].line, now)
-                else:  # its first copy was not remembered (an LLM fallback): map it in its own right
+                else:  # its first copy was dead-lettered: judge it in its own right
                     again.append(_Todo(entry.index, entry.alert, entry.flat, None))
             self._run(items, again, outcomes, now)
         done = [o for o in outcomes if o is not None]

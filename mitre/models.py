@@ -108,25 +108,23 @@ class TechniqueScore(Contract):
 
 
 class Usage(Contract):
-    """Token usage of one LLM call, as the vendor reported it."""
+    """Token usage of the LLM calls behind one mapping (retries included), as the vendor reported it.
+    `input_tokens` are the uncached ones; cache writes and reads are counted apart."""
 
     input_tokens: int = 0
     output_tokens: int = 0
     cache_write_tokens: int = 0
     cache_read_tokens: int = 0
+    calls: int = 0
 
 
-class MappingResult(Contract):
-    """What a mapper returns. Validation turns it into a ValidatedMapping."""
+class InjectionSuspicion(Contract):
+    """Text in an alert field that addresses the model rather than describing activity: instructions,
+    role play, answer formats, fake delimiters. Shown to analysts; never accepted as evidence."""
 
-    mapper: str
-    model: str | None = None
-    prompt_hash: str = ""
-    techniques: tuple[TechniqueScore, ...] = ()
-    tactic_ids: tuple[str, ...] = ()
-    candidates: tuple[TechniqueScore, ...] = ()
-    usage: Usage | None = None
-    fallback_reason: str | None = None
+    field: str
+    kind: str
+    excerpt: str
 
 
 class IssueSeverity(StrEnum):
@@ -142,6 +140,23 @@ class ValidationIssue(Contract):
     code: str
     message: str
     technique_id: str | None = None
+
+
+class MappingResult(Contract):
+    """What a mapper returns. Validation turns it into a ValidatedMapping."""
+
+    mapper: str
+    model: str | None = None
+    prompt_hash: str = ""
+    techniques: tuple[TechniqueScore, ...] = ()
+    tactic_ids: tuple[str, ...] = ()
+    candidates: tuple[TechniqueScore, ...] = ()
+    usage: Usage | None = None
+    cost_usd: float | None = None
+    fallback_reason: str | None = None
+    # The LLM path: parts of an answer that were dropped, and text in the alert that addresses the model.
+    answer_issues: tuple[ValidationIssue, ...] = ()
+    prompt_injection_suspected: tuple[InjectionSuspicion, ...] = ()
 
 
 class ValidatedMapping(Contract):
@@ -215,6 +230,14 @@ class RunSummary:
     cache_hits: int = 0
     cache_misses: int = 0
     warnings: list[str] = field(default_factory=list)
+    # Who answered each mapped alert (an LLM fallback counts as "local"), fallbacks per reason,
+    # alerts holding text that addresses the model, and what the LLM calls behind them cost (each
+    # computation counted once: not again for the alerts it was shared with).
+    answered_by: Counter[str] = field(default_factory=Counter)
+    fallbacks: Counter[str] = field(default_factory=Counter)
+    injection_suspected: int = 0
+    llm: Counter[str] = field(default_factory=Counter)
+    cost_usd: float = 0.0
 
     def add(self, outcome: Outcome) -> None:
         if outcome.decision is not None:
@@ -229,14 +252,26 @@ class RunSummary:
             else:
                 self.cache_misses += 1
             if outcome.mapping is not None:
-                for t in outcome.mapping.result.techniques:
+                result = outcome.mapping.result
+                for t in result.techniques:
                     self.techniques[t.technique_id] += 1
                     for tactic in t.tactic_ids:
                         self.tactics[tactic] += 1
+                self._add_llm(result, outcome.cache_hit)
         elif outcome.status is OutcomeStatus.SKIPPED:
             self.skipped[outcome.reason] += 1
         else:
             self.dead_letter[outcome.reason.split(":")[0]] += 1
+
+    def _add_llm(self, result: MappingResult, shared: bool) -> None:
+        self.answered_by[result.mapper] += 1
+        if result.fallback_reason:
+            self.fallbacks[result.fallback_reason] += 1
+        if result.prompt_injection_suspected:
+            self.injection_suspected += 1
+        if result.usage is not None and not shared:
+            self.llm.update({k: v for k, v in result.usage.model_dump().items() if v})
+            self.cost_usd += result.cost_usd or 0.0
 
     def merge(self, other: RunSummary) -> None:
         """Add another run's counts to these (warnings are the run's own: not merged)."""
@@ -249,6 +284,11 @@ class RunSummary:
         self.techniques.update(other.techniques)
         self.cache_hits += other.cache_hits
         self.cache_misses += other.cache_misses
+        self.answered_by.update(other.answered_by)
+        self.fallbacks.update(other.fallbacks)
+        self.injection_suspected += other.injection_suspected
+        self.llm.update(other.llm)
+        self.cost_usd += other.cost_usd
 
     @property
     def total(self) -> int:
@@ -263,6 +303,10 @@ class RunSummary:
             "dead_letter": dict(self.dead_letter),
             "decisions": dict(self.decisions),
             "cache": {"hits": self.cache_hits, "misses": self.cache_misses},
+            "answered_by": dict(self.answered_by),
+            "fallbacks": dict(self.fallbacks),
+            "prompt_injection_suspected": self.injection_suspected,
+            "llm": {**dict(self.llm), "cost_usd": round(self.cost_usd, 6)},
             "tactics": dict(self.tactics),
             "warnings": self.warnings,
         }

@@ -1,17 +1,19 @@
-"""The LLM prompt: template files in `prompts/`, a candidate shortlist, and the alert as quoted data.
+"""The LLM prompt: template files in `prompts/`, the ATT&CK catalog, a candidate shortlist, and the alert
+as quoted data.
 
-The template `prompts/map_alert.md` has a static part (instructions, tactic list, candidate line
-format: identical for every alert, so vendors can cache it) and a per-alert part below the
-`=== USER ===` line. The alert features are rendered as ONE JSON object between `<<<ALERT_DATA`
-and `ALERT_DATA>>>`; JSON escaping plus escaping of `<` and `>` means nothing inside an alert
-field can close the block or pose as an instruction line.
+The template `prompts/map_alert.md` has a static part and a per-alert part below the `=== USER ===`
+line. The static part (instructions, the tactic list and a compact list of every technique and
+sub-technique of the active catalog) is identical for every alert, so vendors cache it: the model can
+choose any technique, not only the shortlisted ones, and the prefix is long enough for prompt caching
+(see `bench/cost_simulation.py` for the vendors' minimums and what caching costs). The per-alert part
+holds the local detectors' candidates with their confidence and evidence, a few labelled examples, and
+the alert features as ONE JSON object between `<<<ALERT_DATA` and `ALERT_DATA>>>`; JSON escaping plus
+escaping of `<` and `>` means nothing inside an alert field can close the block.
 
-Token counts are ESTIMATES: no tokenizer package is installed (tiktoken is not a dependency), so
-`estimate_tokens` uses the documented rule of thumb of ~4 characters per token. The renderer shrinks
-the per-alert part (examples, then field lengths, then candidates) until system + user + response
-schema is at most `SAFE_INPUT_TOKENS` (1,100) estimated tokens, which leaves room for the vendor's
-own additions (Anthropic's forced-tool system prompt, a few hundred tokens) under the 1,500-token
-per-call ceiling (`MAX_INPUT_TOKENS`).
+Token counts here are ESTIMATES (~4 characters per token, the vendors' rule of thumb): the engine
+needs no tokenizer. The renderer shrinks the per-alert part (examples, then field lengths, then
+candidates) until it is at most `SAFE_USER_TOKENS` estimated tokens, so the uncached input of a call
+stays under `MAX_UNCACHED_TOKENS`; bench/cost_simulation.py checks that with a real tokenizer.
 """
 
 from __future__ import annotations
@@ -23,21 +25,25 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from importlib import resources
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mitre.catalog import Catalog
 from mitre.models import AlertFeatures, Decision, MappingResult, TechniqueScore
 
-RENDER_VERSION = "2"  # bump when the rendering code changes what is sent
+if TYPE_CHECKING:
+    from mitre.mappers.local import LocalMapper
+
+RENDER_VERSION = "3"  # bump when the rendering code changes what is sent
 TEMPLATE_FILE = "map_alert.md"
 SCHEMA_FILE = "map_alert.schema.json"
 USER_MARKER = "=== USER ==="
 DATA_OPEN = "<<<ALERT_DATA"
 DATA_CLOSE = "ALERT_DATA>>>"
 CHARS_PER_TOKEN = 4
-MAX_INPUT_TOKENS = 1500
-SAFE_INPUT_TOKENS = 1100
+MAX_UNCACHED_TOKENS = 1500
+SAFE_USER_TOKENS = 1150
 SHORTLIST_SIZE = 20
+CLIP_MARKER = "…["
 TOOL_NAME = "record_attack_mapping"
 
 
@@ -76,30 +82,74 @@ class Candidate:
     name: str
     tactic_ids: tuple[str, ...]
     sources: tuple[str, ...]
+    confidence: float | None = None  # the local mapper's, when it scored this technique
+    evidence: str = ""  # the local mapper's strongest evidence, in a few words
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """The static, cacheable prefix for one catalog, and the per-alert template below it."""
+
+    system: str
+    user_template: str
+    schema: dict[str, Any] = field(repr=False)
+    prompt_hash: str
+
+    @classmethod
+    def build(cls, catalog: Catalog, max_techniques: int) -> PromptTemplate:
+        static, _, dynamic = template_text().partition(USER_MARKER)
+        static = static.split("-->", 1)[1] if static.lstrip().startswith("<!--") else static
+        tactics = "; ".join(f"{t.id} {t.shortname}: {t.name}" for t in catalog.tactics)
+        system = static.strip().format(
+            tactics=tactics,
+            max_techniques=max_techniques,
+            catalog_version=catalog.version,
+            catalog=catalog_section(catalog),
+        )
+        return cls(system, dynamic.strip("\n"), response_schema(), prompt_hash())
 
 
 @dataclass(frozen=True)
 class RenderedPrompt:
-    """What a provider sends: `system` is the static, cacheable prefix; `user` is per alert."""
+    """What a provider sends: `system` is the static, cacheable prefix; `user` is per alert. `shown` holds
+    the text of every alert field the model saw, as it saw it (redacted, clipped): quotes are checked
+    against it."""
 
     system: str
     user: str
     candidates: tuple[Candidate, ...]
     schema: dict[str, Any] = field(repr=False)
     prompt_hash: str = ""
+    shown: dict[str, str] = field(default_factory=dict, repr=False)
 
     @property
-    def estimated_tokens(self) -> int:
-        """Estimated input tokens of system + user + response schema (the vendor adds its own overhead)."""
-        return (
-            estimate_tokens(self.system)
-            + estimate_tokens(self.user)
-            + estimate_tokens(json.dumps(self.schema, separators=(",", ":")))
-        )
+    def estimated_static_tokens(self) -> int:
+        """Estimated tokens of the cached prefix: the instructions and catalog, and the response schema."""
+        return estimate_tokens(self.system) + estimate_tokens(json.dumps(self.schema, separators=(",", ":")))
 
     @property
     def estimated_user_tokens(self) -> int:
+        """Estimated tokens of the per-alert part: the uncached input of a call with a warm prefix."""
         return estimate_tokens(self.user)
+
+
+def catalog_section(catalog: Catalog) -> str:
+    """Every active technique, compactly: a parent a line with its tactics, its sub-techniques after it."""
+    subs: dict[str, list[str]] = {}
+    for tid, technique in catalog.techniques.items():
+        if technique.parent:
+            subs.setdefault(technique.parent, []).append(tid)
+    lines = []
+    for tid in sorted(t for t, tech in catalog.techniques.items() if not tech.parent):
+        technique = catalog.techniques[tid]
+        tactics = ",".join(t.id.removeprefix("TA") for t in catalog.tactics_of(tid))
+        line = f"{tid} {technique.name} [{tactics}]"
+        if tid in subs:
+            line += ": " + "; ".join(
+                f".{sub.split('.')[1]} {catalog.techniques[sub].name}" for sub in sorted(subs[tid])
+            )
+        lines.append(line)
+    return "\n".join(lines)
 
 
 def safe_json(value: Any) -> str:
@@ -111,7 +161,7 @@ def safe_json(value: Any) -> str:
 def _clip(value: str | None, limit: int) -> str | None:
     if value is None or len(value) <= limit:
         return value
-    return value[:limit] + f"…[{len(value) - limit} more chars]"
+    return value[:limit] + f"{CLIP_MARKER}{len(value) - limit} more chars]"
 
 
 def alert_payload(
@@ -142,42 +192,71 @@ def alert_payload(
     return {k: v for k, v in payload.items() if v not in (None, [], {})}
 
 
+def shown_text(payload: dict[str, Any]) -> dict[str, str]:
+    """Field name → the text the model was shown (clip markers removed), for checking quotes."""
+
+    def unclipped(value: str) -> str:
+        return value.split(CLIP_MARKER, 1)[0] if value.endswith(" more chars]") else value
+
+    shown = {
+        key: unclipped(str(payload[key]))
+        for key in ("rule_name", "rule_description", "rule_query", "rule_type")
+        if isinstance(payload.get(key), str)
+    }
+    if payload.get("rule_tags"):
+        shown["rule_tags"] = ", ".join(payload["rule_tags"])
+    for name, value in payload.get("fields", {}).items():
+        shown[name] = unclipped(value)
+    return shown
+
+
+def _evidence_note(score: TechniqueScore) -> str:
+    """A few words on the local mapper's strongest evidence for a candidate."""
+    best = max(score.evidence, key=lambda e: e.score, default=None)
+    if best is None:
+        return ""
+    if best.source == "indicator":
+        return f"indicator {best.detail.split(':', 1)[0]} on {best.field}"
+    return {"knowledge_base": "kb", "lexical": "lexical", "rule": "rule"}.get(best.source, best.source)
+
+
 def build_shortlist(
     features: AlertFeatures,
     local_result: MappingResult,
     catalog: Catalog,
-    local: Any = None,
+    local: LocalMapper | None = None,
     size: int = SHORTLIST_SIZE,
 ) -> list[Candidate]:
-    """Local mapper candidates + BM25 top + knowledge-base neighbours' labels, deduplicated, in that order.
-
-    `local` is the LocalMapper (duck-typed: `retriever`, `knowledge`); without it only the local
-    result's candidates are used.
-    """
+    """Local mapper candidates (with their confidence and evidence) + BM25 top + knowledge-base
+    neighbours' labels, deduplicated, in that order. Without the local mapper only the local result's
+    candidates are used."""
     from mitre.text import alert_text
 
     sources: dict[str, list[str]] = {}
+    scored: dict[str, TechniqueScore] = {}
 
-    def add(tid: str, source: str) -> None:
+    def add(tid: str, source: str) -> str | None:
         resolved = catalog.resolve(tid).active_id
         if resolved is None:
-            return
+            return None
         tags = sources.setdefault(resolved, [])
         if source not in tags:
             tags.append(source)
+        return resolved
 
     def origin(score: TechniqueScore) -> str:
         kinds = {e.source for e in score.evidence}
         return "indicator" if "indicator" in kinds else ("kb" if "knowledge_base" in kinds else "lexical")
 
     for s in (*local_result.techniques, *local_result.candidates):
-        add(s.technique_id, origin(s))
+        resolved = add(s.technique_id, origin(s))
+        if resolved is not None and resolved not in scored:
+            scored[resolved] = s
     text = alert_text(features)
-    retriever = getattr(local, "retriever", None)
-    if retriever is not None:
-        for tid, _ in retriever.search(text, 12):
+    if local is not None:
+        for tid, _ in local.retriever.search(text, 12):
             add(tid, "lexical")
-    knowledge = getattr(local, "knowledge", None)
+    knowledge = local.knowledge if local is not None else None
     if knowledge is not None:
         for n in knowledge.neighbours(text, 8):
             for tid in n.example.techniques:
@@ -192,15 +271,31 @@ def build_shortlist(
         tech = catalog.techniques[tid]
         parent_tech = catalog.techniques.get(tech.parent) if tech.parent else None
         name = f"{parent_tech.name}: {tech.name}" if parent_tech else tech.name
-        out.append(Candidate(tid, name, tuple(t.id for t in catalog.tactics_of(tid)), tuple(tags)))
+        local_score = scored.get(tid)
+        out.append(
+            Candidate(
+                tid,
+                name,
+                tuple(t.id for t in catalog.tactics_of(tid)),
+                tuple(tags),
+                local_score.confidence if local_score else None,
+                _evidence_note(local_score) if local_score else "",
+            )
+        )
     return out
 
 
-def example_lines(features: AlertFeatures, local: Any, k: int = 2, chars: int = 160) -> list[str]:
+def candidate_line(c: Candidate) -> str:
+    local = f"{c.confidence:.2f}" if c.confidence is not None else "-"
+    evidence = c.evidence or ",".join(c.sources)
+    return f"{c.technique_id} | {c.name} | {','.join(c.tactic_ids)} | {local}: {evidence}"
+
+
+def example_lines(features: AlertFeatures, local: LocalMapper | None, k: int = 2, chars: int = 160) -> list[str]:
     """A few labelled knowledge-base neighbours, as short one-line examples."""
     from mitre.text import alert_text
 
-    knowledge = getattr(local, "knowledge", None)
+    knowledge = local.knowledge if local is not None else None
     if knowledge is None:
         return []
     lines = []
@@ -212,36 +307,25 @@ def example_lines(features: AlertFeatures, local: Any, k: int = 2, chars: int = 
     return lines
 
 
-def _static(catalog: Catalog, max_techniques: int) -> tuple[str, str]:
-    static, _, dynamic = template_text().partition(USER_MARKER)
-    static = static.split("-->", 1)[1] if static.lstrip().startswith("<!--") else static
-    tactics = "; ".join(f"{t.id} {t.name}" for t in catalog.tactics)
-    return static.strip().format(tactics=tactics, max_techniques=max_techniques), dynamic.strip("\n")
-
-
 def render_prompt(
+    template: PromptTemplate,
     features: AlertFeatures,
     decision: Decision,
     catalog: Catalog,
     candidates: Sequence[Candidate],
     examples: Sequence[str] = (),
-    max_techniques: int = 3,
-    budget_tokens: int = SAFE_INPUT_TOKENS,
+    budget_tokens: int = SAFE_USER_TOKENS,
 ) -> RenderedPrompt:
     """Render, shrinking the per-alert part (examples, then field lengths, then candidates) to the budget."""
-    system, dynamic = _static(catalog, max_techniques)
-    schema = response_schema()
-    fixed = estimate_tokens(system) + estimate_tokens(json.dumps(schema, separators=(",", ":")))
     field_chars, script_chars, n_candidates, use_examples = 600, 1200, len(candidates), bool(examples)
     while True:
-        cand_lines = "\n".join(
-            f"{c.technique_id} | {c.name} | {','.join(c.tactic_ids)} | {','.join(c.sources)}"
-            for c in candidates[:n_candidates]
-        )
+        cand_lines = "\n".join(candidate_line(c) for c in candidates[:n_candidates])
         example_block = ("Labelled examples (data):\n" + "\n".join(examples) + "\n") if use_examples else ""
         payload = alert_payload(features, decision, catalog, field_chars, script_chars)
-        user = dynamic.format(candidates=cand_lines, examples=example_block, alert_json=safe_json(payload))
-        if fixed + estimate_tokens(user) <= budget_tokens:
+        user = template.user_template.format(
+            candidates=cand_lines, examples=example_block, alert_json=safe_json(payload)
+        )
+        if estimate_tokens(user) <= budget_tokens:
             break
         if use_examples:
             use_examples = False
@@ -256,9 +340,10 @@ def render_prompt(
         else:
             break  # the floor: 40-char fields and 8 candidates
     return RenderedPrompt(
-        system=system,
+        system=template.system,
         user=user,
         candidates=tuple(candidates[:n_candidates]),
-        schema=schema,
-        prompt_hash=prompt_hash(),
+        schema=template.schema,
+        prompt_hash=template.prompt_hash,
+        shown=shown_text(payload),
     )

@@ -31,6 +31,7 @@ from mitre.io.elastic import (
     source_alert,
 )
 from mitre.io.events import AlertRef, parse_ref
+from mitre.io.exports.registry import Exports, open_exports
 from mitre.models import Outcome, OutcomeStatus, RawAlert, RunSummary
 
 AlertRefLike = str | Mapping[str, Any] | AlertRef
@@ -40,12 +41,14 @@ log = logging.getLogger("attackmap.service")
 
 @dataclass
 class Runtime:
-    """What a process needs to enrich: the engine, an ES client and the sink over it."""
+    """What a process needs to enrich: the engine, an ES client and the sink over it, and the
+    workflow's exports (`outputs.exports`: HEC, TAXII, Elasticsearch, …), delivered in the background."""
 
     engine: Engine
     es: Any
     sink: ElasticSink
     write_back: bool
+    exports: Exports | None = None
 
     @property
     def workflow(self) -> Workflow:
@@ -54,12 +57,20 @@ class Runtime:
 
 def make_runtime(engine: Engine, es: Any, *, write_back: bool | None = None, batch_size: int | None = None) -> Runtime:
     workflow = engine.workflow
+    outputs = workflow.outputs
     return Runtime(
         engine=engine,
         es=es,
         sink=ElasticSink(es, batch_size=batch_size or max(workflow.trigger.batch_size, 500)),
-        write_back=workflow.outputs.elasticsearch_write_back if write_back is None else write_back,
+        write_back=outputs.elasticsearch_write_back if write_back is None else write_back,
+        exports=open_exports(outputs.exports, outputs.delivery, engine.catalog, Environment().home),
     )
+
+
+def export_enriched(runtime: Runtime, alerts: Iterable[Mapping[str, Any]]) -> None:
+    """Hand enriched alerts to the workflow's exports: a spool append, never a wait on a receiver."""
+    if runtime.exports is not None:
+        runtime.exports.offer_alerts(alerts)
 
 
 def build_runtime(workflow: str | None = None, env: Environment | None = None) -> Runtime:
@@ -139,6 +150,7 @@ def map_sources(
 def enrich_sources(runtime: Runtime, alerts: Sequence[SourceAlert]) -> BatchResult:
     """Map and (when the workflow writes back) bulk-write a batch already read from ES."""
     updates, summary, dead = map_sources(runtime.engine, alerts)
+    export_enriched(runtime, (u.alert for u in updates))
     result = BatchResult(requested=len(alerts), summary=summary, dead_letters=dead)
     if runtime.write_back:
         result.sink = runtime.sink.write(updates)
@@ -155,6 +167,7 @@ def enrich_bare(runtime: Runtime, alerts: Sequence[Mapping[str, Any]]) -> BatchR
             result.alerts.append(outcome.alert)
         elif outcome.status is OutcomeStatus.DEAD_LETTER:
             result.dead_letters.append(dead_letter(outcome, position=position))
+    export_enriched(runtime, (o.alert for o in outcomes if o.status is OutcomeStatus.ENRICHED and o.alert))
     return result
 
 
@@ -224,6 +237,7 @@ def run_pipeline(
                 break
             alerts, missing, n = item
             updates, summary, dead = map_sources(runtime.engine, alerts)
+            export_enriched(runtime, (u.alert for u in updates))
             step = BatchResult(requested=n, missing=list(missing), summary=summary, dead_letters=dead)
             if runtime.write_back:
                 future = writer.submit(runtime.sink.write, updates)

@@ -88,7 +88,7 @@ def _dedupe(scores: list[TechniqueScore], catalog: Catalog, issues: list[Validat
 
 
 def validate_mapping(result: MappingResult, catalog: Catalog) -> ValidatedMapping:
-    issues: list[ValidationIssue] = []
+    issues: list[ValidationIssue] = list(result.answer_issues)  # what the LLM path dropped from an answer
     fixed = [f for s in result.techniques if (f := _fix_technique(s, catalog, issues)) is not None]
     techniques = _dedupe(fixed, catalog, issues)
     candidate_issues: list[ValidationIssue] = []

@@ -9,15 +9,18 @@ import httpx
 from mitre.prompting import TOOL_NAME
 
 
-def answer(*items: tuple[str, str, float]) -> dict[str, Any]:
+def answer(
+    *items: tuple[str, str, float], quote: str = "-EncodedCommand", field: str = "process.command_line"
+) -> dict[str, Any]:
+    """A reply in the schema of prompts/map_alert.schema.json: each technique cites `quote` from `field`."""
     return {
         "techniques": [
             {
                 "technique_id": tid,
                 "tactic": tactic,
                 "confidence": conf,
-                "rationale": "process.command_line shows PowerShell with an encoded command",
-                "fields_used": ["process.command_line", "process.name"],
+                "evidence": [{"field": field, "quote": quote}],
+                "rationale": f"{field} shows {quote}",
             }
             for tid, tactic, conf in items
         ]

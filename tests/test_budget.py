@@ -11,14 +11,17 @@ import pytest
 import respx
 from typer.testing import CliRunner
 
-from mitre.budget import Budget, ElasticLedger, LedgerEvent, PriceTable, SQLiteLedger, spend_chart_html, status_report
+from mitre.budget.budget import Budget
+from mitre.budget.ledger import ElasticLedger, LedgerEvent, SQLiteLedger
+from mitre.budget.prices import PriceTable
+from mitre.budget.report import spend_chart_html, status_report
 from mitre.catalog import load_catalog
 from mitre.config import BudgetSettings, DecisionSettings, MapperSettings, Workflow, WorkflowsFile
 from mitre.engine import Engine
 from mitre.indicators import load_indicators
-from mitre.mappers.anthropic_mapper import create_anthropic_mapper
 from mitre.mappers.base import MapperContext
 from mitre.mappers.budgeted import BudgetedMapper
+from mitre.mappers.llm.anthropic import create_anthropic_mapper
 from mitre.mappers.local import LocalMapper
 from mitre.models import AlertFeatures, Decision, DecisionKind, Usage
 from tests.llm_payloads import answer, anthropic_message
@@ -37,7 +40,7 @@ class Clock:
 
 def message(input_tokens: int = 1000, output_tokens: int = 100) -> dict:
     return anthropic_message(
-        answer(("T1059.001", "TA0002", 0.9)),
+        answer(("T1059.001", "TA0002", 0.9), quote="powershell"),
         input_tokens=input_tokens,
         output_tokens=output_tokens,
         cache_read_input_tokens=0,
@@ -114,7 +117,7 @@ EXTEND = Decision(kind=DecisionKind.EXTEND, reason="indicator_fired", detail="")
 @respx.mock
 def test_budgeted_mapper_prices_calls_throttles_and_kills(tmp_path):
     catalog = load_catalog(None)
-    settings = MapperSettings(provider="anthropic")
+    settings = MapperSettings(provider="anthropic", cascade_confidence=None)
     local = LocalMapper(catalog, load_indicators(catalog), settings)
     clock = Clock()
     b = budget(tmp_path, clock, daily_usd=0.01)
@@ -143,7 +146,7 @@ def test_engine_telemetry_status_report_and_chart(tmp_path):
 
     catalog = load_catalog(None)
     indicators = load_indicators(catalog)
-    settings = MapperSettings(provider="anthropic")
+    settings = MapperSettings(provider="anthropic", cascade_confidence=None)
     local = LocalMapper(catalog, indicators, settings)
     clock = Clock()
     b = budget(tmp_path, clock)

@@ -13,16 +13,19 @@ from mitre.catalog import load_catalog
 from mitre.config import DecisionSettings, MapperSettings, Workflow, WorkflowsFile
 from mitre.engine import Engine
 from mitre.indicators import load_indicators
-from mitre.mappers.anthropic_mapper import create_anthropic_mapper
 from mitre.mappers.base import MapperContext
-from mitre.mappers.llm import Resilience
+from mitre.mappers.llm.anthropic import create_anthropic_mapper
+from mitre.mappers.llm.resilience import Resilience
 from mitre.mappers.local import LocalMapper
 from mitre.models import OutcomeStatus
 from tests.llm_payloads import answer, anthropic_message
 
 URL = "https://api.anthropic.com/v1/messages"
 MESSAGE = anthropic_message(
-    answer(("T1003.001", "TA0006", 0.9)), input_tokens=900, output_tokens=80, cache_read_input_tokens=0
+    answer(("T1003.001", "TA0006", 0.9), quote="comsvcs.dll, MiniDump"),
+    input_tokens=900,
+    output_tokens=80,
+    cache_read_input_tokens=0,
 )
 
 
@@ -46,7 +49,7 @@ def alert(i: int) -> dict:
 def engine(tmp_path, resilience: Resilience | None = None) -> Engine:
     catalog = load_catalog(None)
     indicators = load_indicators(catalog)
-    settings = MapperSettings(provider="anthropic")
+    settings = MapperSettings(provider="anthropic", cascade_confidence=None)  # every alert reaches the model
     local = LocalMapper(catalog, indicators, settings)
     mapper = create_anthropic_mapper(
         MapperContext(catalog=catalog, settings=settings, local=local),

@@ -76,13 +76,13 @@ def test_llm_prompt_is_redacted_when_the_workflow_says_so():
     from mitre.catalog import load_catalog
     from mitre.config import MapperSettings
     from mitre.indicators import load_indicators
-    from mitre.mappers.anthropic_mapper import create_anthropic_mapper
     from mitre.mappers.base import MapperContext
+    from mitre.mappers.llm.anthropic import create_anthropic_mapper
     from mitre.mappers.local import LocalMapper
     from mitre.models import Decision, DecisionKind
 
     catalog = load_catalog(None)
-    settings = MapperSettings(provider="anthropic", redact=True)
+    settings = MapperSettings(provider="anthropic", redact=True, cascade_confidence=None)
     local = LocalMapper(catalog, load_indicators(catalog), settings)
     mapper = create_anthropic_mapper(
         MapperContext(catalog=catalog, settings=settings, local=local),

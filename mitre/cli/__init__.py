@@ -12,6 +12,7 @@ from mitre.cli import attack, budget, workflows
 from mitre.cli.common import EXIT_FAILURE, err
 from mitre.cli.enrich import enrich, explain
 from mitre.cli.evalcmd import eval_command
+from mitre.cli.export import export
 from mitre.cli.logs import configure_logging
 from mitre.cli.serve import serve
 
@@ -42,6 +43,7 @@ def main_options(
 app.command()(enrich)
 app.command()(explain)
 app.command(name="eval")(eval_command)
+app.command()(export)
 app.add_typer(attack.app, name="attack")
 app.add_typer(budget.app, name="budget")
 app.add_typer(workflows.app, name="workflows")

@@ -10,7 +10,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from mitre.budget import Budget, open_ledger, spend_chart_html, status_report
+from mitre.budget.budget import Budget
+from mitre.budget.ledger import open_ledger
+from mitre.budget.report import spend_chart_html, status_report
 from mitre.cli.common import WorkflowOpt, WorkflowsOpt, fail, load_config
 
 app = typer.Typer(help="LLM spend: status, kill switch, resume.", no_args_is_help=True)

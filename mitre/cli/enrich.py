@@ -63,7 +63,29 @@ def _summary_table(summary: RunSummary, engine: Engine, output: str | None, dead
         table.add_row("[yellow]warnings[/]", str(len(summary.warnings)))
     table.add_row("output", {None: "(discarded)", "-": "stdout"}.get(output, output or ""))
     table.add_row("dead letters", dead_letter if summary.dead_letter else "none")
+    _llm_rows(table, summary)
     return table
+
+
+def _llm_rows(table: Table, summary: RunSummary) -> None:
+    """Who really answered: an LLM answer, the local mapper (cascade), or a fallback with its reason."""
+    if set(summary.answered_by) <= {"local"} and not summary.fallbacks and not summary.llm:
+        return
+    for name, n in sorted(summary.answered_by.items()):
+        table.add_row(f"answered by {name}", str(n))
+    for reason, n in sorted(summary.fallbacks.items()):
+        table.add_row(f"[yellow]local fallback: {reason}[/]", str(n))
+    llm = summary.llm
+    table.add_row(
+        "LLM calls / input / output / cache write / cache read tokens",
+        " / ".join(
+            str(llm.get(k, 0))
+            for k in ("calls", "input_tokens", "output_tokens", "cache_write_tokens", "cache_read_tokens")
+        ),
+    )
+    table.add_row("LLM cost", f"${summary.cost_usd:.4f}")
+    if summary.injection_suspected:
+        table.add_row("[red]prompt injection suspected[/]", str(summary.injection_suspected))
 
 
 def run_enrich(
@@ -139,6 +161,13 @@ def enrich(
     knowledge_base: KnowledgeOpt = None,
     no_cache: NoCacheOpt = False,
     cache_dir: CacheDirOpt = None,
+    batch: Annotated[
+        bool, typer.Option("--batch", help="backfill: send the LLM's share as one vendor batch (half price, hours)")
+    ] = False,
+    batch_state: Annotated[
+        Path | None, typer.Option("--batch-state", help="resumable batch state (default: INPUT.batch-state.json)")
+    ] = None,
+    poll_interval: Annotated[float, typer.Option("--poll-interval", help="seconds between batch polls")] = 60.0,
 ) -> None:
     """Enrich NDJSON alerts with ATT&CK techniques and tactics (ECS threat.*)."""
     if input_path != "-" and not Path(input_path).is_file():
@@ -146,6 +175,8 @@ def enrich(
     if skipped not in {"keep", "drop"}:
         raise fail("--skipped must be keep or drop")
     engine = make_engine(workflows, workflow, mapper, catalog, knowledge_base, no_cache, cache_dir)
+    if batch:
+        _prefill_from_batch(engine, input_path, batch_state, poll_interval)
     summary = run_enrich(
         engine,
         input_path,
@@ -171,6 +202,22 @@ def enrich(
         err.print(f"[red]{failed} of them hit an internal error: tracebacks in {log_path()} under their error ids[/]")
         raise typer.Exit(EXIT_INTERNAL_ERRORS)
     raise typer.Exit(EXIT_DEAD_LETTERS if summary.dead_letter else EXIT_OK)
+
+
+def _prefill_from_batch(engine: Engine, input_path: str, state: Path | None, poll_interval: float) -> None:
+    """Answer the run's LLM share through the vendor's batch API before enriching (mitre.backfill)."""
+    from mitre.backfill import prefill
+
+    if input_path == "-":
+        raise fail("--batch reads its input twice: give a file, not stdin")
+    path = Path(input_path)
+    try:
+        done = prefill(
+            engine, path, state or path.with_name(path.name + ".batch-state.json"), poll_interval_s=poll_interval
+        )
+    except ValueError as exc:
+        raise fail(str(exc)) from exc
+    err.print(f"batch {done.batch_id or '(none needed)'}: {len(done.results)} mappings ready")
 
 
 def _load_one(path: str) -> dict[str, Any]:

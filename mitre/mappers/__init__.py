@@ -25,19 +25,19 @@ def _local(context: MapperContext) -> Mapper:
 
 
 def _anthropic(context: MapperContext) -> Mapper:
-    from mitre.mappers.anthropic_mapper import create_anthropic_mapper
+    from mitre.mappers.llm.anthropic import create_anthropic_mapper
 
     return create_anthropic_mapper(context)
 
 
 def _openai(context: MapperContext) -> Mapper:
-    from mitre.mappers.openai_mapper import create_openai_mapper
+    from mitre.mappers.llm.openai import create_openai_mapper
 
     return create_openai_mapper(context)
 
 
 def _openai_compatible(context: MapperContext) -> Mapper:
-    from mitre.mappers.openai_mapper import create_compatible_mapper
+    from mitre.mappers.llm.openai import create_compatible_mapper
 
     return create_compatible_mapper(context)
 

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 from mitre.catalog import Catalog
 from mitre.config import MapperSettings
 from mitre.indicators import IndicatorSet
 from mitre.knowledge_store import LoadedKnowledge
 from mitre.models import AlertFeatures, Decision, MappingResult
+
+if TYPE_CHECKING:
+    from mitre.mappers.local import LocalMapper
 
 
 class Mapper(Protocol):
@@ -53,7 +56,7 @@ class MapperContext:
 
     catalog: Catalog
     settings: MapperSettings
-    local: Mapper | None = None
+    local: LocalMapper | None = None
     indicators: IndicatorSet | None = None
     knowledge: LoadedKnowledge | None = None
 

@@ -13,12 +13,14 @@ Name, model, prompt hash and settings hash are the inner mapper's, so cache keys
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
 
-from mitre.budget import Budget, open_ledger
+from mitre.budget.budget import Budget
+from mitre.budget.ledger import open_ledger
 from mitre.config import Environment, Workflow
 from mitre.decision import NO_RULE, TACTIC_ONLY_RULE, UNTAGGED_RULE
-from mitre.mappers.llm import CallRecord, LLMMapper
+from mitre.mappers.base import Mapper
+from mitre.mappers.llm.mapper import CallRecord, LLMMapper
+from mitre.mappers.local import LocalMapper
 from mitre.models import AlertFeatures, Decision, DecisionKind, MappingResult, Outcome
 
 BUDGET_EXHAUSTED = "budget_exhausted"
@@ -27,7 +29,7 @@ _UNTAGGED = frozenset({UNTAGGED_RULE, NO_RULE, TACTIC_ONLY_RULE})
 
 
 class BudgetedMapper:
-    def __init__(self, inner: LLMMapper, local: Any, budget: Budget) -> None:
+    def __init__(self, inner: LLMMapper, local: LocalMapper, budget: Budget) -> None:
         self.inner = inner
         self.local = local
         self.budget = budget
@@ -48,15 +50,15 @@ class BudgetedMapper:
             record.batch,
             record.error_kind,
             record.unknown_ids,
+            record.cache_ttl,
         )
 
     def allowed_when_soft(self, features: AlertFeatures, decision: Decision) -> bool:
         s = self.budget.settings
-        action = getattr(s, "soft_limit_action", "untagged_only")
-        if action == "local_only":
+        if s.soft_limit_action == "local_only":
             return False
-        if action == "raise_risk":
-            return features.risk_score is not None and features.risk_score >= getattr(s, "soft_limit_min_risk", 73)
+        if s.soft_limit_action == "raise_risk":
+            return features.risk_score is not None and features.risk_score >= s.soft_limit_min_risk
         return decision.kind is DecisionKind.MAP and decision.reason in _UNTAGGED
 
     def map(self, features: AlertFeatures, decision: Decision) -> MappingResult:
@@ -72,7 +74,14 @@ class BudgetedMapper:
         result = self.inner.map(features, decision)
         if result.fallback_reason:
             self.budget.record_fallback(result.fallback_reason)
-        return result
+        return self.priced(result)
+
+    def priced(self, result: MappingResult, batch: bool = False) -> MappingResult:
+        """The result with what its calls cost (list or batch price), for the run summary and provenance."""
+        if result.usage is None or not result.usage.calls:
+            return result
+        cost = self.budget.prices.cost(self.model, result.usage, batch, self.inner.settings.prompt_cache_ttl)
+        return result.model_copy(update={"cost_usd": cost})
 
     def observe(self, outcomes: Sequence[Outcome]) -> None:
         """Engine observer: hybrid-decision and cache telemetry into the ledger."""
@@ -80,8 +89,8 @@ class BudgetedMapper:
 
 
 def with_budget(
-    mapper: Any, local: Any, workflow: Workflow, env: Environment
-) -> tuple[Any, Callable[[Sequence[Outcome]], None] | None]:
+    mapper: Mapper, local: LocalMapper, workflow: Workflow, env: Environment
+) -> tuple[Mapper, Callable[[Sequence[Outcome]], None] | None]:
     """Wrap an LLM mapper in its workflow's budget (the ledger opens lazily per process)."""
     if not isinstance(mapper, LLMMapper):
         return mapper, None

@@ -1,7 +1,8 @@
 """Anthropic Messages API provider: structured output through a forced tool, cached static prefix.
 
-Request: `system` is one text block with `cache_control: {"type": "ephemeral"}` (tools and system
-form the cached prefix; the per-alert user message follows), `tools` holds the response schema as
+Request: `system` is one text block with `cache_control: {"type": "ephemeral"}` (plus `"ttl": "1h"` when
+`mapper.prompt_cache_ttl` says so; tools and system form the cached prefix, the per-alert user message
+follows), `tools` holds the response schema as
 `input_schema`, `tool_choice: {"type": "tool", "name": ...}` forces it. Usage maps 1:1:
 input_tokens (uncached), output_tokens, cache_creation_input_tokens, cache_read_input_tokens.
 No `temperature`: the API version the SDK sends (2026-10-21) rejects sampling parameters with a 400.
@@ -22,24 +23,21 @@ import anthropic
 import httpx
 
 from mitre.mappers.base import MapperContext
-from mitre.mappers.llm import (
-    LLMMapper,
-    ProviderError,
+from mitre.mappers.llm.errors import ProviderError, env_api_key, missing_api_key, scrub
+from mitre.mappers.llm.mapper import LLMMapper, assemble_mapper
+from mitre.mappers.llm.resilience import Resilience
+from mitre.mappers.llm.transport import (
     ProviderReply,
-    Resilience,
     SdkErrors,
     SdkProvider,
-    assemble_mapper,
-    env_api_key,
     json_body,
     malformed_reply,
-    missing_api_key,
-    scrub,
     sdk_http_client,
     strip_keywords,
 )
 from mitre.models import Usage
 from mitre.prompting import TOOL_NAME, RenderedPrompt
+from mitre.redact import Redactor
 
 NAME = "anthropic"
 DEFAULT_MODEL = "claude-haiku-4-5"
@@ -55,13 +53,20 @@ def anthropic_usage(raw: Mapping[str, Any] | None) -> Usage:
         output_tokens=int(raw.get("output_tokens") or 0),
         cache_write_tokens=int(raw.get("cache_creation_input_tokens") or 0),
         cache_read_tokens=int(raw.get("cache_read_input_tokens") or 0),
+        calls=1,
     )
 
 
-class AnthropicProvider(SdkProvider):
+class AnthropicProvider(SdkProvider[anthropic.Anthropic]):
     name = NAME
     errors = SdkErrors(anthropic.APIStatusError, anthropic.APITimeoutError, anthropic.APIConnectionError)
-    _client: anthropic.Anthropic
+
+    def __init__(self, model: str, client: anthropic.Anthropic, cache_ttl: str = "5m") -> None:
+        super().__init__(model, client)
+        self.cache_ttl = cache_ttl
+
+    def secrets(self) -> tuple[str, ...]:
+        return tuple(v for v in (self._client.api_key, self._client.auth_token) if v)
 
     def build_request(self, prompt: RenderedPrompt, retry_note: str | None = None) -> dict[str, Any]:
         content: list[dict[str, Any]] = [{"type": "text", "text": prompt.user}]
@@ -76,7 +81,7 @@ class AnthropicProvider(SdkProvider):
         return {
             "model": self.model,
             "max_tokens": MAX_TOKENS,
-            "system": [{"type": "text", "text": prompt.system, "cache_control": {"type": "ephemeral"}}],
+            "system": [{"type": "text", "text": prompt.system, "cache_control": self.cache_control()}],
             "tools": [
                 {
                     "name": TOOL_NAME,
@@ -87,6 +92,10 @@ class AnthropicProvider(SdkProvider):
             "tool_choice": {"type": "tool", "name": TOOL_NAME},
             "messages": [{"role": "user", "content": content}],
         }
+
+    def cache_control(self) -> dict[str, str]:
+        """The breakpoint after tools + system: 5 minutes is the API's default, 1 hour is asked for."""
+        return {"type": "ephemeral"} if self.cache_ttl == "5m" else {"type": "ephemeral", "ttl": self.cache_ttl}
 
     def send(self, body: dict[str, Any], timeout: float) -> ProviderReply:
         with self.calling():
@@ -175,10 +184,10 @@ def create_anthropic_mapper(
     sleep: Callable[[float], None] | None = None,
     clock: Callable[[], float] | None = None,
     transport: httpx.BaseTransport | None = None,
-    redactor: Any = None,
+    redactor: Redactor | None = None,
 ) -> LLMMapper:
     settings = context.settings
     resilience = resilience or Resilience(timeout_s=settings.timeout_s)
     client = anthropic_client(settings.base_url, env, resilience.timeout_s, transport)
-    provider = AnthropicProvider(settings.model or DEFAULT_MODEL, client)
+    provider = AnthropicProvider(settings.model or DEFAULT_MODEL, client, settings.prompt_cache_ttl)
     return assemble_mapper(NAME, provider, context, resilience, sleep, clock, redactor)

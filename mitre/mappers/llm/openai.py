@@ -27,26 +27,23 @@ import openai
 import orjson
 
 from mitre.mappers.base import MapperContext
-from mitre.mappers.llm import (
-    LLMMapper,
-    ProviderError,
+from mitre.mappers.llm.errors import ProviderError, env_api_key, missing_api_key, scrub
+from mitre.mappers.llm.mapper import LLMMapper, assemble_mapper
+from mitre.mappers.llm.resilience import Resilience
+from mitre.mappers.llm.transport import (
     ProviderReply,
-    Resilience,
     SdkErrors,
     SdkProvider,
-    assemble_mapper,
-    env_api_key,
     json_body,
     jsonl,
     malformed_reply,
-    missing_api_key,
     parse_jsonl,
-    scrub,
     sdk_http_client,
     strip_keywords,
 )
 from mitre.models import Usage
 from mitre.prompting import RenderedPrompt
+from mitre.redact import Redactor
 
 OPENAI = "openai"
 COMPATIBLE = "openai-compatible"
@@ -67,17 +64,20 @@ def openai_usage(raw: Mapping[str, Any] | None) -> Usage:
         input_tokens=max(0, prompt - cached),
         output_tokens=int(raw.get("completion_tokens") or 0),
         cache_read_tokens=cached,
+        calls=1,
     )
 
 
-class OpenAIProvider(SdkProvider):
+class OpenAIProvider(SdkProvider[openai.OpenAI]):
     errors = SdkErrors(openai.APIStatusError, openai.APITimeoutError, openai.APIConnectionError)
-    _client: openai.OpenAI
 
     def __init__(self, model: str, client: openai.OpenAI, *, compatible: bool = False) -> None:
         super().__init__(model, client)
         self.compatible = compatible
         self.name = COMPATIBLE if compatible else OPENAI
+
+    def secrets(self) -> tuple[str, ...]:
+        return (self._client.api_key,) if self._client.api_key else ()
 
     def build_request(self, prompt: RenderedPrompt, retry_note: str | None = None) -> dict[str, Any]:
         messages: list[dict[str, Any]] = [
@@ -189,7 +189,7 @@ def create_openai_mapper(
     sleep: Callable[[float], None] | None = None,
     clock: Callable[[], float] | None = None,
     transport: httpx.BaseTransport | None = None,
-    redactor: Any = None,
+    redactor: Redactor | None = None,
 ) -> LLMMapper:
     settings = context.settings
     name = COMPATIBLE if compatible else OPENAI
