@@ -18,9 +18,13 @@ worker also reconciles from the event store every ``reconcile_seconds`` (``POST 
 from a watermark, paged): events it has not seen are queued like live ones.  Dropped events are then
 enriched a few seconds late instead of never.
 
-What it does not do: survive its own crash mid-batch beyond ``--lookback-seconds`` (the reconcile
-starts from there). Run the durable path (deployment + trigger, `flows/deploy.py`) or the poller
-alongside when every alert must be enriched even across long outages.
+A batch that fails (Elasticsearch or Prefect unreachable past the task's retries) is queued again
+after 5, 10, 20… seconds, up to 6 attempts; an alert given up on is logged with the reason. Killed
+mid-burst (SIGKILL) and restarted within ``--lookback-seconds``, it replays the events since then:
+alerts already written are left alone (same provenance hash), the rest are enriched — each once.
+What it does not do: survive a longer outage of its own (the reconcile starts from the lookback).
+Run the durable path (deployment + trigger, `flows/deploy.py`) or the poller alongside when every
+alert must be enriched even then.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from prefect import flow
 
 from flows.enrich import enrich_batch
 from flows.runtimes import RUNTIMES
+from mitre.failures import describe
 from mitre.io.events import RESOURCE_PREFIX, SeenWithin
 
 log = logging.getLogger("attackmap.worker")
@@ -70,6 +75,8 @@ class WorkerSettings:
     max_run_seconds: float = 3600.0
     reconcile_seconds: float = 5.0
     reconcile_overlap_seconds: float = 20.0
+    retry_seconds: float = 5.0  # first delay before a failed batch's alerts are queued again (then doubling)
+    max_attempts: int = 6
 
 
 class EventWorker:
@@ -93,6 +100,7 @@ class EventWorker:
         self.stats = WorkerStats()
         self.seen = SeenWithin(window_seconds=max(600.0, 4 * settings.lookback_seconds))
         self.queue: asyncio.Queue[Queued] = asyncio.Queue()
+        self._attempts: dict[str, int] = {}  # resource id → failed batches so far
         self.started = datetime.now(UTC)
         # Each session is one flow run of this worker (its batches are task runs inside it).
         self.session = flow(name="attackmap-worker", validate_parameters=False, log_prints=False)(self._session)
@@ -197,6 +205,30 @@ class EventWorker:
         self.timings.write(json.dumps(line) + "\n")
         self.timings.flush()
 
+    def _retry_later(self, items: list[Queued], exc: Exception) -> None:
+        """A batch that failed (ES or Prefect unreachable past the task's retries) is queued again after
+        a growing delay, so no alert is dropped; after ``max_attempts`` an alert is given up on, and the
+        log records each one with the reason."""
+        delay = self.settings.retry_seconds
+        again: list[Queued] = []
+        for item in items:
+            attempts = self._attempts.get(item[0], 0) + 1
+            if attempts >= self.settings.max_attempts:
+                self._attempts.pop(item[0], None)
+                self.stats.failed += 1
+                log.error("gave up on %s after %d failed batches: %s", item[0], attempts, describe(exc))
+                continue
+            self._attempts[item[0]] = attempts
+            delay = max(delay, self.settings.retry_seconds * 2 ** (attempts - 1))
+            again.append(item)
+        if again:
+            log.warning("batch of %d failed (%s); queued again in %.0f s", len(items), describe(exc), delay)
+            asyncio.get_running_loop().call_later(delay, self._requeue, again)
+
+    def _requeue(self, items: list[Queued]) -> None:
+        for item in items:
+            self.queue.put_nowait(item)
+
     async def _next_batch(self, timeout: float) -> list[Queued] | None:
         """The queued events, up to ``max_batch``, waiting at most ``timeout`` for the first one."""
         try:
@@ -220,10 +252,11 @@ class EventWorker:
             started = time.time()
             try:
                 result = await enrich_batch(refs, workflow)
-            except Exception as exc:  # the task retried already; keep serving
-                log.error("batch of %d failed: %s", len(refs), exc)
-                self.stats.failed += len(refs)
+            except Exception as exc:  # the task retried already; keep serving, and try these again later
+                self._retry_later(items, exc)
                 continue
+            for rid in refs:
+                self._attempts.pop(rid, None)
             batches += 1
             self._record(items, started, result)
             if self.on_batch is not None:
