@@ -337,6 +337,18 @@ def first_text(flat: Mapping[str, Any], names: Iterable[str]) -> str | None:
     return None
 
 
+def read_tenant(flat: Mapping[str, Any]) -> str | None:
+    """The alert's tenant (TENANT_FIELDS). A tenant scopes caches, budgets and stores, so one that is not
+    valid text is refused (the alert is dead-lettered) rather than coerced into some other tenant's name."""
+    tenant = first_text(flat, TENANT_FIELDS)
+    if tenant is not None:
+        try:
+            tenant.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("the alert's tenant is not valid UTF-8 text") from None
+    return tenant
+
+
 # --- risk score (issue #11): a score given as a word or a numeric string -------------------------
 # Kibana's risk-score bands: a rule's default risk score for each severity.
 SEVERITY_RISK = {"low": 21.0, "medium": 47.0, "high": 73.0, "critical": 99.0}
@@ -415,7 +427,7 @@ def features_from_flat(flat: Mapping[str, Any], fields: Iterable[str] = OBSERVAB
             flat.get("kibana.alert.severity") or _rule_value(flat, "severity") or flat.get("event.severity")
         ),
         platform=detect_platform(flat),
-        tenant=first_text(flat, TENANT_FIELDS),
+        tenant=read_tenant(flat),
         fields=observed,
         truncated_fields=tuple(truncated),
     )
