@@ -52,6 +52,14 @@ class Case:
     prose: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def title(self) -> str:
+        """What evidence names this case by when it teaches a knowledge base: a rule's title, a test's name."""
+        for key in ("title", "test_name", "name"):
+            if isinstance(value := self.meta.get(key), str) and value:
+                return value
+        return self.id
+
 
 @dataclass
 class LoadReport:

@@ -37,6 +37,15 @@ class Example(Contract):
     group: str | None = None
     source: str = ""
     author: str | None = None
+    title: str | None = None  # what evidence shows for it: a rule's title, a test's name
+
+
+def row_title(row: Mapping[str, Any]) -> str | None:
+    """A corpus row's human name (Sigma title, Atomic Red Team test name, a rule's name)."""
+    for key in ("title", "test_name", "name"):
+        if isinstance(value := row.get(key), str) and value.strip():
+            return value.strip()
+    return None
 
 
 class LabelReport(Contract):
@@ -146,6 +155,7 @@ def catalog_examples(catalog: Catalog) -> list[Example]:
                 techniques=(tid,),
                 tactics=tuple(t.id for t in catalog.tactics_of(tid)),
                 source=source,
+                title=f"{tid} {catalog.techniques[tid].name}, ATT&CK {kind}",
             )
         )
     return out
@@ -161,12 +171,20 @@ def row_examples(
     source: str,
     author: str | None,
     group: str | None = None,
+    title: str | None = None,
 ) -> list[Example]:
     """A corpus row's examples: its alert's text and, when it has some, its prose (an ART test's name
     and description) as a second example with the same labels. The evals build theirs here too."""
     return [
         Example(
-            id=row_id, text=row_text, techniques=techniques, tactics=tactics, group=group, source=source, author=author
+            id=row_id,
+            text=row_text,
+            techniques=techniques,
+            tactics=tactics,
+            group=group,
+            source=source,
+            author=author,
+            title=title,
         )
         for row_id, row_text in ((example_id, text), (f"{example_id} prose", prose))
         if row_text
@@ -200,6 +218,7 @@ def load_examples(paths: Sequence[Path], catalog: Catalog) -> tuple[list[Example
                 group=group,
                 source=path.name,
                 author=row.get("author") if isinstance(row.get("author"), str) else None,
+                title=row_title(row),
             )
     report = LabelReport(
         rows=rows, examples=len(examples), redirected=redirected, unmapped=dict(unmapped), no_text=no_text

@@ -23,7 +23,7 @@ import orjson
 from mitre.catalog import Catalog
 from mitre.config import MapperSettings
 from mitre.decision import rule_techniques
-from mitre.indicators import IndicatorSet
+from mitre.indicators import IndicatorSet, is_context
 from mitre.models import (
     AlertFeatures,
     Decision,
@@ -40,6 +40,25 @@ if TYPE_CHECKING:  # numpy, scipy and scikit-learn load only when something is a
     from mitre.retrieval import CatalogRetriever
 
 MAPPER_NAME = "local"
+# An alert's platform (mitre.features.detect_platform) → the ATT&CK platforms a technique must list
+# to be proposed for it. Network alerts come from hosts and devices alike, so they fit everything.
+PLATFORMS: dict[str, frozenset[str]] = {
+    "windows": frozenset({"Windows"}),
+    "linux": frozenset({"Linux", "Containers", "ESXi"}),
+    "macos": frozenset({"macOS"}),
+    "cloud": frozenset(
+        {
+            "IaaS",
+            "SaaS",
+            "Office Suite",
+            "Identity Provider",
+            "Office 365",
+            "Azure AD",
+            "Google Workspace",
+            "Containers",
+        }
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -65,6 +84,10 @@ class LocalWeights:
     # only at or above this absolute confidence (keep_ratio alone is relative to the weaker rest).
     after_indicator_min: float = 0.8
     abstain_below: float = 0.4  # with no indicator evidence, a top confidence below this maps nothing
+    # The knowledge base's classifiers speak only for alerts that resemble its examples: their votes
+    # scale by the nearest example's similarity over this (up to 1), so an alert unlike anything the
+    # knowledge base holds (a benign admin action, an event type no rule describes) is left alone.
+    kb_resemblance: float = 0.0
     # Tactic classifier over the knowledge base (a 14-class problem, far more stable than technique IDs):
     tactic_classifier: bool = True
     tactic_keep_margin: float = -0.6  # a technique's own tactics with a margin at or above this are reported
@@ -138,6 +161,14 @@ class LocalMapper:
     def map(self, features: AlertFeatures, decision: Decision) -> MappingResult:
         return self.map_many([features], [decision])[0]
 
+    def _platform_fits(self, technique_id: str, platform: str | None) -> bool:
+        """Whether a technique can occur on the alert's platform (unknown platforms fit everything)."""
+        wanted = PLATFORMS.get(platform or "")
+        if not wanted:
+            return True
+        tech = self.catalog.techniques.get(technique_id)
+        return tech is None or not tech.platforms or bool(wanted & set(tech.platforms))
+
     def map_many(self, features: Sequence[AlertFeatures], decisions: Sequence[Decision]) -> list[MappingResult]:
         texts = [alert_text(f) for f in features]
         neighbours = self.knowledge.neighbours_many(texts, self.weights.neighbours) if self.knowledge else None
@@ -165,6 +196,7 @@ class LocalMapper:
                     classified[i] if classified is not None else [],
                     tactic_scores[i] if tactic_scores is not None else {},
                     carried=carried,
+                    platform=feat.platform,
                 )
             )
         return results
@@ -177,9 +209,12 @@ class LocalMapper:
         classified: Sequence[tuple[str, float]] = (),
         tactic_scores: Mapping[str, float] | None = None,
         carried: frozenset[str] = frozenset(),
+        platform: str | None = None,
     ) -> MappingResult:
         """`carried`: the techniques a tagged rule already carries, when the alert is being extended.
-        They are left out of the choice, and the techniques the extending indicators name are kept."""
+        They are left out of the choice, and the techniques the extending indicators name are kept.
+        `platform`: the alert's; knowledge-base and catalog-text candidates that cannot occur on it
+        are not proposed (an indicator names its technique knowingly and is kept)."""
         w = self.weights
         misses: dict[str, float] = defaultdict(lambda: 1.0)  # product of (1 - p) per technique
         evidence: dict[str, list[Evidence]] = defaultdict(list)
@@ -189,22 +224,22 @@ class LocalMapper:
             misses[tid] *= 1.0 - min(max(p, 0.0), 0.999)
             evidence[tid].append(ev)
 
-        for hit in hits:
-            for tid in hit.techniques:
-                add(
-                    tid,
-                    hit.confidence,
-                    Evidence(
-                        source="indicator",
-                        field=hit.field,
-                        detail=f"{hit.indicator_id}: {hit.matched}",
-                        score=hit.confidence,
-                    ),
-                )
+        def indicator_evidence(hit: IndicatorHit) -> Evidence:
+            return Evidence(
+                source="indicator", field=hit.field, detail=f"{hit.indicator_id}: {hit.matched}", score=hit.confidence
+            )
 
+        for hit in hits:
+            if not is_context(hit):
+                for tid in hit.techniques:
+                    add(tid, hit.confidence, indicator_evidence(hit))
+
+        resemblance = 1.0
         if neighbours:
             total = sum(n.similarity for n in neighbours)
             reliability = min(1.0, neighbours[0].similarity / w.knn_reliable_similarity)
+            if w.kb_resemblance:
+                resemblance = min(1.0, neighbours[0].similarity / w.kb_resemblance)
             votes: dict[str, float] = defaultdict(float)
             best: dict[str, Neighbour] = {}
             for n in neighbours:
@@ -214,20 +249,28 @@ class LocalMapper:
                 for tactic_id in n.example.tactics:
                     tactic_votes[tactic_id] += n.similarity / total
             for tid, vote in votes.items():
+                if not self._platform_fits(tid, platform):
+                    continue
                 share = vote / total
-                ex = best[tid]
+                ex = best[tid].example
                 add(
                     tid,
                     w.knn_weight * share * reliability,
                     Evidence(
                         source="knowledge_base",
-                        detail=f"{ex.example.source}:{ex.example.id} ({share:.0%} of neighbour vote)",
+                        detail=f"{share:.0%} of neighbour vote, nearest: {ex.title or ex.id} ({ex.source})",
                         score=round(share * reliability, 4),
                     ),
                 )
 
         for rank, (tid, margin) in enumerate(classified):
-            p = w.classifier_weight / (1.0 + math.exp(-w.classifier_scale * (margin + w.classifier_shift)))
+            if not self._platform_fits(tid, platform):
+                continue
+            p = (
+                resemblance
+                * w.classifier_weight
+                / (1.0 + math.exp(-w.classifier_scale * (margin + w.classifier_shift)))
+            )
             add(
                 tid,
                 p,
@@ -242,6 +285,8 @@ class LocalMapper:
         if lexical:
             top_score = lexical[0][1]
             for rank, (tid, score) in enumerate(lexical):
+                if not self._platform_fits(tid, platform):
+                    continue
                 rel = score / top_score if top_score else 0.0
                 p = w.lexical_weight * rel / (1 + rank)
                 add(
@@ -249,6 +294,13 @@ class LocalMapper:
                     p,
                     Evidence(source="lexical", detail=f"BM25 rank {rank + 1} over catalog text", score=round(score, 3)),
                 )
+
+        # A parent process's indicators support what the alert's own evidence already proposes.
+        for hit in hits:
+            if is_context(hit):
+                for tid in hit.techniques:
+                    if tid in misses:
+                        add(tid, hit.confidence, indicator_evidence(hit))
 
         # A sub-technique's evidence also supports its parent (for parent-level fallbacks).
         for tid in list(misses):
@@ -273,8 +325,9 @@ class LocalMapper:
                 evidence[tid].append(
                     Evidence(
                         source="knowledge_base",
-                        detail=f"tactic classifier: {tactic or 'no tactic'} margin {margin:+.2f}",
-                        score=round(shift, 4),
+                        detail=f"tactic classifier: {tactic or 'no tactic'} margin {margin:+.2f}, "
+                        f"confidence {'raised' if shift >= 0 else 'lowered'} by the score",
+                        score=round(abs(shift), 4),
                     )
                 )
             scored.append(
