@@ -20,4 +20,12 @@ attackmap eval --dataset "$sigma" --cv 5 --knowledge-base "$atomic" "${common[@]
 attackmap eval --dataset "$atomic" --cv 5 --knowledge-base "$sigma" "${common[@]}" || status=1
 attackmap eval --dataset "$atomic" --knowledge-base "$sigma" "${common[@]}" || status=1
 attackmap eval --dataset handwritten --knowledge-base "$sigma" --knowledge-base "$atomic" "${common[@]}" || status=1
+# Real Windows telemetry: measured on its check split (never tuned on) once the file has cases.
+telemetry="$data/telemetry-dev/cases.jsonl"
+if [[ -s "$telemetry" ]]; then
+  attackmap eval --dataset "telemetry:$telemetry" --split check --knowledge-base "$sigma" --knowledge-base "$atomic" \
+    "${common[@]}" || status=1
+else
+  echo "ci_gate: $telemetry is missing or empty: telemetry profile skipped" >&2
+fi
 exit "$status"

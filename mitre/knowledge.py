@@ -23,7 +23,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.preprocessing import normalize
 
 from mitre.catalog import Catalog
-from mitre.corpora import atomic_alert, atomic_prose, row_kind, sigma_alert
+from mitre.corpora import atomic_alert, atomic_prose, lolbas_alert, lolbas_prose, row_kind, sigma_alert
 from mitre.features import extract_features
 from mitre.models import Contract
 from mitre.text import alert_text, tokenize
@@ -100,6 +100,11 @@ def example_from_row(row: Mapping[str, Any], index: int, source: str) -> tuple[s
         if alert is None:
             return "", [], [], None
         return alert_text(extract_features(alert)), [row["technique"]], [], None
+    if kind == "lolbas":
+        alert = lolbas_alert(row)
+        if alert is None:
+            return "", [], [], None
+        return alert_text(extract_features(alert)), [str(row["mitre_id"])], [], None
     if kind == "rules":
         text = "\n".join(str(row.get(k) or "") for k in ("name", "description", "query"))
         return text, list(row.get("techniques", ())), list(row.get("tactics", ())), None
@@ -191,6 +196,12 @@ def row_examples(
     ]
 
 
+def _prose(row: Mapping[str, Any]) -> str:
+    """Labelled prose a row teaches beside its alert (an ART test's or a LOLBAS command's description)."""
+    kind = row_kind(row)
+    return atomic_prose(row) if kind == "atomic" else lolbas_prose(row) if kind == "lolbas" else ""
+
+
 def load_examples(paths: Sequence[Path], catalog: Catalog) -> tuple[list[Example], LabelReport]:
     examples: list[Example] = []
     unmapped: Counter[str] = Counter()
@@ -212,7 +223,7 @@ def load_examples(paths: Sequence[Path], catalog: Catalog) -> tuple[list[Example
             examples += row_examples(
                 str(row.get("id") or row.get("guid") or f"{path.name}:{index + 1}"),
                 text,
-                atomic_prose(row) if row_kind(row) == "atomic" else "",
+                _prose(row),
                 techniques=techniques,
                 tactics=tactics,
                 group=group,
