@@ -156,3 +156,25 @@ def test_parent_command_line_is_context_not_the_childs_own_evidence(indicators):
     assert "uac-bypass-registry" in by_id and not is_context(by_id["uac-bypass-registry"])
     hidden = by_id["hidden-window"]
     assert is_context(hidden) and hidden.confidence <= 0.99 * CONTEXT_WEIGHT
+
+
+def test_cloud_audit_parameters_show_their_technique(indicators):
+    forward = {
+        "event": {"action": "Set-Mailbox", "module": "o365"},
+        "o365": {"audit": {"Parameters": [{"Name": "ForwardingSmtpAddress", "Value": "smtp:drop@example.net"}]}},
+    }
+    assert fired(indicators, forward)["m365-forwarding-parameters"] == ("T1114.003",)
+    pod = {
+        "kubernetes": {
+            "audit": {
+                "verb": "create",
+                "objectRef": {"resource": "pods"},
+                "requestObject": {"spec": {"hostPID": True, "containers": [{"name": "x", "securityContext": {}}]}},
+            }
+        }
+    }
+    assert "T1611" in fired(indicators, pod)["kubernetes-host-namespace-pod"]
+    quiet = {
+        "kubernetes": {"audit": {"verb": "create", "objectRef": {"resource": "pods"}, "requestObject": {"spec": {}}}}
+    }
+    assert fired(indicators, quiet) == {}
