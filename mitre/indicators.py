@@ -36,6 +36,7 @@ INDICATOR_FILES = ("indicators.yaml", "event_indicators.yaml")
 CONTEXT_FIELDS = frozenset({"process.parent.command_line", "process.parent.args"})
 CONTEXT_WEIGHT = 0.5
 EVENT_FIELD = "winlog.event_id"  # the field an event-type-only hit is reported on
+SHORT_MATCH = 12  # an event-field match shorter than this is shown with its event type and field name
 
 
 def is_context(hit: IndicatorHit) -> bool:
@@ -178,6 +179,8 @@ class IndicatorSet:
             own = [n for n in compiled.spec.fields if n in by_field and n not in CONTEXT_FIELDS]
             name = own[0] if own else next((n for n in compiled.spec.fields if n in by_field), EVENT_FIELD)
             text, techniques = by_field[name]
+            if compiled.spec.events and name != EVENT_FIELD and len(text) < SHORT_MATCH:
+                text = f"{etype} {name.rsplit('.', 1)[-1]}={text}"  # "security:4768 PreAuthType=0", not "0"
             confidence = compiled.spec.confidence * (CONTEXT_WEIGHT if name in CONTEXT_FIELDS else 1.0)
             hits.append(
                 IndicatorHit(

@@ -178,3 +178,10 @@ def test_cloud_audit_parameters_show_their_technique(indicators):
         "kubernetes": {"audit": {"verb": "create", "objectRef": {"resource": "pods"}, "requestObject": {"spec": {}}}}
     }
     assert fired(indicators, quiet) == {}
+
+
+def test_short_event_field_matches_show_their_event_and_field(indicators):
+    """Evidence an analyst can read: 'security:4768 PreAuthType=0', not '0'."""
+    alert = event("Security", 4768, TargetUserName="svc", PreAuthType="0", TicketEncryptionType="0x17")
+    (hit,) = indicators.evaluate(extract_features(alert))
+    assert hit.matched == "security:4768 PreAuthType=0"
