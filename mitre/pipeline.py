@@ -560,7 +560,17 @@ def _code_version() -> str:
     """Changes whenever the knowledge-base code changes, so stored objects never outlive their class."""
     here = Path(__file__).parent
     # Example text comes from corpora (rows as alerts), features and text; the model from knowledge.
-    source = b"".join((here / name).read_bytes() for name in ("knowledge.py", "text.py", "corpora.py", "features.py"))
+    source = b"".join(
+        (here / name).read_bytes()
+        for name in (
+            "knowledge.py",
+            "text.py",
+            "corpora.py",
+            "features.py",
+            "data/field_semantics.yaml",
+            "data/event_fields.yaml",
+        )
+    )
     return hashlib.sha256(source).hexdigest()[:16]
 
 
