@@ -324,7 +324,17 @@ POSITIVES = [
         "tcc-manipulation",
         "T1548.006",
     ),
-    ({"winlog": {"channel": "Security", "event_id": 4698}}, "security-scheduled-task", "T1053.005"),
+    (
+        {
+            "winlog": {
+                "channel": "Security",
+                "event_id": 4698,
+                "event_data": {"TaskContent": "<Exec><Command>cmd.exe</Command></Exec>"},
+            }
+        },
+        "security-scheduled-task",
+        "T1053.005",
+    ),
     ({"winlog": {"channel": "Security", "event_id": "4732"}}, "security-group-member-added", "T1098.007"),
     (
         {
