@@ -31,8 +31,8 @@ from mitre.corpora import (
     kibana_alert,
     lolbas_alert,
     lolbas_prose,
-    mask_technique_ids,
     row_kind,
+    rules_alert,
     sigma_alert,
     uuid_like,
 )
@@ -298,15 +298,8 @@ def load_rules(path: Path) -> tuple[list[Case], LoadReport]:
             continue
         rule_id = str(row.get("id") or row.get("rule_id") or f"{path.stem}-{index}")
         author = row.get("author") if isinstance(row.get("author"), str) else None
-        query = mask_technique_ids(str(row.get("query") or ""))
-        alert = kibana_alert(
-            rule_id=mask_technique_ids(rule_id),
-            name=mask_technique_ids(str(row.get("name") or "")),
-            description=mask_technique_ids(str(row.get("description") or "")),
-            query=query,
-            language=str(row.get("language") or "kuery"),
-            author=author,
-        )
+        alert = rules_alert(row, rule_id)
+        query = alert["kibana.alert.rule.query"]
         cases.append(
             Case(
                 id=rule_id,

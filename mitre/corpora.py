@@ -86,6 +86,19 @@ def kibana_alert(
     return alert
 
 
+def rules_alert(row: Mapping[str, Any], rule_id: str) -> dict[str, Any]:
+    """The alert an untagged copy of a generic-rules row (Chronicle, Panther, Elastic-shaped JSONL) raises;
+    technique IDs written into its name or query (a YARA-L rule named `mitre_attack_T1021_002_…`) masked."""
+    return kibana_alert(
+        rule_id=mask_technique_ids(rule_id),
+        name=mask_technique_ids(str(row.get("name") or "")),
+        description=mask_technique_ids(str(row.get("description") or "")),
+        query=mask_technique_ids(str(row.get("query") or "")),
+        language=str(row.get("language") or "kuery"),
+        author=row.get("author") if isinstance(row.get("author"), str) else None,
+    )
+
+
 # ---------------------------------------------------------------- Sigma
 
 

@@ -23,7 +23,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.preprocessing import normalize
 
 from mitre.catalog import Catalog
-from mitre.corpora import atomic_alert, atomic_prose, lolbas_alert, lolbas_prose, row_kind, sigma_alert
+from mitre.corpora import atomic_alert, atomic_prose, lolbas_alert, lolbas_prose, row_kind, rules_alert, sigma_alert
 from mitre.features import extract_features
 from mitre.models import Contract
 from mitre.text import alert_text, tokenize
@@ -106,8 +106,10 @@ def example_from_row(row: Mapping[str, Any], index: int, source: str) -> tuple[s
             return "", [], [], None
         return alert_text(extract_features(alert)), [str(row["mitre_id"])], [], None
     if kind == "rules":
-        text = "\n".join(str(row.get(k) or "") for k in ("name", "description", "query"))
-        return text, list(row.get("techniques", ())), list(row.get("tactics", ())), None
+        if not row.get("name") and not row.get("description"):
+            return "", [], [], None
+        alert = rules_alert(row, str(row.get("id") or row.get("rule_id") or f"{source}-{index + 1}"))
+        return alert_text(extract_features(alert)), list(row.get("techniques", ())), list(row.get("tactics", ())), None
     features = extract_features(row)
     techniques = [r.technique_id for r in features.rule_threat if r.technique_id]
     tactics = [r.tactic_id for r in features.rule_threat if r.tactic_id]
