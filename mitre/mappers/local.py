@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 import orjson
 
+from mitre.calibration import Calibration, load_calibration
 from mitre.catalog import Catalog
 from mitre.config import MapperSettings
 from mitre.decision import rule_techniques
@@ -84,10 +85,11 @@ class LocalWeights:
     # only at or above this absolute confidence (keep_ratio alone is relative to the weaker rest).
     after_indicator_min: float = 0.8
     abstain_below: float = 0.4  # with no indicator evidence, a top confidence below this maps nothing
-    # The knowledge base's classifiers speak only for alerts that resemble its examples: their votes
-    # scale by the nearest example's similarity over this (up to 1), so an alert unlike anything the
-    # knowledge base holds (a benign admin action, an event type no rule describes) is left alone.
-    kb_resemblance: float = 0.0
+    # For a raw event (no detection rule vouches that it is suspicious), the knowledge base's classifiers
+    # speak only as far as the event resembles their examples: their votes scale by the nearest
+    # example's similarity over this (up to 1), so an event unlike anything the knowledge base holds (a
+    # benign admin action, an event type no rule describes) is left alone. A rule's alert is not scaled.
+    kb_resemblance: float = 0.3
     # Tactic classifier over the knowledge base (a 14-class problem, far more stable than technique IDs):
     tactic_classifier: bool = True
     tactic_keep_margin: float = -0.6  # a technique's own tactics with a margin at or above this are reported
@@ -95,6 +97,9 @@ class LocalWeights:
     # A candidate's confidence moves by this × the tactic classifier's best margin among its own tactics:
     # the tactic an alert serves is easier to learn than its technique, and it breaks near-ties.
     tactic_agreement: float = 0.1
+    # Report confidences through the packaged calibration (mitre/data/calibration.yaml), so they read
+    # as the probability a technique is right; False reports the raw evidence scores (to fit it).
+    calibrated: bool = True
 
 
 def _covered(technique_id: str, tagged: frozenset[str]) -> bool:
@@ -127,6 +132,7 @@ class LocalMapper:
         self._retriever = retriever
         self.weights = weights or LocalWeights()
         self._knowledge_fingerprint = knowledge_fingerprint
+        self.calibration: Calibration | None = load_calibration() if self.weights.calibrated else None
 
     @property
     def knowledge(self) -> KnowledgeBase | None:
@@ -155,6 +161,7 @@ class LocalMapper:
             "floor": self.settings.confidence_floor,
             "weights": self.weights.__dict__,
             "kb": self._knowledge_fingerprint,
+            "calibration": self.calibration.model_dump() if self.calibration is not None else None,
         }
         return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
 
@@ -197,6 +204,7 @@ class LocalMapper:
                     tactic_scores[i] if tactic_scores is not None else {},
                     carried=carried,
                     platform=feat.platform,
+                    raw_event=feat.rule_name is None,
                 )
             )
         return results
@@ -210,11 +218,13 @@ class LocalMapper:
         tactic_scores: Mapping[str, float] | None = None,
         carried: frozenset[str] = frozenset(),
         platform: str | None = None,
+        raw_event: bool = False,
     ) -> MappingResult:
         """`carried`: the techniques a tagged rule already carries, when the alert is being extended.
         They are left out of the choice, and the techniques the extending indicators name are kept.
         `platform`: the alert's; knowledge-base and catalog-text candidates that cannot occur on it
-        are not proposed (an indicator names its technique knowingly and is kept)."""
+        are not proposed (an indicator names its technique knowingly and is kept). `raw_event`: the alert
+        has no detection rule (see LocalWeights.kb_resemblance)."""
         w = self.weights
         misses: dict[str, float] = defaultdict(lambda: 1.0)  # product of (1 - p) per technique
         evidence: dict[str, list[Evidence]] = defaultdict(list)
@@ -238,7 +248,7 @@ class LocalMapper:
         if neighbours:
             total = sum(n.similarity for n in neighbours)
             reliability = min(1.0, neighbours[0].similarity / w.knn_reliable_similarity)
-            if w.kb_resemblance:
+            if w.kb_resemblance and raw_event:
                 resemblance = min(1.0, neighbours[0].similarity / w.kb_resemblance)
             votes: dict[str, float] = defaultdict(float)
             best: dict[str, Neighbour] = {}
@@ -353,8 +363,11 @@ class LocalMapper:
             best_tactic = max(tactic_votes.items(), key=lambda kv: kv[1])
             if best_tactic[1] >= 0.5:
                 tactic_only = (best_tactic[0],)
+        candidates = tuple(scored[:10])
+        if self.calibration is not None:
+            chosen, candidates = list(self.calibration.apply(chosen)), self.calibration.apply(candidates)
         return MappingResult(
-            mapper=MAPPER_NAME, techniques=tuple(chosen), tactic_ids=tactic_only, candidates=tuple(scored[:10])
+            mapper=MAPPER_NAME, techniques=tuple(chosen), tactic_ids=tactic_only, candidates=candidates
         )
 
     def _choose(self, scored: list[TechniqueScore], keep: frozenset[str] = frozenset()) -> list[TechniqueScore]:

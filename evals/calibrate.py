@@ -1,0 +1,140 @@
+"""Fit the local mapper's confidence calibration (mitre/data/calibration.yaml) on development data only.
+
+    python -m evals.calibrate --out mitre/data/calibration.yaml [--shared ../shared/data]
+
+Runs the local mapper with raw confidences over the Sigma and Atomic Red Team cross-validation folds
+(each corpus with the other in its knowledge base, as the default workflow ships), the `dev` half of
+the hand-written cases, and the `dev` split of telemetry-dev when that file has cases — never a
+holdout or check split. Each predicted technique gives a (raw confidence, right or not) pair; pairs
+are split by kind of evidence (an indicator named it, or only the knowledge base / catalog text did),
+each dataset weighs the same, and a monotone (isotonic) curve per kind maps confidence to the share
+of predictions that were right.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from evals.datasets import HANDWRITTEN_DIR
+from evals.metrics import _leading_source
+from evals.runner import Dataset, Runner, prepare, scoring_decision
+from mitre.calibration import INDICATOR, KNOWLEDGE, Calibration, Curve
+from mitre.catalog import Catalog, load_catalog
+from mitre.config import DecisionSettings, MapperSettings
+from mitre.indicators import load_indicators
+from mitre.mappers.local import LocalWeights
+
+BINS = 20  # equal-count bins per kind before the isotonic fit: a knot per bin, none on a handful of points
+MAX_PROBABILITY = 0.99  # no technique is ever certain, whatever a bin of the fitting data says
+
+
+def pairs(runner: Runner, data: Dataset, knowledge: Sequence[Dataset], cv: int | None) -> list[tuple[float, str, bool]]:
+    """(raw confidence, kind, right) for every technique the mapper itself predicted (rule tags left out)."""
+    result = runner.run(data, knowledge=knowledge, cv=cv)
+    truth = {c.id: set(c.techniques) for c in data.cases}
+    out = []
+    for pred in result.predictions:
+        for tid in pred.techniques:
+            evidence = pred.evidence.get(tid, ())
+            if list(evidence) == ["rule tag"]:
+                continue
+            kind = INDICATOR if _leading_source(evidence) == "indicator" else KNOWLEDGE
+            out.append((pred.confidences.get(tid, 0.0), kind, tid in truth[pred.case_id]))
+    return out
+
+
+def fit_curve(points: Sequence[tuple[float, bool, float]]) -> Curve:
+    """Isotonic fit of rightness on confidence over equal-count bins (weighted points)."""
+    from sklearn.isotonic import IsotonicRegression
+
+    ordered = sorted(points)
+    x = np.array([p[0] for p in ordered])
+    y = np.array([1.0 if p[1] else 0.0 for p in ordered])
+    w = np.array([p[2] for p in ordered])
+    edges = np.linspace(0, len(ordered), BINS + 1).astype(int)
+    bx, by, bw = [], [], []
+    for lo, hi in itertools.pairwise(edges):
+        if hi > lo:
+            weight = w[lo:hi].sum()
+            bx.append(float((x[lo:hi] * w[lo:hi]).sum() / weight))
+            by.append(float((y[lo:hi] * w[lo:hi]).sum() / weight))
+            bw.append(float(weight))
+    fitted = IsotonicRegression(y_min=0.0, y_max=MAX_PROBABILITY).fit(bx, by, sample_weight=bw).predict(bx)
+    knots_x = [0.0, *[round(v, 4) for v in bx], 1.0]
+    knots_y = [round(float(fitted[0]), 4), *[round(float(v), 4) for v in fitted], round(float(fitted[-1]), 4)]
+    keep = [i for i in range(len(knots_x)) if i == 0 or knots_x[i] > knots_x[i - 1]]
+    return Curve(x=tuple(knots_x[i] for i in keep), y=tuple(knots_y[i] for i in keep))
+
+
+def fit(named: dict[str, list[tuple[float, str, bool]]]) -> Calibration:
+    curves = {}
+    for kind in (INDICATOR, KNOWLEDGE):
+        points = [
+            (conf, right, 1.0 / max(1, sum(1 for _, k, _ in rows if k == kind)))
+            for rows in named.values()
+            for conf, k, right in rows
+            if k == kind
+        ]
+        if len(points) >= BINS:
+            curves[kind] = fit_curve(points)
+    return Calibration(
+        curves=curves, fitted_on=tuple(f"{name}: {len(rows)} predictions" for name, rows in named.items())
+    )
+
+
+def _datasets(shared: Path, catalog: Catalog) -> list[tuple[str, Dataset, list[Dataset], int | None]]:
+    sigma = prepare(f"sigma:{shared / 'sigma' / 'rules.jsonl'}", catalog)
+    atomic = prepare(f"atomic:{shared / 'atomic-red-team' / 'tests.jsonl'}", catalog)
+    chosen = [
+        ("sigma 5-fold CV, ART in the knowledge base", sigma, [atomic], 5),
+        ("atomic 5-fold CV, Sigma in the knowledge base", atomic, [sigma], 5),
+        ("hand-written cases, dev half", prepare(f"cases:{HANDWRITTEN_DIR}", catalog, "dev"), [sigma, atomic], None),
+    ]
+    telemetry = shared / "telemetry-dev" / "cases.jsonl"
+    if telemetry.is_file() and telemetry.stat().st_size:
+        chosen.append(
+            ("telemetry-dev, dev split", prepare(f"telemetry:{telemetry}", catalog, "dev"), [sigma, atomic], None)
+        )
+    return chosen
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--shared", type=Path, default=Path(__file__).resolve().parents[1].parent / "shared" / "data")
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("ATTACKMAP_HOME", str(args.out.parent / ".calibrate-home"))
+    catalog = load_catalog(
+        args.shared / "attack" / "enterprise-attack.json", [args.shared / "attack" / "v18_to_v19_crosswalk.jsonl"]
+    )
+    runner = Runner(
+        catalog,
+        load_indicators(catalog),
+        MapperSettings(),
+        weights=LocalWeights(calibrated=False),
+        progress=False,
+        decision=scoring_decision(DecisionSettings()),
+    )
+    named = {name: pairs(runner, data, kb, cv) for name, data, kb, cv in _datasets(args.shared, catalog)}
+    calibration = fit(named)
+    body: dict[str, Any] = calibration.model_dump(mode="json")
+    header = (
+        "# Confidence calibration of the local mapper: raw evidence score → probability a technique is right,\n"
+        "# per kind of evidence. Fitted by `python -m evals.calibrate` (isotonic, each dataset weighted alike) on\n"
+        "# development data only: the datasets listed under fitted_on. Never on a holdout or check split.\n"
+        "# No confidence is ever certain: fitted values are capped at MAX_PROBABILITY (0.99).\n"
+    )
+    args.out.write_text(header + yaml.safe_dump(body, sort_keys=False, width=120, default_flow_style=None))
+    print(f"wrote {args.out}: " + "; ".join(calibration.fitted_on))
+
+
+if __name__ == "__main__":
+    main()
