@@ -102,6 +102,7 @@ def _event_knowledge() -> dict[str, Any]:
 _EVENTS = _event_knowledge()
 EVENT_DATA_FIELDS: tuple[str, ...] = tuple(f"winlog.event_data.{name}" for name in _EVENTS["event_data"])
 OBSERVABLE_FIELDS += EVENT_DATA_FIELDS
+_OBSERVABLE_RANK = {name: rank for rank, name in enumerate(OBSERVABLE_FIELDS)}
 SCRIPT_FIELDS = frozenset(
     {
         "powershell.file.script_block_text",
@@ -344,6 +345,8 @@ def features_from_flat(flat: Mapping[str, Any], fields: Iterable[str] = OBSERVAB
     """extract_features on an already flattened alert (see flatten_alert)."""
     observed: dict[str, str] = {}
     truncated: list[str] = []
+    if fields is OBSERVABLE_FIELDS:  # an alert holds a few of the ~180 observables: look up only those
+        fields = sorted((n for n in flat if n in _OBSERVABLE_RANK), key=_OBSERVABLE_RANK.__getitem__)
     for name in fields:
         raw = flat.get(name)
         if raw is None:

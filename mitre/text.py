@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Iterator, Mapping
+from functools import lru_cache
 from importlib import resources
 from typing import Any
 
@@ -58,13 +59,17 @@ def _semantics() -> tuple[dict[str, tuple[str, str]], dict[str, str]]:
 
 _FIELDS, _CATEGORIES = _semantics()
 _EVENT_DATA = "winlog.event_data."
-# `field <op> value(s)` in Sigma (as mitre.corpora renders it), KQL, Lucene, EQL, ES|QL, SPL and YARA-L.
-_FIELD = r"(?P<field>\$?[A-Za-z_@][\w.@$-]*(?:\|[\w|]+)?)"
+# `field <op>` in Sigma (as mitre.corpora renders it), KQL, Lucene, EQL, ES|QL, SPL and YARA-L; the value
+# after it is read only when the field means something (most identifiers a scan meets do not).
+_FIELD_OP = re.compile(
+    r"(?P<field>\$?[A-Za-z_@][\w.@$-]*(?:\|[\w|]+)?)\s*(?:==|!=|=~|=|:|\s(?:not\s+)?in\s|\s(?:like|rlike)\s)\s*",
+    re.IGNORECASE,
+)
 _VALUE = (
     r"(?P<value>\((?:[^()]|\([^()]*\))*\)|\[[^\]]*\]|\{[^}]*\}|\"(?:[^\"\\]|\\.)*\"|'(?:[^']|'')*'"
-    r"|/(?:[^/\\\n]|\\.)+/|`[^`]*`|(?![\w.|$@-]+\s*(?:[:=!]|in\s))[^\s,)\]]+)"
+    r"|/(?:[^/\\\n]|\\.)+/|`[^`]*`|[^\s,)\]]+)"
 )
-_CLAUSE = re.compile(rf"{_FIELD}\s*(?:==|!=|=~|=|:|\s(?:not\s+)?in\s|\s(?:like|rlike)\s)\s*{_VALUE}", re.IGNORECASE)
+_VALUE_AT = re.compile(_VALUE)
 # Python detections: event.get("eventName") == "X", deep_get(event, "a", "b") in {"X", "Y"}.
 _PY_CLAUSE = re.compile(
     r"(?:get|deep_get|udm|get_value)\(\s*(?:\w+\s*,\s*)?[\"'](?P<field>[\w.@]+)[\"'](?:\s*,\s*[\"'](?P<rest>[\w.]+)[\"'])*"
@@ -76,6 +81,7 @@ _REGEX_SYNTAX = re.compile(r"\\[dswbDSWB]|\(\?\w+\)|[\^$+?{}()\[\]|]|\.\*|\\(?=[
 MAX_VALUE_CHARS = 30
 
 
+@lru_cache(maxsize=4096)
 def _meaning(field: str) -> tuple[str, str] | None:
     """What a field name means: the whole name, then without a YARA-L event variable (`$e.`) or the
     Windows event-data prefix, then its last dotted part."""
@@ -98,6 +104,7 @@ def _values(raw: str, regex: bool) -> list[str]:
     return [_REGEX_SYNTAX.sub("", v) if regex or literal else v for literal, v in found]
 
 
+@lru_cache(maxsize=65_536)
 def _token(meaning: str, kind: str, value: str) -> str | None:
     value = value.replace("\\\\", "\\").strip().strip("*%").lower()
     if kind == "basename":
@@ -108,18 +115,21 @@ def _token(meaning: str, kind: str, value: str) -> str | None:
 
 def query_tokens(query: str) -> Iterator[str]:
     """Field-semantics tokens of a rule query in any of the languages above."""
-    for pattern in (_CLAUSE, _PY_CLAUSE):
-        for match in pattern.finditer(query):
-            field = match.group("field")
-            if pattern is _PY_CLAUSE and match.groupdict().get("rest"):
-                field = match.group("rest")
-            found = _meaning(field)
-            if found is None:
-                continue
-            meaning, kind = found
-            for value in _values(match.group("value"), regex="|re" in field.lower()):
-                if (token := _token(meaning, kind, value)) is not None:
-                    yield token
+    clauses: list[tuple[str, str]] = []
+    for match in _FIELD_OP.finditer(query):
+        field = match.group("field")
+        if _meaning(field) is not None and (after := _VALUE_AT.match(query, match.end())) is not None:
+            clauses.append((field, after.group("value")))
+    for match in _PY_CLAUSE.finditer(query):
+        clauses.append((match.group("rest") or match.group("field"), match.group("value")))
+    for field, raw in clauses:
+        found = _meaning(field)
+        if found is None:
+            continue
+        meaning, kind = found
+        for literal in _values(raw, regex="|re" in field.lower()):
+            if (token := _token(meaning, kind, literal)) is not None:
+                yield token
     for category in _LOGSOURCE_CATEGORY.findall(query):
         yield f"f_cat_{category.lower()}"
 
