@@ -2,10 +2,11 @@
 
 The local mapper ranks candidates by a noisy-or of indicator, knowledge-base and catalog-text evidence.
 Those scores order candidates well but do not read as probabilities (predictions at 0.8–0.9 used to be
-right 36% of the time). A monotone map per kind of evidence, fitted by isotonic regression on the
-cross-validation folds and development cases only (`python -m evals.calibrate`), turns them into
-probabilities; it is data (mitre/data/calibration.yaml), applied after the choice, so it changes what
-a confidence means, never which techniques are chosen.
+right 36% of the time). A monotone map per kind of alert (a rule's alert, a raw event) and kind of
+evidence (an indicator's, or only the knowledge base's), fitted by isotonic regression on development
+data only (`python -m evals.calibrate`), turns them into probabilities. It is data
+(mitre/data/calibration.yaml), applied after the choice: it changes what a confidence means, never
+which techniques are chosen.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from mitre.models import Contract, TechniqueScore
 
 INDICATOR = "indicator"  # a technique an indicator named
 KNOWLEDGE = "knowledge"  # a technique only the knowledge base or the catalog text proposed
+RULE = "rule"  # an alert a detection rule raised
+EVENT = "event"  # a raw event (no rule): how right the same evidence is differs between the two
 
 
 class Curve(Contract):
@@ -52,20 +55,26 @@ class Curve(Contract):
         return y0 if x1 == x0 else y0 + (y1 - y0) * (value - x0) / (x1 - x0)
 
 
+def curve_key(raw_event: bool, evidence: str) -> str:
+    """`event/indicator`, `rule/knowledge`, …: which curve a candidate is read through."""
+    return f"{EVENT if raw_event else RULE}/{evidence}"
+
+
 class Calibration(Contract):
-    """One curve per kind of evidence, and where it was fitted (for the record)."""
+    """One curve per kind of alert and kind of evidence (`curve_key`), and where it was fitted."""
 
     curves: dict[str, Curve]
     fitted_on: tuple[str, ...] = ()
 
-    def kind_of(self, score: TechniqueScore) -> str:
+    @staticmethod
+    def evidence_kind(score: TechniqueScore) -> str:
         return INDICATOR if any(e.source == "indicator" for e in score.evidence) else KNOWLEDGE
 
-    def apply(self, scores: Sequence[TechniqueScore]) -> tuple[TechniqueScore, ...]:
-        """The same candidates, their confidence read through their kind's curve."""
+    def apply(self, scores: Sequence[TechniqueScore], raw_event: bool) -> tuple[TechniqueScore, ...]:
+        """The same candidates, their confidence read through their kinds' curve."""
         out = []
         for score in scores:
-            curve = self.curves.get(self.kind_of(score))
+            curve = self.curves.get(curve_key(raw_event, self.evidence_kind(score)))
             if curve is None:
                 out.append(score)
                 continue

@@ -6,7 +6,7 @@ import pytest
 from pydantic import ValidationError
 
 from evals.calibrate import fit_curve
-from mitre.calibration import INDICATOR, KNOWLEDGE, Calibration, Curve, load_calibration
+from mitre.calibration import INDICATOR, KNOWLEDGE, Calibration, Curve, curve_key, load_calibration
 from mitre.models import Evidence, TechniqueScore
 
 
@@ -27,12 +27,19 @@ def test_a_curve_must_not_descend():
         Curve(x=(0.0, 1.0), y=(0.9, 0.1))
 
 
-def test_each_kind_of_evidence_reads_through_its_own_curve():
+def test_each_kind_of_alert_and_evidence_reads_through_its_own_curve():
     calibration = Calibration(
-        curves={INDICATOR: Curve(x=(0.0, 1.0), y=(0.5, 0.9)), KNOWLEDGE: Curve(x=(0.0, 1.0), y=(0.0, 0.6))}
+        curves={
+            curve_key(True, INDICATOR): Curve(x=(0.0, 1.0), y=(0.5, 0.9)),
+            curve_key(True, KNOWLEDGE): Curve(x=(0.0, 1.0), y=(0.0, 0.6)),
+            curve_key(False, INDICATOR): Curve(x=(0.0, 1.0), y=(0.0, 0.2)),
+        }
     )
-    indicator, knowledge = calibration.apply([score("T1059.001", 0.5, "indicator"), score("T1105", 0.5, "lexical")])
+    scores = [score("T1059.001", 0.5, "indicator"), score("T1105", 0.5, "lexical")]
+    indicator, knowledge = calibration.apply(scores, raw_event=True)
     assert indicator.confidence == pytest.approx(0.7) and knowledge.confidence == pytest.approx(0.3)
+    on_a_rule, _ = calibration.apply(scores, raw_event=False)
+    assert on_a_rule.confidence == pytest.approx(0.1)
 
 
 def test_the_fit_is_monotone_and_never_certain():
@@ -44,5 +51,6 @@ def test_the_fit_is_monotone_and_never_certain():
 
 def test_the_packaged_calibration_was_fitted_on_development_data_only():
     calibration = load_calibration()
-    assert calibration is not None and set(calibration.curves) == {INDICATOR, KNOWLEDGE}
+    assert calibration is not None
+    assert set(calibration.curves) == {curve_key(e, k) for e in (True, False) for k in (INDICATOR, KNOWLEDGE)}
     assert all("holdout" not in d and "check" not in d for d in calibration.fitted_on)

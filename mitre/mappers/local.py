@@ -365,7 +365,8 @@ class LocalMapper:
                 tactic_only = (best_tactic[0],)
         candidates = tuple(scored[:10])
         if self.calibration is not None:
-            chosen, candidates = list(self.calibration.apply(chosen)), self.calibration.apply(candidates)
+            chosen = list(self.calibration.apply(chosen, raw_event))
+            candidates = self.calibration.apply(candidates, raw_event)
         return MappingResult(
             mapper=MAPPER_NAME, techniques=tuple(chosen), tactic_ids=tactic_only, candidates=candidates
         )
