@@ -245,13 +245,28 @@ def _text(value: Any) -> str | None:
     if value is None or value == "" or value == []:
         return None
     if isinstance(value, list | tuple):
-        # Only the list's own scalars are text: an object or list inside it is structure, not an
-        # observable (and printing one nested hundreds of levels deep would exhaust the stack).
-        parts = [_str(v) for v in value if v is not None and v != "" and not isinstance(v, list | tuple | Mapping)]
+        # The list's own scalars are text, and so are the scalars of an object in it, one level down
+        # (Office 365's Parameters: Name/Value pairs, read "Name=Value"); anything deeper is structure,
+        # not an observable (and printing one nested hundreds of levels deep would exhaust the stack).
+        parts = [t for v in value if (t := _item_text(v))]
         return " ".join(parts) if parts else None
     if isinstance(value, Mapping):
         return None
     return _str(value)
+
+
+def _item_text(value: Any) -> str | None:
+    """One list item as text: a scalar, or an object's scalar members as name=value pairs."""
+    if value is None or value == "" or isinstance(value, list | tuple):
+        return None
+    if isinstance(value, Mapping):
+        pairs = [f"{k}={_str(v)}" for k, v in value.items() if _is_scalar(v)]
+        return " ".join(pairs) or None
+    return _str(value)
+
+
+def _is_scalar(value: Any) -> bool:
+    return value is not None and value != "" and not isinstance(value, list | tuple | Mapping)
 
 
 def has_text(value: Any) -> bool:
