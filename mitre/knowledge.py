@@ -222,6 +222,8 @@ def load_examples(paths: Sequence[Path], catalog: Catalog) -> tuple[list[Example
             techniques, tactics = normalise_labels(raw_techniques, raw_tactics, catalog, unmapped, redirected)
             if not techniques:
                 continue
+            if not tactics:  # an Atomic Red Team test names its technique only: it serves that technique's tactics
+                tactics = tuple(dict.fromkeys(t.id for tid in techniques for t in catalog.tactics_of(tid)))
             examples += row_examples(
                 str(row.get("id") or row.get("guid") or f"{path.name}:{index + 1}"),
                 text,
