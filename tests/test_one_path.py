@@ -105,4 +105,5 @@ def test_eval_and_enrich_give_the_same_figures_on_the_same_alerts(shared_data: P
     for level in ("technique", "tactic"):
         ours = independent[level]["micro"]["f1"]
         theirs = report["metrics"][level]["micro"]["f1"]
+        print(f"{level} micro-F1: eval {theirs:.4f}, enrich scored independently {ours:.4f}")
         assert abs(ours - theirs) <= TOLERANCE, (level, ours, theirs)
