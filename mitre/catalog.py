@@ -125,8 +125,11 @@ class Catalog:
 
     @cached_property
     def fingerprint(self) -> str:
-        """Content hash: part of every cache key, so a catalog change invalidates mappings."""
-        return hashlib.sha256(orjson.dumps(self.data.model_dump(), option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
+        """Content hash: part of every cache key, so a catalog change invalidates mappings. Where the bundle
+        was read from is not content: the same bundle under another path (a symlink, a moved checkout) is
+        the same catalog."""
+        content = self.data.model_dump(exclude={"source"})
+        return hashlib.sha256(orjson.dumps(content, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
 
     def info(self) -> CatalogInfo:
         subs = sum(1 for t in self.techniques.values() if t.is_subtechnique)
