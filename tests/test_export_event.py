@@ -105,3 +105,29 @@ def test_tenant_from_a_tenant_id_and_refusal_of_what_is_not_enriched() -> None:
     assert from_enriched(alert).tenant == "acme"
     with pytest.raises(NotAnEnrichedAlert, match="provenance"):
         from_enriched(kibana_alert())
+
+
+def test_federation_fields_tenant_and_a_tool_event_without_a_time_of_its_own() -> None:
+    alert = _enriched(flat=True)
+    controls = {"nist_800_53_controls": ["AC-2", "SI-4"], "soc2_controls": [], "iso27001_annex_a_controls": ["A.8.7"]}
+    alert["attackmap"] = {**PROVENANCE, "tenant": "acme", "execution_fingerprint": "f" * 64, "compliance": controls}
+    event = from_enriched(alert)
+    assert event.tenant == "acme", "the engine's tenant (attackmap.tenant) wins over the Kibana space"
+    assert event.execution_fingerprint == "f" * 64
+    assert (event.nist_800_53_controls, event.soc2_controls, event.iso27001_annex_a_controls) == (
+        ("AC-2", "SI-4"),
+        (),
+        ("A.8.7",),
+    )
+    assert CommonEvent.model_validate_json(event.to_json()) == event
+    assert event.key != from_enriched({**alert, "attackmap": PROVENANCE}).key, "one alert id, two tenants: two events"
+
+    tool = {"event_type": "nmap_scan_completed", "tenant_id": "acme", "attributes": {"target": "10.0.0.0/24"}}
+    tool["attackmap"] = {**PROVENANCE, "enriched_at": "2026-12-02T10:00:00.000Z"}
+    tool_event = from_enriched(tool)
+    assert (
+        tool_event.timestamp.isoformat() == "2026-12-02T10:00:00+00:00"
+        and tool_event.event_type == "nmap_scan_completed"
+    )
+    with pytest.raises(NotAnEnrichedAlert, match="timestamp"):
+        from_enriched({"@timestamp": "yesterday", "attackmap": PROVENANCE})

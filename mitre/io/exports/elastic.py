@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from mitre.compliance import FIELDS as CONTROL_FIELDS
 from mitre.io.exports.event import CommonEvent
 from mitre.io.exports.sink import SendResult, TransientError
 
@@ -58,6 +59,8 @@ def event_mappings() -> dict[str, Any]:
             "description": {"type": "text"},
             "rule": {"properties": {"id": _kw(), "name": _kw()}},
             "tenant": _kw(),
+            "execution_fingerprint": _kw(),
+            **{name: _kw() for name in CONTROL_FIELDS.values()},
             "provenance": {
                 "properties": {
                     name: _kw()

@@ -16,8 +16,9 @@ from typing import Any, Literal
 import orjson
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
+from mitre.compliance import FIELDS as CONTROL_FIELDS
 from mitre.enrich import PROVENANCE_FIELD
-from mitre.features import ALERT_ID_FIELDS, flatten, parse_rule_threat
+from mitre.features import ALERT_ID_FIELDS, TENANT_FIELDS, flatten, parse_rule_threat
 from mitre.io.exports.observables import RelatedIndicator, related_indicators
 
 SCHEMA_FILE = "common-event.schema.json"
@@ -60,7 +61,8 @@ class Provenance(EventModel):
 
 
 class CommonEvent(EventModel):
-    """An ATT&CK-enriched security event, in the shape SIEMs and sharing communities are sent."""
+    """An ATT&CK-enriched security event, in the shape SIEMs, sharing communities and federation peers
+    are sent (a federation request carries these events as its findings)."""
 
     schema_version: Literal[1] = 1
     id: str = Field(description="the alert's own id (kibana.alert.uuid, event.id) or a content hash")
@@ -78,14 +80,25 @@ class CommonEvent(EventModel):
     risk_score: float | None = None
     description: str | None = None
     rule: Rule | None = None
-    tenant: str | None = Field(None, description="Kibana space (kibana.space_ids) or tenant_id")
+    tenant: str | None = Field(
+        None, description="attackmap.tenant (the engine's tenant), tenant_id, tenant.id or the Kibana space"
+    )
+    execution_fingerprint: str | None = Field(
+        None, description="SHA-256 over the execution context (mitre/fingerprint.py), for correlation"
+    )
+    nist_800_53_controls: tuple[str, ...] = Field((), description="NIST 800-53 rev5 controls mitigating the techniques")
+    csa_ccm_controls: tuple[str, ...] = Field((), description="CSA CCM 4.1 controls mitigating the techniques")
+    cri_profile_controls: tuple[str, ...] = Field((), description="CRI Profile controls mitigating the techniques")
+    soc2_controls: tuple[str, ...] = Field((), description="from a user-supplied mapping only; else empty")
+    iso27001_annex_a_controls: tuple[str, ...] = Field((), description="from a user-supplied mapping only; else empty")
     provenance: Provenance = Field(default_factory=Provenance)
 
     @property
     def key(self) -> str:
-        """Identifies this version of the event: the same alert enriched the same way is the same event,
-        so a re-delivery can be recognised by any receiver that keeps ids."""
-        digest = hashlib.sha256(f"{self.id}\x00{self.provenance.provenance_hash or ''}".encode())
+        """Identifies this version of the event: the same alert of the same tenant enriched the same way is
+        the same event, so a re-delivery can be recognised by any receiver that keeps ids. The tenant
+        takes part because alert ids are only unique within a tenant's own systems."""
+        digest = hashlib.sha256(f"{self.tenant or ''}\x00{self.id}\x00{self.provenance.provenance_hash or ''}".encode())
         return digest.hexdigest()[:32]
 
     def to_json(self) -> bytes:
@@ -97,12 +110,21 @@ class NotAnEnrichedAlert(ValueError):
 
 
 _SERVICE_FIELDS = ("kibana.alert.rule.producer", "event.module", "observer.product", "event.provider", "agent.type")
-_EVENT_TYPE_FIELDS = ("event.category", "kibana.alert.rule.type", "signal.rule.type", "event.type", "event.kind")
+# ``event_type``: a tool platform's flat payload (nmap_scan_completed, …).
+_EVENT_TYPE_FIELDS = (
+    "event.category",
+    "kibana.alert.rule.type",
+    "signal.rule.type",
+    "event.type",
+    "event.kind",
+    "event_type",
+)
 _SEVERITY_FIELDS = ("kibana.alert.severity", "signal.rule.severity", "event.severity", "log.level")
 _RISK_FIELDS = ("kibana.alert.risk_score", "signal.rule.risk_score", "event.risk_score")
 _DESCRIPTION_FIELDS = ("kibana.alert.reason", "kibana.alert.rule.description", "signal.rule.description", "message")
 _TIME_FIELDS = ("@timestamp", "kibana.alert.original_time", "event.created", "timestamp")
-_TENANT_FIELDS = ("kibana.space_ids", "tenant_id", "tenant.id", "organization.id")
+# The engine's own order first (attackmap.tenant holds what it decided), then ECS's organization.
+_TENANT_FIELDS = (*TENANT_FIELDS, "organization.id")
 
 
 def _first(flat: Mapping[str, Any], names: tuple[str, ...]) -> Any:
@@ -125,18 +147,30 @@ def _ids(value: Any) -> list[str]:
     return [str(v) for v in values if v not in (None, "")]
 
 
-def _timestamp(flat: Mapping[str, Any]) -> datetime:
-    raw = _first(flat, _TIME_FIELDS)
-    if isinstance(raw, int | float):
-        return datetime.fromtimestamp(raw / 1000 if raw > 1e11 else raw, UTC)
+def _parse_time(raw: Any) -> datetime | None:
+    if isinstance(raw, list):
+        raw = next((v for v in raw if v not in (None, "")), None)
+    if isinstance(raw, int | float) and not isinstance(raw, bool):
+        try:
+            return datetime.fromtimestamp(raw / 1000 if raw > 1e11 else raw, UTC)
+        except (OverflowError, OSError, ValueError):
+            return None
     if isinstance(raw, str):
         try:
             parsed = datetime.fromisoformat(raw.replace("Z", "+00:00"))
         except ValueError:
-            parsed = None
-        if parsed is not None:
-            return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-    raise NotAnEnrichedAlert(f"no usable timestamp in {', '.join(_TIME_FIELDS)}")
+            return None
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return None
+
+
+def _timestamp(flat: Mapping[str, Any], provenance: Mapping[str, Any]) -> datetime:
+    """The event's own time, the first of `_TIME_FIELDS` that parses; else when attackmap enriched it (a
+    sensor's or a tool platform's event posted to the API may carry no time of its own)."""
+    for raw in (*(flat.get(name) for name in _TIME_FIELDS), provenance.get("enriched_at")):
+        if (parsed := _parse_time(raw)) is not None:
+            return parsed
+    raise NotAnEnrichedAlert(f"no usable timestamp in {', '.join(_TIME_FIELDS)} or attackmap.enriched_at")
 
 
 def _endpoint(flat: Mapping[str, Any], side: str) -> Endpoint | None:
@@ -185,13 +219,15 @@ def from_enriched(alert: Mapping[str, Any]) -> CommonEvent:
         for t in provenance.get("techniques") or ()
         if isinstance(t, Mapping) and t.get("id") and isinstance(t.get("confidence"), int | float)
     }
+    compliance = provenance.get("compliance")
+    controls = compliance if isinstance(compliance, Mapping) else {}
     rule = Rule(
         id=_text(flat, ("kibana.alert.rule.rule_id", "kibana.alert.rule.uuid", "signal.rule.rule_id", "rule.id")),
         name=_text(flat, ("kibana.alert.rule.name", "signal.rule.name", "rule.name")),
     )
     return CommonEvent(
         id=_alert_id(flat, alert),
-        timestamp=_timestamp(flat),
+        timestamp=_timestamp(flat, provenance),
         source=_endpoint(flat, "source"),
         destination=_endpoint(flat, "destination"),
         technique_ids=tuple(dict.fromkeys(techniques)),
@@ -206,6 +242,8 @@ def from_enriched(alert: Mapping[str, Any]) -> CommonEvent:
         description=_text(flat, _DESCRIPTION_FIELDS) or rule.name,
         rule=rule if rule != Rule() else None,
         tenant=_text(flat, _TENANT_FIELDS),
+        execution_fingerprint=_text(provenance, ("execution_fingerprint",)),
+        **{name: tuple(_ids(controls.get(name))) for name in CONTROL_FIELDS.values()},
         provenance=Provenance(
             catalog_version=_text(provenance, ("catalog_version",)),
             catalog_fingerprint=_text(provenance, ("catalog_fingerprint",)),
