@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 BUILT_IN = "built-in defaults (no workflows file)"
@@ -154,7 +154,34 @@ class EventsFileOutput(Section):
     path: Path
 
 
-ExportOutput = Annotated[HecOutput | TaxiiOutput | ElasticsearchOutput | EventsFileOutput, Field(discriminator="type")]
+class FederationOutput(Section):
+    """A federation peer: common events as signed findings over HTTPS with mutual TLS (README: Signed federation)."""
+
+    type: Literal["federation"]
+    url: str = Field(description="the peer's inbound endpoint, https://…/v1/federation/inbound")
+    key_id: str = Field(min_length=1, description="our key id, as the peer's peers file lists it")
+    private_key: Path | None = Field(None, description="Ed25519 signing key, PEM (attackmap federation keygen)")
+    hmac_secret_env: str | None = Field(None, description="or HMAC-SHA256: environment variable with the secret")
+    ca_file: Path | None = Field(None, description="CA bundle of the peer's certificate; null: the system's")
+    cert_file: Path | None = Field(None, description="our client certificate (mutual TLS)")
+    key_file: Path | None = Field(None, description="its private key, when not in cert_file")
+    tenants: list[str] | None = Field(None, description="only these tenants' findings go to this peer; null: all")
+    max_request_bytes: int = Field(1_048_576, ge=1024, description="the peer's max_body_bytes: larger batches split")
+
+    @model_validator(mode="after")
+    def _one_signing_key(self) -> FederationOutput:
+        if (self.private_key is None) == (self.hmac_secret_env is None):
+            raise ValueError("federation: give exactly one of private_key (Ed25519) and hmac_secret_env")
+        if not self.url.lower().startswith("https://"):
+            raise ValueError("federation: the peer's url must be https:// (findings travel over TLS only)")
+        if self.key_file is not None and self.cert_file is None:
+            raise ValueError("federation: key_file needs cert_file")
+        return self
+
+
+ExportOutput = Annotated[
+    HecOutput | TaxiiOutput | ElasticsearchOutput | EventsFileOutput | FederationOutput, Field(discriminator="type")
+]
 
 
 class DeliverySettings(Section):

@@ -1,5 +1,6 @@
 """Signed federation over real mutual TLS (a throwaway CA made here): delivery, retry after an outage,
-de-duplication, and the payloads that must be refused with nothing emitted."""
+de-duplication, the payloads that must be refused with nothing emitted, and the workflow's federation
+export fed by the service layer the flows, the event worker and the webhook path run."""
 
 from __future__ import annotations
 
@@ -15,18 +16,34 @@ import httpx
 import pytest
 import yaml
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.routing import Route
 from typer.testing import CliRunner
 
 from devtools.asgi import ThreadedServer, serving
-from devtools.tls import ThrowawayCA
+from devtools.tls import Issued, ThrowawayCA
+from mitre.assemble import EngineOptions, build_engine
 from mitre.cli import app as cli
-from mitre.io.federation.finding import Envelope, Finding, finding_from_enriched
+from mitre.config import FederationOutput, load_workflows
+from mitre.io.exports.delivery import Delivery, RetryPolicy
+from mitre.io.exports.event import CommonEvent, Provenance
+from mitre.io.exports.registry import ExportConfigError, federation_sink
+from mitre.io.exports.sink import SendResult
+from mitre.io.federation.envelope import Envelope
 from mitre.io.federation.inbound import Inbound
-from mitre.io.federation.outbound import FederationSender, RetryPolicy, mtls_client
-from mitre.io.federation.signing import Ed25519Signer, HmacSigner, PeersFile, public_key_text, signed_headers
+from mitre.io.federation.outbound import FederationSink, mtls_client
+from mitre.io.federation.signing import (
+    Ed25519Signer,
+    HmacSigner,
+    PeersFile,
+    private_key_pem,
+    public_key_text,
+    signed_headers,
+)
 from mitre.io.federation.store import ReceiverStore
+from mitre.service import Runtime, enrich_bare, make_runtime
+from tests.helpers import LSASS_COMMAND, kibana_alert
 
 SECRET = "s" * 32
 PATH = "/v1/federation/inbound"
@@ -36,7 +53,7 @@ PATH = "/v1/federation/inbound"
 class Receiver:
     server: ThreadedServer
     peers_file: Path
-    emitted: list[Finding] = field(default_factory=list)
+    emitted: list[CommonEvent] = field(default_factory=list)
 
     @property
     def url(self) -> str:
@@ -73,7 +90,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     key = Ed25519PrivateKey.generate()
     peers_file = root / "peers.yaml"
     _peers(peers_file, _ed_key("east-1", key), {"key_id": "east-hmac", "algorithm": "hmac-sha256", "secret_env": "X"})
-    emitted: list[Finding] = []
+    emitted: list[CommonEvent] = []
     inbound = Inbound(
         PeersFile(peers_file, environ={"X": SECRET}, check_every=0),
         ReceiverStore(root / "receiver.sqlite"),
@@ -88,48 +105,31 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
         server.stop()
 
 
-def _finding(n: int, tenant: str = "acme") -> Finding:
-    return Finding(id=f"alert-{n}", tenant=tenant, technique_ids=("T1003.001",), provenance_hash=f"h{n}")
+def _finding(n: int, tenant: str | None = "acme") -> CommonEvent:
+    return CommonEvent(
+        id=f"alert-{n}",
+        tenant=tenant,
+        timestamp="2026-12-01T10:00:00Z",  # type: ignore[arg-type]
+        technique_ids=("T1003.001",),
+        provenance=Provenance(provenance_hash=f"h{n}"),
+    )
 
 
-def _body(*findings: Finding) -> bytes:
+def _body(*findings: CommonEvent) -> bytes:
     return Envelope(findings=findings).model_dump_json().encode()
 
 
-def test_enriched_alert_becomes_a_finding_with_compliance_and_fingerprint() -> None:
-    alert = {
-        "kibana.alert.uuid": "u-1",
-        "@timestamp": "2026-12-01T10:00:00Z",
-        "kibana.alert.rule.name": "Dump",
-        "threat": {"technique": {"id": ["T1003"], "subtechnique": {"id": ["T1003.001"]}}, "tactic": {"id": ["TA0006"]}},
-        "attackmap": {
-            "tenant": "acme",
-            "provenance_hash": "p",
-            "execution_fingerprint": "f" * 64,
-            "techniques": [{"id": "T1003.001", "confidence": 0.97}],
-            "compliance": {"nist_800_53_controls": ["AC-2"], "soc2_controls": [], "iso27001_annex_a_controls": []},
-        },
-    }
-    finding = finding_from_enriched(alert)
-    assert finding.tenant == "acme" and finding.id == "u-1"
-    assert finding.technique_ids == ("T1003.001", "T1003") and finding.tactic_ids == ("TA0006",)
-    assert finding.nist_800_53_controls == ("AC-2",) and finding.soc2_controls == ()
-    assert finding.execution_fingerprint == "f" * 64 and finding.technique_confidence == {"T1003.001": 0.97}
-    with pytest.raises(ValueError):
-        finding_from_enriched({"kibana.alert.uuid": "u-2"})
-
-
-def test_findings_are_delivered_once_over_mutual_tls(world: World, tmp_path: Path) -> None:
+def test_findings_are_delivered_once_over_mutual_tls(world: World) -> None:
     before = len(world.receiver.emitted)
-    sender = FederationSender(world.receiver.url, world.signer, tmp_path / "spool", world.client())
-    sender.offer([_finding(i) for i in range(5)])
-    assert sender.drain(deadline=time.monotonic() + 20).sent == 5
-    assert [f.id for f in world.receiver.emitted[before:]] == [f"alert-{i}" for i in range(5)]
-    # The answer was lost and the batch is sent again: the receiver keeps ids, nothing is emitted twice.
-    sender.spool.commit(0)
-    assert sender.drain(deadline=time.monotonic() + 20).sent == 5
-    assert len(world.receiver.emitted) == before + 5
-    sender.close()
+    sink = FederationSink(world.receiver.url, world.signer, world.client(), max_request_bytes=2048)
+    findings = [_finding(i) for i in range(12)]
+    assert sink.send(findings) == SendResult(), "all delivered (in several requests: 2 KiB each at most)"
+    assert [f.id for f in world.receiver.emitted[before:]] == [f"alert-{i}" for i in range(12)]
+    assert world.receiver.emitted[-1] == findings[-1], "the common event arrives as it was sent"
+    # The answer was lost and the batch is sent again: the receiver keeps keys, nothing is emitted twice.
+    assert not sink.send(findings).rejected
+    assert len(world.receiver.emitted) == before + 12
+    sink.close()
 
 
 def test_a_client_without_a_certificate_of_the_ca_gets_no_connection(world: World, tmp_path: Path) -> None:
@@ -168,6 +168,12 @@ def test_forged_stale_replayed_oversized_and_wrong_tenant_payloads_are_refused(w
             "wrong_tenant",
         ),
         "wrong tenant inside": (other, signed_headers(world.signer, "acme", other), 403, "wrong_tenant"),
+        "no tenant inside": (
+            (untenanted := _body(_finding(104, tenant=None))),
+            signed_headers(world.signer, "acme", untenanted),
+            403,
+            "wrong_tenant",
+        ),
         "hmac forged": (body, signed_headers(HmacSigner("east-hmac", b"x" * 32), "acme", body), 401, None),
     }
     with world.client() as client:
@@ -209,8 +215,9 @@ def test_keys_rotate_without_a_restart(world: World) -> None:
         _peers(world.receiver.peers_file, old_entry, hmac_entry)  # as the other tests expect it
 
 
-def test_a_peer_that_is_down_gets_the_spool_when_it_is_back(world: World, tmp_path: Path) -> None:
-    emitted: list[Finding] = []
+def _late_receiver(world: World, tmp_path: Path) -> tuple[Starlette, ThreadedServer, Issued, list[CommonEvent]]:
+    """An inbound endpoint on a free port, not started yet: a peer that is down."""
+    emitted: list[CommonEvent] = []
     inbound = Inbound(
         PeersFile(world.receiver.peers_file, environ={"X": SECRET}),
         ReceiverStore(tmp_path / "r.sqlite"),
@@ -219,21 +226,94 @@ def test_a_peer_that_is_down_gets_the_spool_when_it_is_back(world: World, tmp_pa
     app = Starlette(routes=[Route(PATH, inbound.handle, methods=["POST"])])
     server_cert = world.ca.issue("late", server=True)
     down = ThreadedServer(app, certfile=server_cert.cert, keyfile=server_cert.key, ca_certs=world.ca.ca_file)
-    sender = FederationSender(
-        down.url + PATH,
-        world.signer,
-        tmp_path / "spool",
-        world.client(),
-        RetryPolicy(initial_seconds=0.05, max_seconds=0.2),
+    return app, down, server_cert, emitted
+
+
+def test_a_peer_that_is_down_gets_the_spool_when_it_is_back(world: World, tmp_path: Path) -> None:
+    app, down, cert, emitted = _late_receiver(world, tmp_path)
+    sink = FederationSink(down.url + PATH, world.signer, world.client())
+    delivery = Delivery(sink, tmp_path / "spool", policy=RetryPolicy(initial_seconds=0.05, max_seconds=0.2))
+    delivery.offer([_finding(i) for i in range(300, 320)])
+    assert not delivery.drain(timeout=0.5), "nothing lost while the peer is down"
+    assert delivery.stats.delivered == 0 and delivery.stats.transient_failures >= 1
+    with serving(app, port=down.port, certfile=cert.cert, keyfile=cert.key, ca_certs=world.ca.ca_file):
+        assert delivery.drain(timeout=10)
+        assert delivery.close(timeout=5)
+    assert len(emitted) == 20 and delivery.stats.delivered == 20 and delivery.stats.dead_lettered == 0
+
+
+# ------------------------------------------------- the workflow's federation export, fed by the service layer
+
+
+def _federating_runtime(world: World, tmp_path: Path, url: str) -> Runtime:
+    """What a flow, the event worker or the webhook path runs, with `outputs.exports` naming the peer."""
+    private = tmp_path / "east-1.pem"
+    private.write_bytes(private_key_pem(world.signer.private_key))
+    peer = {
+        "type": "federation",
+        "url": url,
+        "key_id": "east-1",
+        "private_key": str(private),
+        "ca_file": str(world.ca.ca_file),
+        "cert_file": str(world.client_cert),
+        "key_file": str(world.client_key),
+        "tenants": ["acme"],
+    }
+    outputs = {"exports": [peer], "delivery": {"spool_dir": str(tmp_path / "spool"), "max_retry_seconds": 0.2}}
+    workflows = tmp_path / "workflows.yaml"
+    workflows.write_text(
+        yaml.safe_dump(
+            {"version": 1, "workflows": [{"name": "fed", "mapper": {"knowledge_base": []}, "outputs": outputs}]}
+        )
     )
-    sender.offer([_finding(i) for i in range(300, 320)])
-    result = sender.drain(deadline=time.monotonic() + 0.5)
-    assert result.sent == 0 and result.waiting, "nothing lost while the peer is down"
-    with serving(app, port=down.port, certfile=server_cert.cert, keyfile=server_cert.key, ca_certs=world.ca.ca_file):
-        assert sender.drain(deadline=time.monotonic() + 10).sent == 20
-        sender.client.close()
-    assert len(emitted) == 20 and sender.spool.backlog_bytes == 0
-    sender.close()
+    engine = build_engine(load_workflows(workflows), options=EngineOptions(cache_dir=tmp_path / "cache"))
+    return make_runtime(engine, es=None)
+
+
+def _alert(n: int, tenant: str = "acme") -> dict:
+    alert = kibana_alert(rule_name="Dump", command_line=LSASS_COMMAND, process_name="rundll32.exe")
+    alert["kibana.alert.uuid"] = f"fed-{tenant}-{n}"
+    alert["kibana.space_ids"] = [tenant]
+    return alert
+
+
+def test_an_alert_enriched_by_the_service_reaches_the_peer_signed_once(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ATTACKMAP_HOME", str(tmp_path / "home"))
+    runtime = _federating_runtime(world, tmp_path, world.receiver.url)
+    before = len(world.receiver.emitted)
+    first = enrich_bare(runtime, [_alert(1), _alert(1, tenant="globex")])
+    again = enrich_bare(runtime, [_alert(1)])  # the same alert enriched again: the same finding
+    assert first.summary.enriched == 2 and again.summary.enriched == 1
+    assert runtime.exports is not None and runtime.exports.close(timeout=30)
+    (finding,) = world.receiver.emitted[before:]  # verified by the peer (key east-1), emitted once
+    assert (finding.id, finding.tenant) == ("fed-acme-1", "acme") and "T1003.001" in finding.technique_ids
+    enriched = first.alerts[0]["attackmap"]
+    assert finding.execution_fingerprint == enriched["execution_fingerprint"]
+    assert finding.nist_800_53_controls == tuple(enriched.get("compliance", {}).get("nist_800_53_controls", ()))
+    (delivery,) = runtime.exports.deliveries
+    assert delivery.stats.skipped == {"tenant 'globex' is not federated to this peer": 1}
+
+
+def test_a_peer_down_and_back_loses_nothing_the_service_enriched(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ATTACKMAP_HOME", str(tmp_path / "home"))
+    app, down, cert, emitted = _late_receiver(world, tmp_path)
+    runtime = _federating_runtime(world, tmp_path, down.url + PATH)
+    assert runtime.exports is not None
+    (delivery,) = runtime.exports.deliveries
+    result = enrich_bare(runtime, [_alert(n) for n in range(15)])
+    assert result.summary.enriched == 15, "mapping did not wait for the peer"
+    deadline = time.monotonic() + 10
+    while delivery.stats.transient_failures < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert delivery.stats.transient_failures >= 2 and delivery.stats.delivered == 0
+    with serving(app, port=down.port, certfile=cert.cert, keyfile=cert.key, ca_certs=world.ca.ca_file):
+        assert runtime.exports.close(timeout=20)
+    assert sorted(f.id for f in emitted) == sorted(f"fed-acme-{n}" for n in range(15))
+    assert delivery.stats.dead_lettered == 0
 
 
 def _claim(path: Path, nonce: str, results: multiprocessing.Queue) -> None:
@@ -267,6 +347,7 @@ def test_cli_keygen_and_send(world: World, tmp_path: Path, monkeypatch: pytest.M
     enriched = tmp_path / "enriched.ndjson"
     alert = {
         "kibana.alert.uuid": "cli-1",
+        "@timestamp": "2026-12-01T10:00:00Z",
         "threat": {"technique": {"id": ["T1059"]}, "tactic": {"id": ["TA0002"]}},
         "attackmap": {"tenant": "acme", "provenance_hash": "cli", "techniques": []},
     }
@@ -279,3 +360,18 @@ def test_cli_keygen_and_send(world: World, tmp_path: Path, monkeypatch: pytest.M
     assert sent.exit_code == 0, sent.output
     assert [f.id for f in world.receiver.emitted[before:]] == ["cli-1"]
     _peers(world.receiver.peers_file, old_entry, hmac_entry)
+
+
+def test_a_federation_export_needs_https_one_signing_key_and_a_real_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    base = {"type": "federation", "url": "https://peer.example/v1/federation/inbound", "key_id": "k"}
+    for wrong, message in (
+        ({}, "exactly one"),
+        ({"private_key": "k.pem", "hmac_secret_env": "S"}, "exactly one"),
+        ({"hmac_secret_env": "S", "url": "http://peer.example/"}, "https"),
+        ({"hmac_secret_env": "S", "key_file": "me.key"}, "cert_file"),
+    ):
+        with pytest.raises(ValidationError, match=message):
+            FederationOutput.model_validate({**base, **wrong})
+    monkeypatch.setenv("SHORT_SECRET", "too-short")
+    with pytest.raises(ExportConfigError, match="16"):
+        federation_sink(FederationOutput.model_validate({**base, "hmac_secret_env": "SHORT_SECRET"}))

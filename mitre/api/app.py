@@ -41,7 +41,7 @@ from mitre.features import TENANT_FIELDS, FieldReader, first_text
 from mitre.feedback.loop import rule_of
 from mitre.feedback.models import Feedback, OptOut, Verdict
 from mitre.feedback.store import telemetry
-from mitre.io.federation.finding import finding_from_enriched
+from mitre.io.exports.event import from_enriched
 from mitre.models import Outcome, OutcomeStatus, RawAlert
 
 _TENANT = FieldReader(TENANT_FIELDS)
@@ -163,7 +163,7 @@ class EnrichmentApi:
                 if outcome.alert is not None:
                     entry["ecs"] = outcome.alert
                 if outcome.status is OutcomeStatus.ENRICHED and outcome.alert is not None:
-                    entry["event"] = finding_from_enriched(outcome.alert, key.tenant).model_dump(mode="json")
+                    entry["event"] = from_enriched(outcome.alert).model_dump(mode="json")
                 results.append(entry)
             counts = {s.value: sum(o.status is s for o in outcomes) for s in OutcomeStatus}
             return JSONResponse({"results": results}), {"events": len(events), **counts}

@@ -14,7 +14,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import BaseRoute, Route
 
 from mitre.api.app import EnrichmentApi
-from mitre.io.federation.finding import FeedbackItem, Finding
+from mitre.io.exports.event import CommonEvent
+from mitre.io.federation.envelope import FeedbackItem
 from mitre.io.federation.inbound import Inbound
 
 FEDERATION_PATH = "/v1/federation/inbound"
@@ -32,10 +33,15 @@ class InboundFiles:
         with (self.directory / f"{name}-{safe}.ndjson").open("ab") as handle:
             handle.write(b"".join(line + b"\n" for line in lines))
 
-    def findings(self, peer: str, findings: Sequence[Finding]) -> None:
+    def findings(self, peer: str, findings: Sequence[CommonEvent]) -> None:
+        # The inbound endpoint accepts only findings of the request's tenant: never None here.
         for tenant in {f.tenant for f in findings}:
-            rows = [orjson.dumps({"peer": peer, **f.model_dump(mode="json")}) for f in findings if f.tenant == tenant]
-            self._append("findings", tenant, rows)
+            rows = [
+                orjson.dumps({"peer": peer, **f.model_dump(mode="json", exclude_defaults=True)})
+                for f in findings
+                if f.tenant == tenant
+            ]
+            self._append("findings", str(tenant), rows)
 
     def feedback(self, peer: str, items: Sequence[FeedbackItem]) -> None:
         for tenant in {f.tenant for f in items}:

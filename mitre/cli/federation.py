@@ -2,20 +2,22 @@
 
 from __future__ import annotations
 
-import os
-import time
 from pathlib import Path
 from typing import Annotated
 
 import orjson
 import typer
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from pydantic import ValidationError
 from rich.console import Console
 
-from mitre.cli.common import fail, load_config
-from mitre.io.federation.finding import finding_from_enriched
-from mitre.io.federation.outbound import FederationSender, mtls_client
-from mitre.io.federation.signing import Ed25519Signer, HmacSigner, Signer, private_key_pem, public_key_text
+from mitre.cli.common import EXIT_DEAD_LETTERS, fail, load_config
+from mitre.cli.export import BATCH, EXIT_SPOOLED
+from mitre.config import FederationOutput
+from mitre.io.exports.delivery import Delivery
+from mitre.io.exports.event import CommonEvent, NotAnEnrichedAlert, from_enriched
+from mitre.io.exports.registry import ExportConfigError, federation_sink
+from mitre.io.federation.signing import private_key_pem, public_key_text
 
 app = typer.Typer(help="Signed federation with peer systems.", no_args_is_help=True)
 err = Console(stderr=True)
@@ -46,29 +48,63 @@ def send(
     hmac_secret_env: Annotated[
         str | None, typer.Option("--hmac-secret-env", help="sign with HMAC-SHA256, secret from this variable")
     ] = None,
+    tenant: Annotated[
+        list[str] | None, typer.Option("--tenant", help="send only this tenant's findings (repeatable)")
+    ] = None,
     timeout: Annotated[float, typer.Option(help="give up waiting for the peer after this many seconds")] = 300,
 ) -> None:
-    """Spool the enriched alerts as findings and send them (the spool survives a peer outage; run again)."""
+    """Send the enriched alerts to a peer as signed findings, through the exports' delivery layer: what
+    the peer does not take within --timeout stays spooled and goes first on the next send (or with a
+    flow's feed to the same peer). Exit codes: 0 all delivered, 3 some refused for good (dead-lettered),
+    4 the rest stays spooled."""
     _, env = load_config(None)
-    signer: Signer
-    if private_key is not None:
-        signer = Ed25519Signer.from_pem(key_id, private_key)
-    elif hmac_secret_env and len(os.environ.get(hmac_secret_env, "")) >= 16:
-        signer = HmacSigner(key_id, os.environ[hmac_secret_env].encode())
-    else:
-        raise fail("give --private-key, or --hmac-secret-env naming a variable with a 16+ character secret")
-    spool = env.home / "federation" / "outbound" / "".join(c if c.isalnum() else "-" for c in url)
-    sender = FederationSender(url, signer, spool, mtls_client(ca, cert, key))
-    offered = skipped = 0
+    try:
+        settings = FederationOutput(
+            type="federation",
+            url=url,
+            key_id=key_id,
+            private_key=private_key,
+            hmac_secret_env=hmac_secret_env,
+            ca_file=ca,
+            cert_file=cert,
+            key_file=key,
+            tenants=tenant or None,
+        )
+        sink = federation_sink(settings)
+    except ValidationError as exc:
+        raise fail("; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())) from exc
+    except ExportConfigError as exc:
+        raise fail(str(exc)) from exc
+    delivery = Delivery(sink, env.home / "spool")
+    skipped = 0
+    batch: list[CommonEvent] = []
     with enriched.open("rb") as handle:
         for line in handle:
+            if not line.strip():
+                continue
             try:
-                offered += sender.offer([finding_from_enriched(orjson.loads(line))])
-            except (orjson.JSONDecodeError, ValueError):
+                alert = orjson.loads(line)
+                if not isinstance(alert, dict):
+                    raise NotAnEnrichedAlert("not a JSON object")
+                batch.append(from_enriched(alert))
+            except (orjson.JSONDecodeError, NotAnEnrichedAlert):
                 skipped += 1
-    result = sender.drain(deadline=time.monotonic() + timeout)
+            if len(batch) >= BATCH:
+                delivery.offer(batch)
+                batch = []
+    delivery.offer(batch)
+    empty = delivery.close(timeout=timeout)
+    stats = delivery.stats
     err.print(
-        f"offered {offered} (skipped {skipped} not enriched), sent {result.sent}, dead-lettered {result.dead_lettered}"
+        f"offered {stats.offered} (skipped {skipped} not enriched), sent {stats.delivered}, "
+        f"not for this peer {sum(stats.skipped.values())}, dead-lettered {stats.dead_lettered}"
+        + (f" to {delivery.dead_letter}" if stats.dead_lettered else "")
     )
-    if result.waiting:
-        raise fail(f"the peer did not take everything within {timeout:g} s; the rest stays spooled in {spool}", 1)
+    if not empty:
+        raise fail(
+            f"the peer did not take everything within {timeout:g} s ({stats.last_error}); the rest stays spooled "
+            f"under {delivery.root} and goes first on the next send to it",
+            EXIT_SPOOLED,
+        )
+    if stats.dead_lettered:
+        raise typer.Exit(EXIT_DEAD_LETTERS)

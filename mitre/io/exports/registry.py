@@ -19,6 +19,7 @@ from mitre.config import (
     ElasticsearchOutput,
     EventsFileOutput,
     ExportOutput,
+    FederationOutput,
     HecOutput,
     TaxiiOutput,
 )
@@ -106,11 +107,39 @@ def _events_file(settings: EventsFileOutput, catalog: Catalog) -> Sink:
     return EventsFileSink(settings.path)
 
 
+def federation_sink(settings: FederationOutput) -> Sink:
+    """A peer's signed feed (`attackmap federation send` builds it from its options, the flows from
+    `outputs.exports`): signing key, mutual TLS, tenant filter."""
+    from mitre.io.federation.outbound import FederationSink, mtls_client
+    from mitre.io.federation.signing import Ed25519Signer, HmacSigner, Signer
+
+    signer: Signer
+    if settings.private_key is None:
+        secret = _secret(settings.hmac_secret_env, "federation HMAC secret", required=True) or ""
+        if len(secret) < 16:
+            raise ExportConfigError(f"federation: {settings.hmac_secret_env} must hold 16+ characters")
+        signer = HmacSigner(settings.key_id, secret.encode())
+    try:
+        if settings.private_key is not None:
+            signer = Ed25519Signer.from_pem(settings.key_id, settings.private_key)
+        client = mtls_client(settings.ca_file, settings.cert_file, settings.key_file)
+    except (OSError, ValueError) as exc:  # a key or certificate file missing or not what it should be
+        raise ExportConfigError(f"federation: {exc}") from exc
+    return FederationSink(
+        settings.url, signer, client, tenants=settings.tenants, max_request_bytes=settings.max_request_bytes
+    )
+
+
+def _federation(settings: FederationOutput, catalog: Catalog) -> Sink:
+    return federation_sink(settings)
+
+
 SINK_BUILDERS: Mapping[str, Callable[[Any, Catalog], Sink]] = {
     "hec": _hec,
     "taxii": _taxii,
     "elasticsearch": _elasticsearch,
     "events": _events_file,
+    "federation": _federation,
 }
 
 

@@ -21,7 +21,8 @@ from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from mitre.io.federation.finding import Envelope, FeedbackItem, Finding
+from mitre.io.exports.event import CommonEvent
+from mitre.io.federation.envelope import Envelope, FeedbackItem
 from mitre.io.federation.signing import (
     KEY_ID_HEADER,
     NONCE_HEADER,
@@ -36,7 +37,7 @@ from mitre.io.federation.store import ReceiverStore
 
 log = logging.getLogger("attackmap.federation")
 
-FindingSink = Callable[[str, Sequence[Finding]], None]
+FindingSink = Callable[[str, Sequence[CommonEvent]], None]
 FeedbackSink = Callable[[str, Sequence[FeedbackItem]], None]
 AuditSink = Callable[[Mapping[str, object]], None]
 
@@ -130,10 +131,12 @@ class Inbound:
             envelope = Envelope.model_validate(orjson.loads(body))
         except (orjson.JSONDecodeError, ValidationError) as exc:
             raise Refused(422, "invalid_payload", str(exc).splitlines()[0], peer) from exc
+        # A finding without a tenant is not the request's tenant's either: refused, never adopted.
         foreign = {f.tenant for f in envelope.findings} | {f.tenant for f in envelope.feedback}
         foreign -= {tenant}
         if foreign:
-            raise Refused(403, "wrong_tenant", f"items for {sorted(foreign)} in a request for {tenant!r}", peer)
+            named = sorted(map(repr, foreign))
+            raise Refused(403, "wrong_tenant", f"items for {', '.join(named)} in a request for {tenant!r}", peer)
         return envelope
 
     async def handle(self, request: Request) -> JSONResponse:
