@@ -142,7 +142,6 @@ class Peer(BaseModel):
     name: str = Field(min_length=1)
     tenants: list[str] = Field(min_length=1)
     keys: list[PeerKey] = Field(min_length=1)
-    url: str | None = Field(None, description="its inbound endpoint, for the outbound feed")
     max_body_bytes: int = Field(1_048_576, ge=1)
     requests_per_minute: int = Field(600, ge=1)
 
