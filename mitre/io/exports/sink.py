@@ -41,7 +41,7 @@ class SendResult:
 
 
 class Sink(Protocol):
-    """A destination for common events (Splunk HEC, TAXII, Elasticsearch, an NDJSON file)."""
+    """A destination for common events (Splunk HEC, TAXII, Elasticsearch, an NDJSON file, a federation peer)."""
 
     @property
     def name(self) -> str:
