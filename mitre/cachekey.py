@@ -34,7 +34,9 @@ _RULES: tuple[tuple[re.Pattern[str], str], ...] = (
 # In command lines and scripts a bare number is a PID, size or counter; elsewhere (event.code,
 # destination.port) numbers carry meaning and are kept.
 _BARE_NUMBER = re.compile(r"(?<![\w.-])\d{3,}(?![\w.-])")
-_COMMAND_FIELDS = frozenset(
+# Unix times (2017-2033) inside names, such as the `__1759489200.37` output file of remote execution tools.
+_EPOCH = re.compile(r"(?<!\d)1[5-9]\d{8}(?:\.\d+)?(?!\d)")
+COMMAND_FIELDS = frozenset(
     {"process.command_line", "process.parent.command_line", "process.args", "powershell.file.script_block_text"}
 )
 
@@ -45,7 +47,7 @@ def normalise_volatile(value: str, command: bool = False) -> str:
     for pattern, replacement in _RULES:
         value = pattern.sub(replacement, value)
     if command:
-        value = _BARE_NUMBER.sub("<n>", value)
+        value = _BARE_NUMBER.sub("<n>", _EPOCH.sub("<epoch>", value))
     return value
 
 
@@ -58,7 +60,7 @@ def stable_features(features: AlertFeatures) -> dict[str, object]:
         "rule_query": normalise_volatile(features.rule_query) if features.rule_query else None,
         "platform": features.platform,
         "fields": {
-            name: normalise_volatile(value, command=name in _COMMAND_FIELDS)
+            name: normalise_volatile(value, command=name in COMMAND_FIELDS)
             for name, value in sorted(features.fields.items())
             if name not in IDENTITY_FIELDS
         },

@@ -18,7 +18,7 @@ from typing import Any, cast
 import orjson
 
 from mitre.cache import MappingCache
-from mitre.cachekey import IDENTITY_FIELDS, cache_key
+from mitre.cachekey import cache_key
 from mitre.catalog import Catalog
 from mitre.compliance import ComplianceMap
 from mitre.config import DecisionSettings, OptOuts, WorkflowsFile
@@ -34,13 +34,7 @@ from mitre.enrich import (
     skip_provenance,
     timestamp,
 )
-from mitre.features import (
-    ALERT_ID_FIELDS,
-    extract_features,
-    features_from_flat,
-    flatten_alert,
-    has_text,
-)
+from mitre.features import extract_features, features_from_flat, flatten_alert
 from mitre.feedback.loop import FeedbackLoop
 from mitre.indicators import IndicatorSet
 from mitre.mappers.base import Mapper, map_all, maps_in_batches
@@ -54,6 +48,7 @@ from mitre.models import (
     RawAlert,
     ValidatedMapping,
 )
+from mitre.signature import OutcomeSignature
 from mitre.tool_events import ToolEvent, ToolEventTable
 from mitre.validate import validate_mapping
 
@@ -103,7 +98,7 @@ class Explanation:
 
 @dataclass(frozen=True)
 class _Remembered:
-    """What every alert with one outcome signature becomes (see Engine._signature): the outcome
+    """What every alert with one outcome signature becomes (see mitre.signature): the outcome
     less its alert and line, and what to add to the alert."""
 
     outcome: Outcome
@@ -128,18 +123,6 @@ class _Todo:
     alert: dict[str, Any]
     flat: dict[str, Any]
     signature: bytes | None
-
-
-def signature_fields(indicators: IndicatorSet) -> tuple[frozenset[str], tuple[str, ...]]:
-    """(feature inputs an outcome cannot depend on, identity fields where only presence counts).
-
-    An outcome (decision, mapping, threat.*, provenance) is a function of the feature inputs,
-    less the alert's own id and the identity fields the cache key leaves out (user, host, source
-    port) — unless an indicator reads one of those, which makes it a decision input again. Whether
-    an identity field is present still counts: it alone can make a document an alert at all."""
-    read = {name for ind in indicators.indicators for name in (*ind.fields, *ind.requires)}
-    presence_only = tuple(sorted(IDENTITY_FIELDS - read))
-    return frozenset({*ALERT_ID_FIELDS, *presence_only}), presence_only
 
 
 def with_tenant(alert: dict[str, Any], tenant: str) -> dict[str, Any]:
@@ -200,8 +183,7 @@ class Engine:
         self._validated_memo: OrderedDict[str, tuple[MappingResult, ValidatedMapping]] = OrderedDict()
         # Outcome signature → outcome, so the thousandth copy of an alert costs a parse and a
         # lookup. Only with a cache: it holds what the cache would return for the same key.
-        self._unsigned_fields, presence = signature_fields(indicators)
-        self._presence_fields = frozenset(presence)
+        self._sign = OutcomeSignature(indicators)
         self._outcomes: OrderedDict[bytes, _Remembered] = OrderedDict()
         self.outcome_memo_seconds = OUTCOME_MEMO_SECONDS
         self._outcomes_since = time.monotonic()
@@ -242,21 +224,8 @@ class Engine:
         return alert
 
     def _signature(self, flat: dict[str, Any]) -> bytes | None:
-        """The inputs an outcome depends on (see signature_fields), as bytes; None when not memoised.
-        `flat` holds only feature inputs (flatten_alert), so it is the signature less a few fields."""
-        if self.cache is None:
-            return None
-        signed = flat
-        if unsigned := flat.keys() & self._unsigned_fields:
-            signed = dict(flat)
-            for name in unsigned:
-                value = signed.pop(name)
-                if name in self._presence_fields:
-                    signed[name] = has_text(value)
-        try:
-            return orjson.dumps(signed, option=orjson.OPT_SORT_KEYS)
-        except TypeError:  # a value JSON cannot hold (alerts handed in as Python objects)
-            return None
+        """What the alert's outcome depends on (mitre.signature); None when outcomes are not remembered."""
+        return None if self.cache is None else self._sign(flat)
 
     def decide(self, features: AlertFeatures) -> Decision:
         """The workflow's hybrid decision for an alert, under its tenant's settings."""
@@ -293,7 +262,7 @@ class Engine:
             enriched = apply_enrichment(alert, remembered.enrichment, cache_hit=True, now=now)
         else:
             enriched = mark_skipped(alert, remembered.skip_provenance or {})
-        return remembered.outcome.model_copy(update={"alert": enriched, "line": line})
+        return remembered.outcome.model_copy(update={"alert": enriched, "line": line, "remembered": True})
 
     def _dead(self, item: RawAlert, reason: str) -> Outcome:
         """A dead letter keeps its input: the text, and the original bytes when they are not UTF-8."""

@@ -102,6 +102,12 @@ class IndicatorSet:
             for name in ind.fields:
                 self._by_field.setdefault(name, []).append(index)
         self._memo: OrderedDict[tuple[str, str], dict[int, tuple[str, tuple[str, ...]]]] = OrderedDict()
+        self._requires_by_field: dict[str, list[tuple[int, re.Pattern[str]]]] = {}
+        for index, compiled in enumerate(self._compiled):
+            for name, rx in compiled.requires.items():
+                self._requires_by_field.setdefault(name, []).append((index, rx))
+        # Every field an indicator reads, through its pattern or its `requires`.
+        self.fields_read = frozenset(self._by_field) | frozenset(self._requires_by_field)
         self._active = _ActiveIds(catalog)
 
     def _field_matches(self, name: str, value: str) -> dict[int, tuple[str, tuple[str, ...]]]:
@@ -119,6 +125,14 @@ class IndicatorSet:
             if len(self._memo) > MEMO_ENTRIES:
                 self._memo.popitem(last=False)
         return found
+
+    def reading(self, name: str, value: str) -> tuple[tuple[tuple[int, tuple[str, ...]], ...], tuple[int, ...]]:
+        """What one field value decides in `evaluate`: the indicators that fire on it (with the techniques
+        they name) and the `requires` patterns it satisfies. Alerts whose fields read alike get the same
+        hits from `evaluate`, but for the quoted text."""
+        fired = tuple((index, techniques) for index, (_, techniques) in self._field_matches(name, value).items())
+        required = tuple(index for index, rx in self._requires_by_field.get(name, ()) if rx.search(value))
+        return fired, required
 
     def evaluate(self, features: AlertFeatures) -> tuple[IndicatorHit, ...]:
         fields = features.fields

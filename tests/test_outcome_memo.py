@@ -4,6 +4,7 @@ pipeline gives, for every alert shape, and must never replay what it may not."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import random
 from collections.abc import Mapping
@@ -14,7 +15,7 @@ import pytest
 
 from mitre.assemble import EngineOptions, build_engine
 from mitre.config import WorkflowsFile
-from mitre.features import FEATURE_INPUTS, features_from_flat, flatten, flatten_alert
+from mitre.features import FEATURE_INPUTS, PLATFORM_INPUTS, detect_platform, features_from_flat, flatten, flatten_alert
 from mitre.models import OutcomeStatus, RawAlert
 from tests.helpers import LSASS_COMMAND, kibana_alert, threat_entry
 
@@ -168,3 +169,43 @@ ODD_SHAPES = [
 def test_input_view_matches_a_full_flatten_on_odd_shapes(alert: dict[str, Any]):
     full = flatten(alert)
     assert flatten_alert(alert) == {k: v for k, v in full.items() if k in set(FEATURE_INPUTS)}
+
+
+def _written(outcome: Any) -> tuple[Any, ...]:
+    """What a run writes for an alert, less the time it ran."""
+    alert = copy.deepcopy(outcome.alert)
+    if alert is not None and isinstance(alert.get("attackmap"), dict):
+        alert["attackmap"].pop("enriched_at", None)
+    mapping = outcome.mapping.model_dump() if outcome.mapping else None
+    return outcome.status, outcome.reason, outcome.cache_hit, alert, mapping, outcome.line
+
+
+def test_memo_on_and_off_write_the_same_on_a_realistic_stream(tmp_path: Path):
+    """Hosts, agents, users (in profile paths and SIDs too), ids, PIDs, temp names and new command lines
+    all vary: the memo still answers most alerts, and what it answers is what the full pipeline writes."""
+    from devtools.alertgen import RealisticAlerts
+
+    stream = RealisticAlerts(EXAMPLES, hosts=400, users=60, distinct_commands=0.05, seed=5)
+    alerts = list(stream.stream(2_400))
+    items = [RawAlert(line=n, raw=json.dumps(a).encode()) for n, a in enumerate(alerts, start=1)]
+    batches = [items[i : i + 600] for i in range(0, len(items), 600)]
+    options = EngineOptions(knowledge_base=(), cache=True, cache_dir=tmp_path / "on")
+    on = build_engine(WorkflowsFile(), options=options)
+    off = build_engine(WorkflowsFile(), options=dataclasses.replace(options, cache_dir=tmp_path / "off"))
+    off._sign = lambda flat: None  # type: ignore[method-assign]  # no outcome memo: every alert through features, decision, cache and enrichment
+    with_memo = [o for batch in batches for o in on.process_batch(batch)]
+    without = [o for batch in batches for o in off.process_batch(batch)]
+    assert [_written(o) for o in with_memo] == [_written(o) for o in without]
+    remembered = sum(o.remembered for o in with_memo)
+    assert not any(o.remembered for o in without)
+    assert remembered / len(items) > 0.8, remembered
+
+
+@pytest.mark.parametrize("index", range(len(EXAMPLES)))
+def test_platform_detection_reads_only_the_platform_inputs(index: int):
+    """The signature keeps these raw (a list and its text differ there): they must be all it reads."""
+    recording = _Recording({**{name: "x" for name in FEATURE_INPUTS}, **flatten(EXAMPLES[index])})
+    for name in ("host.os.type", "host.os.platform", "host.os.family", "host.os.name", "agent.os"):
+        recording.data[name] = ""  # read past every platform field
+    detect_platform(recording)
+    assert recording.read <= set(PLATFORM_INPUTS)
