@@ -225,6 +225,10 @@ class CacheSettings(Section):
         description="how long an LLM answer is kept: its key already holds the catalog, prompt, model and settings, "
         "so asking again only pays for the same answer",
     )
+    shared: Literal["none", "redis"] = Field(
+        "none", description="redis: a second tier every machine shares behind the directory (see README: Deployment)"
+    )
+    redis_url: str | None = Field(None, description="the shared tier's Redis; null: $ATTACKMAP_REDIS_URL")
 
 
 class ComplianceSettings(Section):
@@ -295,6 +299,8 @@ class Environment(BaseSettings):
     knowledge_base: Path | None = None
     es_url: str | None = None  # Elasticsearch for flows, the worker and an ES ledger
     redact_salt: str | None = None  # LLM redaction: the pseudonym salt (default: $ATTACKMAP_HOME/redact.salt)
+    redis_url: str | None = None  # the shared cache tier, webhook and federation nonces, event claims
+    postgres_url: str | None = None  # a PostgreSQL budget ledger
     # Prefect's own variable, read here for the commands that must refuse to run without it.
     prefect_api_url: str | None = Field(None, validation_alias="PREFECT_API_URL")
 
