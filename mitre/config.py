@@ -102,8 +102,10 @@ class BudgetSettings(Section):
         "untagged_only", description="past the soft limit, which alerts may still reach the LLM"
     )
     soft_limit_min_risk: float = Field(73, ge=0, le=100, description="raise_risk: the risk score still mapped")
-    ledger: Literal["sqlite", "elasticsearch"] = "sqlite"
+    ledger: Literal["sqlite", "postgresql", "elasticsearch"] = "sqlite"
     ledger_path: Path | None = Field(None, description="sqlite ledger; null: $ATTACKMAP_HOME/ledger.sqlite")
+    ledger_postgres_url: str | None = Field(None, description="postgresql ledger; null: $ATTACKMAP_POSTGRES_URL")
+    ledger_table: str = Field("attackmap_ledger", pattern=r"^[a-z_][a-z0-9_]*$", description="postgresql ledger table")
     ledger_index: str = Field("attackmap-ledger", description="elasticsearch ledger index")
     ledger_es_url: str | None = Field(None, description="elasticsearch ledger URL; null: $ATTACKMAP_ES_URL")
 
