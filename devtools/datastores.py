@@ -185,3 +185,27 @@ def prefect_database_url(attackmap_url: str) -> str:
     """The ``prefect`` database beside the ``attackmap`` one, in the form Prefect's server takes."""
     base = attackmap_url.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://", 1)
     return f"{base}/prefect"
+
+
+def main() -> None:
+    """``python -m devtools.datastores ENV_FILE``: start Redis and PostgreSQL, write their URLs to ENV_FILE
+    as ``NAME=value`` lines once both answer, and keep them until SIGTERM (what .ci/datastores.sh runs)."""
+    import sys
+
+    target = Path(sys.argv[1])
+    stop = False
+
+    def on_term(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    with redis_server() as redis_url, postgres_server() as postgres_url:
+        target.write_text(f"ATTACKMAP_REDIS_URL={redis_url}\nATTACKMAP_POSTGRES_URL={postgres_url}\n")
+        while not stop:
+            time.sleep(0.2)
+
+
+if __name__ == "__main__":
+    main()

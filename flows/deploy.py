@@ -94,8 +94,11 @@ def build_deployments(config: WorkflowsFile, *, poller: bool = False) -> list[Ru
 
 
 def apply_deployments(deployments: Sequence[RunnerDeployment], *, work_pool: str | None = None) -> list[Any]:
-    """Create or update the deployments (and their triggers) on the Prefect server."""
+    """Create or update the deployments (and their triggers) on the Prefect server; a work pool that does not
+    exist yet is created."""
     ids: list[Any] = []
+    if work_pool:
+        asyncio.run(ensure_work_pool(work_pool))
     for deployment in deployments:
         if work_pool:
             ids.append(deployment.apply(work_pool_name=work_pool))
@@ -160,6 +163,54 @@ async def execute_runs(
     flows: Mapping[Any, Flow[..., Any]], *, limit: int = 4, poll_seconds: float = 0.5, stop: asyncio.Event
 ) -> None:
     """The warm executor's loop: claim the deployments' scheduled runs and run them here, until ``stop``."""
+
+    async def scheduled(client: Any, free: int) -> list[tuple[Any, Flow[..., Any]]]:
+        runs = await client.get_scheduled_flow_runs_for_deployments(
+            deployment_ids=list(flows), scheduled_before=datetime.now(UTC), limit=free
+        )
+        return [(run, flows[run.deployment_id]) for run in runs]
+
+    await _claim_and_run(scheduled, limit=limit, poll_seconds=poll_seconds, stop=stop)
+
+
+async def execute_pool_runs(
+    work_pool: str, worker_name: str, *, limit: int = 4, poll_seconds: float = 0.5, stop: asyncio.Event
+) -> None:
+    """A warm worker on a work pool: every deployment applied to ``work_pool`` (``attackmap workflows deploy
+    --work-pool``) has its scheduled runs claimed and run here, on this process's engines. Any number of
+    these on any number of machines share the pool: a run is claimed by exactly one (Pending is proposed
+    once). Heartbeats make the worker visible in Prefect (``prefect work-pool inspect``)."""
+    names: dict[Any, str] = {}
+
+    async def scheduled(client: Any, free: int) -> list[tuple[Any, Flow[..., Any]]]:
+        await client.send_worker_heartbeat(work_pool_name=work_pool, worker_name=worker_name)
+        found = await client.get_scheduled_flow_runs_for_work_pool(work_pool, scheduled_before=datetime.now(UTC))
+        out = []
+        for response in found[:free]:
+            run = response.flow_run
+            if run.flow_id not in names:
+                names[run.flow_id] = (await client.read_flow(run.flow_id)).name
+            if (flow_object := FLOWS.get(names[run.flow_id])) is not None:
+                out.append((run, flow_object))
+        return out
+
+    await _claim_and_run(scheduled, limit=limit, poll_seconds=poll_seconds, stop=stop)
+
+
+async def ensure_work_pool(name: str) -> None:
+    """Create the work pool (type ``process``, so Prefect's own ``prefect worker start`` can serve it too)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists
+
+    async with get_client() as client:
+        with contextlib.suppress(ObjectAlreadyExists):
+            await client.create_work_pool(WorkPoolCreate(name=name, type="process"))
+
+
+async def _claim_and_run(scheduled: Any, *, limit: int, poll_seconds: float, stop: asyncio.Event) -> None:
+    """Poll ``scheduled(client, free)`` for (run, flow) pairs, claim each by proposing Pending (the server
+    refuses when another executor took it), run the claimed ones in threads, ``limit`` at a time."""
     from prefect.client.orchestration import get_client
     from prefect.exceptions import Abort
     from prefect.flow_engine import run_flow
@@ -168,9 +219,9 @@ async def execute_runs(
 
     running: set[asyncio.Task[Any]] = set()
 
-    async def execute(run: Any) -> None:
+    async def execute(run: Any, flow_object: Flow[..., Any]) -> None:
         try:
-            await asyncio.to_thread(run_flow, flows[run.deployment_id], flow_run=run, return_type="state")
+            await asyncio.to_thread(run_flow, flow_object, flow_run=run, return_type="state")
         except Exception:  # the engine has recorded the run's failure; keep serving
             log.exception("flow run %s failed", run.id)
 
@@ -179,13 +230,11 @@ async def execute_runs(
             free = limit - len(running)
             if free > 0:
                 try:
-                    runs = await client.get_scheduled_flow_runs_for_deployments(
-                        deployment_ids=list(flows), scheduled_before=datetime.now(UTC), limit=free
-                    )
+                    runs = await scheduled(client, free)
                 except Exception as exc:  # the server is down or restarting: the runs wait for us there
                     log.warning("polling for flow runs failed (will retry): %s", exc)
                     runs = []
-                for run in runs:
+                for run, flow_object in runs:
                     try:
                         state = await propose_state(client, Pending(), flow_run_id=run.id)
                     except Abort:  # another executor claimed it
@@ -196,7 +245,7 @@ async def execute_runs(
                     if not state.is_pending():
                         continue
                     run.state = state
-                    task = asyncio.create_task(execute(run), name=f"flow-run-{run.id}")
+                    task = asyncio.create_task(execute(run, flow_object), name=f"flow-run-{run.id}")
                     running.add(task)
                     task.add_done_callback(running.discard)
             with contextlib.suppress(TimeoutError):

@@ -18,9 +18,16 @@ worker also reconciles from the event store every ``reconcile_seconds`` (``POST 
 from a watermark, paged): events it has not seen are queued like live ones.  Dropped events are then
 enriched a few seconds late instead of never.
 
+Several workers on one event stream (``--claims redis``, on one machine or many): every subscriber
+receives every event, so each event is claimed in Redis (``SET attackmap:event:<id> NX PX``, a lease of
+``--claim-seconds``) before it is queued, and exactly one worker enriches it. ``--work-pool P`` makes the
+same process a warm worker of Prefect work pool ``P`` too (`flows.deploy.execute_pool_runs`): the durable
+path's flow runs and the batch runs of every deployment applied to ``P`` are claimed and run here.
+
 What it does not do: survive its own crash mid-batch beyond ``--lookback-seconds`` (the reconcile
-starts from there). Run the durable path (deployment + trigger, `flows/deploy.py`) or the poller
-alongside when every alert must be enriched even across long outages.
+starts from there; a claimed event stays claimed for its lease). Run the durable path (deployment +
+trigger, `flows/deploy.py`) or the poller alongside when every alert must be enriched even across long
+outages.
 """
 
 from __future__ import annotations
@@ -30,7 +37,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -42,6 +51,7 @@ from prefect import flow
 from flows.enrich import enrich_batch
 from flows.runtimes import RUNTIMES
 from mitre.io.events import RESOURCE_PREFIX, SeenWithin
+from mitre.io.replay import Claims
 
 log = logging.getLogger("attackmap.worker")
 
@@ -50,6 +60,7 @@ log = logging.getLogger("attackmap.worker")
 class WorkerStats:
     events: int = 0
     duplicates: int = 0
+    claimed_elsewhere: int = 0
     reconciled: int = 0
     batches: int = 0
     alerts: int = 0
@@ -70,6 +81,8 @@ class WorkerSettings:
     max_run_seconds: float = 3600.0
     reconcile_seconds: float = 5.0
     reconcile_overlap_seconds: float = 20.0
+    work_pool: str | None = None  # also run this Prefect work pool's flow runs
+    pool_limit: int = 2  # the pool's runs at once
 
 
 class EventWorker:
@@ -84,8 +97,12 @@ class EventWorker:
         *,
         on_batch: OnBatch | None = None,
         timings: TextIO | None = None,
+        claims: Claims | None = None,
+        name: str = "attackmap-worker",
     ) -> None:
         self.workflow = workflow
+        self.claims = claims
+        self.name = name
         self.event_name = event_name
         self.settings = settings
         self.on_batch = on_batch
@@ -104,6 +121,9 @@ class EventWorker:
             return False
         self.seen.add(event_id, now)
         if not resource_id.startswith(RESOURCE_PREFIX):
+            return False
+        if self.claims is not None and not self.claims.claim(event_id, time.time()):
+            self.stats.claimed_elsewhere += 1  # another worker on this stream has it
             return False
         self.queue.put_nowait((resource_id, occurred, time.time()))
         return True
@@ -178,6 +198,9 @@ class EventWorker:
         stats.batch_sizes.append(len(items))
         stats.written += int(result.get("written", 0))
         stats.failed += len(result.get("failed", []))
+        log.info(
+            "batch of %d: %d written, %d unchanged", len(items), result.get("written", 0), result.get("unchanged", 0)
+        )
         if self.timings is None:
             return
         finished = time.time()
@@ -242,6 +265,11 @@ class EventWorker:
         }
         if self.settings.reconcile_seconds > 0:
             tasks.add(asyncio.create_task(self.reconcile(), name="attackmap-worker-reconcile"))
+        if self.settings.work_pool:
+            from flows.deploy import execute_pool_runs
+
+            pool = execute_pool_runs(self.settings.work_pool, self.name, limit=self.settings.pool_limit, stop=stop)
+            tasks.add(asyncio.create_task(pool, name="attackmap-worker-pool"))
         stopper = asyncio.create_task(stop.wait(), name="attackmap-worker-stop")
         tasks.add(stopper)
         try:
@@ -271,6 +299,10 @@ async def run_worker(
     max_run_seconds: float = 3600.0,
     reconcile_seconds: float = 5.0,
     reconcile_overlap_seconds: float = 20.0,
+    claims: Claims | None = None,
+    work_pool: str | None = None,
+    pool_limit: int = 2,
+    name: str = "attackmap-worker",
 ) -> WorkerStats:
     """Subscribe, batch, enrich, until ``stop`` is set (or the stream ends)."""
     runtime = await asyncio.to_thread(RUNTIMES.get, workflow)  # build the engine before the first event
@@ -281,8 +313,12 @@ async def run_worker(
         max_run_seconds=max_run_seconds,
         reconcile_seconds=reconcile_seconds,
         reconcile_overlap_seconds=reconcile_overlap_seconds,
+        work_pool=work_pool,
+        pool_limit=pool_limit,
     )
-    worker = EventWorker(workflow, runtime.workflow.trigger.event, settings, on_batch=on_batch, timings=timings)
+    worker = EventWorker(
+        workflow, runtime.workflow.trigger.event, settings, on_batch=on_batch, timings=timings, claims=claims, name=name
+    )
     return await worker.run(stop or asyncio.Event(), ready)
 
 
@@ -295,7 +331,24 @@ def main(argv: list[str] | None = None) -> None:
         "--reconcile-seconds", type=float, default=5.0, help="catch up from the event store this often (0: never)"
     )
     parser.add_argument("--timings", default=None, help="append one JSON line of timings per batch to this file")
+    parser.add_argument(
+        "--claims", choices=["none", "redis"], default="none", help="redis: share the event stream with other workers"
+    )
+    parser.add_argument("--claim-seconds", type=float, default=900.0, help="how long a claimed event stays claimed")
+    parser.add_argument("--work-pool", default=None, help="also run this Prefect work pool's flow runs, warm")
+    parser.add_argument("--pool-limit", type=int, default=2, help="the work pool's flow runs at once")
+    parser.add_argument("--name", default=f"attackmap-worker-{socket.gethostname()}-{os.getpid()}")
     args = parser.parse_args(argv)
+    claims = None
+    if args.claims == "redis":
+        from mitre.cache_redis import redis_client
+        from mitre.config import Environment
+        from mitre.io.replay import RedisClaims
+
+        url = Environment().redis_url
+        if not url:
+            parser.error("--claims redis needs ATTACKMAP_REDIS_URL")
+        claims = RedisClaims(redis_client(url), "event", args.claim_seconds)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     async def run() -> None:
@@ -320,6 +373,10 @@ def main(argv: list[str] | None = None) -> None:
                 ready=ready,
                 timings=timings,
                 reconcile_seconds=args.reconcile_seconds,
+                claims=claims,
+                work_pool=args.work_pool,
+                pool_limit=args.pool_limit,
+                name=args.name,
             )
         announcer.cancel()
         log.info("stopped: %s", stats)
