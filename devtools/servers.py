@@ -70,7 +70,7 @@ def prefect_healthy(api_url: str, timeout: float = 3.0) -> bool:
         return False
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -91,13 +91,14 @@ def prefect_server_env(home: Path, database_url: str | None = None) -> dict[str,
 
 
 @contextlib.contextmanager
-def start_prefect_server(timeout: float = PREFECT_START_TIMEOUT, database_url: str | None = None) -> Iterator[str]:
-    """``prefect server start`` on a free port in a temporary PREFECT_HOME (SQLite there, or the PostgreSQL
-    database at ``database_url``); yields the API URL."""
-    home = Path(tempfile.mkdtemp(prefix="attackmap-prefect-"))
-    port = _free_port()
+def run_prefect_server(
+    home: Path, port: int, timeout: float = PREFECT_START_TIMEOUT, database_url: str | None = None
+) -> Iterator[str]:
+    """``prefect server start`` on ``port`` with its database in ``home`` (or the PostgreSQL database at
+    ``database_url``), stopped on exit; ``home`` is kept, so entering again with the same two restarts the
+    same server (fault tests). Yields the API URL."""
     url = f"http://127.0.0.1:{port}/api"
-    log = (home / "server.log").open("wb")
+    log = (home / "server.log").open("ab")
     proc = subprocess.Popen(
         [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
         env=prefect_server_env(home, database_url),
@@ -123,6 +124,17 @@ def start_prefect_server(timeout: float = PREFECT_START_TIMEOUT, database_url: s
             proc.kill()
             proc.wait()
         log.close()
+
+
+@contextlib.contextmanager
+def start_prefect_server(timeout: float = PREFECT_START_TIMEOUT, database_url: str | None = None) -> Iterator[str]:
+    """``prefect server start`` on a free port in a temporary PREFECT_HOME (SQLite there, or the PostgreSQL
+    database at ``database_url``); yields the API URL."""
+    home = Path(tempfile.mkdtemp(prefix="attackmap-prefect-"))
+    try:
+        with run_prefect_server(home, free_port(), timeout, database_url) as url:
+            yield url
+    finally:
         shutil.rmtree(home, ignore_errors=True)
 
 

@@ -18,7 +18,9 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.states import Cancelled, State
 
+from flows.cancellation import current_run_cancelled
 from flows.runtimes import RUNTIMES
 from mitre.io.elastic import SourceAlert
 from mitre.service import BatchResult, enrich_bare, process_located_and_refs, process_refs, split_inputs
@@ -26,8 +28,9 @@ from mitre.service import BatchResult, enrich_bare, process_located_and_refs, pr
 
 @task(name="enrich-chunks", retries=2, retry_delay_seconds=[1, 4], cache_policy=NO_CACHE)
 def enrich_chunks(refs: list[Any], located: list[SourceAlert], tenant: str | None, workflow: str | None) -> BatchResult:
-    """Read → map → write back in batches of ``trigger.batch_size``, pipelined (a retry is idempotent)."""
-    return process_located_and_refs(RUNTIMES.get(workflow), refs, located, tenant)
+    """Read → map → write back in batches of ``trigger.batch_size``, pipelined (a retry is idempotent);
+    a run cancelled while the warm executor runs it stops at a batch boundary."""
+    return process_located_and_refs(RUNTIMES.get(workflow), refs, located, tenant, should_stop=current_run_cancelled)
 
 
 @flow(name="enrich-alerts", retries=1, retry_delay_seconds=5, validate_parameters=True)
@@ -36,7 +39,7 @@ def enrich_alerts(
     alerts: list[dict[str, Any]] | None = None,
     workflow: str | None = None,
     tenant: str | None = None,
-) -> dict[str, Any]:
+) -> dict[str, Any] | State[Any]:
     """Enrich a batch: alert references (``attackmap.alert/<index>/<id>`` or ``{"index", "id"}``) and/or
     alert dicts (ES hits are written back; bare alerts are returned enriched).
 
@@ -58,6 +61,10 @@ def enrich_alerts(
     )  # fmt: skip
     if result.sink.failed:
         logger.warning("write-back failures: %s", result.sink.failed[:10])
+    if result.dead_letters:
+        logger.warning("dead-lettered alerts: %s", result.dead_letters[:10])
+    if result.cancelled:
+        return Cancelled(message=f"cancelled after {out['written']} alerts were written", data=out)
     return out
 
 

@@ -21,13 +21,16 @@ enriched a few seconds late instead of never.
 Several workers on one event stream (``--claims redis``, on one machine or many): every subscriber
 receives every event, so each event is claimed in Redis (``SET attackmap:event:<id> NX PX``, a lease of
 ``--claim-seconds``) before it is queued, and exactly one worker enriches it. ``--work-pool P`` makes the
-same process a warm worker of Prefect work pool ``P`` too (`flows.deploy.execute_pool_runs`): the durable
-path's flow runs and the batch runs of every deployment applied to ``P`` are claimed and run here.
+same process a warm executor of Prefect work pool ``P`` too (`flows.executor`): the durable path's flow
+runs and the batch runs of every deployment applied to ``P`` are claimed and run here.
 
-What it does not do: survive its own crash mid-batch beyond ``--lookback-seconds`` (the reconcile
-starts from there; a claimed event stays claimed for its lease). Run the durable path (deployment +
-trigger, `flows/deploy.py`) or the poller alongside when every alert must be enriched even across long
-outages.
+A batch that fails (Elasticsearch or Prefect unreachable past the task's retries) is queued again
+after 5, 10, 20… seconds, up to 6 attempts; an alert given up on is logged with the reason. Killed
+mid-burst (SIGKILL) and restarted within ``--lookback-seconds``, it replays the events since then:
+alerts already written are left alone (same provenance hash), the rest are enriched — each once.
+What it does not do: survive a longer outage of its own (the reconcile starts from the lookback).
+A claimed event stays claimed for its lease. Run the durable path (deployment + trigger,
+`flows/deploy.py`) or the poller alongside when every alert must be enriched even then.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ from prefect import flow
 
 from flows.enrich import enrich_batch
 from flows.runtimes import RUNTIMES
+from mitre.failures import describe
 from mitre.io.events import RESOURCE_PREFIX, SeenWithin
 from mitre.io.replay import Claims
 
@@ -81,6 +85,8 @@ class WorkerSettings:
     max_run_seconds: float = 3600.0
     reconcile_seconds: float = 5.0
     reconcile_overlap_seconds: float = 20.0
+    retry_seconds: float = 5.0  # first delay before a failed batch's alerts are queued again (then doubling)
+    max_attempts: int = 6
     work_pool: str | None = None  # also run this Prefect work pool's flow runs
     pool_limit: int = 2  # the pool's runs at once
 
@@ -110,6 +116,7 @@ class EventWorker:
         self.stats = WorkerStats()
         self.seen = SeenWithin(window_seconds=max(600.0, 4 * settings.lookback_seconds))
         self.queue: asyncio.Queue[Queued] = asyncio.Queue()
+        self._attempts: dict[str, int] = {}  # resource id → failed batches so far
         self.started = datetime.now(UTC)
         # Each session is one flow run of this worker (its batches are task runs inside it).
         self.session = flow(name="attackmap-worker", validate_parameters=False, log_prints=False)(self._session)
@@ -220,6 +227,30 @@ class EventWorker:
         self.timings.write(json.dumps(line) + "\n")
         self.timings.flush()
 
+    def _retry_later(self, items: list[Queued], exc: Exception) -> None:
+        """A batch that failed (ES or Prefect unreachable past the task's retries) is queued again after
+        a growing delay, so no alert is dropped; after ``max_attempts`` an alert is given up on, and the
+        log records each one with the reason."""
+        delay = self.settings.retry_seconds
+        again: list[Queued] = []
+        for item in items:
+            attempts = self._attempts.get(item[0], 0) + 1
+            if attempts >= self.settings.max_attempts:
+                self._attempts.pop(item[0], None)
+                self.stats.failed += 1
+                log.error("gave up on %s after %d failed batches: %s", item[0], attempts, describe(exc))
+                continue
+            self._attempts[item[0]] = attempts
+            delay = max(delay, self.settings.retry_seconds * 2 ** (attempts - 1))
+            again.append(item)
+        if again:
+            log.warning("batch of %d failed (%s); queued again in %.0f s", len(items), describe(exc), delay)
+            asyncio.get_running_loop().call_later(delay, self._requeue, again)
+
+    def _requeue(self, items: list[Queued]) -> None:
+        for item in items:
+            self.queue.put_nowait(item)
+
     async def _next_batch(self, timeout: float) -> list[Queued] | None:
         """The queued events, up to ``max_batch``, waiting at most ``timeout`` for the first one."""
         try:
@@ -243,10 +274,11 @@ class EventWorker:
             started = time.time()
             try:
                 result = await enrich_batch(refs, workflow)
-            except Exception as exc:  # the task retried already; keep serving
-                log.error("batch of %d failed: %s", len(refs), exc)
-                self.stats.failed += len(refs)
+            except Exception as exc:  # the task retried already; keep serving, and try these again later
+                self._retry_later(items, exc)
                 continue
+            for rid in refs:
+                self._attempts.pop(rid, None)
             batches += 1
             self._record(items, started, result)
             if self.on_batch is not None:
@@ -266,10 +298,19 @@ class EventWorker:
         if self.settings.reconcile_seconds > 0:
             tasks.add(asyncio.create_task(self.reconcile(), name="attackmap-worker-reconcile"))
         if self.settings.work_pool:
-            from flows.deploy import execute_pool_runs
+            from prefect.settings import PREFECT_API_URL
 
-            pool = execute_pool_runs(self.settings.work_pool, self.name, limit=self.settings.pool_limit, stop=stop)
-            tasks.add(asyncio.create_task(pool, name="attackmap-worker-pool"))
+            from flows.deploy import FLOWS
+            from flows.executor import Executor, ExecutorSettings
+
+            executor = Executor(
+                {},
+                ExecutorSettings(limit=self.settings.pool_limit),
+                str(PREFECT_API_URL.value()),
+                work_pool=self.settings.work_pool,
+                pool_flows=FLOWS,
+            )
+            tasks.add(asyncio.create_task(executor.run(stop), name="attackmap-worker-pool"))
         stopper = asyncio.create_task(stop.wait(), name="attackmap-worker-stop")
         tasks.add(stopper)
         try:

@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 from mitre.cache import DAY_SECONDS, LOCK_EXPIRE_SECONDS, MappingCache, SharedTier
+from mitre.cache_guard import GuardedCache
 from mitre.catalog import Catalog, load_catalog
 from mitre.compliance import load_compliance
 from mitre.config import Environment, MapperSettings, WorkflowsFile
@@ -150,12 +151,19 @@ def build_engine(
     cache = None
     if options.cache:
         directory = options.cache_dir or env.cache_dir or config.cache.directory or env.home / "cache"
-        cache = MappingCache(
-            directory,
-            size_limit_bytes=config.cache.size_limit_mb * 2**20,
-            ttl_seconds=config.cache.ttl_days * DAY_SECONDS,
-            llm_ttl_seconds=config.cache.llm_ttl_days * DAY_SECONDS,
-            shared=shared_tier(config, env, warnings),
+        shared = shared_tier(config, env, warnings)
+        size_limit_bytes = config.cache.size_limit_mb * 2**20
+        ttl_seconds = config.cache.ttl_days * DAY_SECONDS
+        llm_ttl_seconds = config.cache.llm_ttl_days * DAY_SECONDS
+        cache = GuardedCache(
+            lambda: MappingCache(
+                directory,
+                size_limit_bytes=size_limit_bytes,
+                ttl_seconds=ttl_seconds,
+                llm_ttl_seconds=llm_ttl_seconds,
+                shared=shared,
+            ),
+            where=str(directory),
         )
     configuration = EngineConfiguration(
         workflows=config.describe_source(),

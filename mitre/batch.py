@@ -3,7 +3,9 @@
 Workers are forked after the engine is built, so each inherits the loaded catalog, indicators
 and knowledge base for free. A file is cut into byte ranges at line ends and each worker reads
 its own ranges, so the parent never parses or ships input; a stream (stdin) is fed to workers
-in chunks. Either way results come back in input order.
+in chunks. Either way results come back in input order, and a range or chunk whose worker process
+died is taken over by a fresh one (mitre.forked). Lines are read in memory bounded by the line limit
+(`max_line_bytes`): a longer line is dead-lettered without being read whole.
 """
 
 from __future__ import annotations
@@ -19,13 +21,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from mitre.chunks import chunked
 from mitre.engine import Engine
-from mitre.io.ndjson import alert_record, read_lines
+from mitre.failures import WORKER_DIED
+from mitre.forked import ForkedRunner, Lane, WorkerDeaths
+from mitre.io.ndjson import DEFAULT_MAX_LINE_BYTES, LineReader, alert_record, unwritable
 from mitre.models import Outcome, OutcomeStatus, RawAlert, RunSummary
 
 CHUNK = 1024
+# A batch also closes at this much input, so memory follows the line limit, not the batch size.
+CHUNK_BYTES = 8 * 2**20
 RANGE_BYTES = 4 * 2**20
+SCAN_BYTES = 64 * 2**10
 
 
 @dataclass
@@ -75,14 +81,31 @@ def process_chunk(engine: Engine, items: list[RawAlert], keep_skipped: bool) -> 
     summary = RunSummary()
     out: list[bytes] = []
     dead: list[Outcome] = []
-    for outcome in engine.process_batch(items):
+    for item, outcome in zip(items, engine.process_batch(items), strict=True):
+        written = outcome.status is OutcomeStatus.ENRICHED or (keep_skipped and outcome.status is OutcomeStatus.SKIPPED)
+        if written:
+            try:
+                out.append(alert_record(outcome))
+            except (TypeError, ValueError) as exc:  # nested too deep, or values JSON cannot hold
+                outcome = unwritable(item, exc)
         summary.add(outcome)
         if outcome.status is OutcomeStatus.DEAD_LETTER:
             dead.append(outcome)
-        elif keep_skipped or outcome.status is OutcomeStatus.ENRICHED:
-            out.append(alert_record(outcome))
     consumed = sum(len(i.raw or b"") + 1 for i in items)
     return ChunkResult(b"".join(out), summary, consumed, dead=dead)
+
+
+def _line_end(handle: BinaryIO, position: int, total: int) -> int:
+    """The offset just past the first newline at or after `position` (or the end of the file),
+    found in 64 KiB steps: a gigabyte line is scanned, never read whole."""
+    handle.seek(position)
+    while position < total:
+        block = handle.read(min(SCAN_BYTES, total - position))
+        found = block.find(b"\n")
+        if found >= 0:
+            return position + found + 1
+        position += len(block)
+    return total
 
 
 def split_ranges(path: Path, size: int = RANGE_BYTES) -> list[tuple[int, int]]:
@@ -92,33 +115,59 @@ def split_ranges(path: Path, size: int = RANGE_BYTES) -> list[tuple[int, int]]:
     with path.open("rb") as handle:
         start = 0
         while start < total:
-            handle.seek(min(start + size, total))
-            handle.readline()
-            end = min(handle.tell(), total)
+            end = _line_end(handle, min(start + size, total) - 1, total) if start + size < total else total
             ranges.append((start, end))
             start = end
     return ranges
 
 
-def process_range(engine: Engine, path: Path, span: tuple[int, int], keep_skipped: bool) -> ChunkResult:
-    """Enrich the lines in one byte range of a file, numbering them from 1."""
+def halve_range(path: Path, span: tuple[int, int]) -> list[tuple[int, int]]:
+    """A range cut in two at a line end near its middle; [] when it holds a single line."""
     start, end = span
     with path.open("rb") as handle:
-        handle.seek(start)
-        data = handle.read(end - start)
-    lines = data.split(b"\n")
-    if lines and not lines[-1]:
-        lines.pop()  # the range's final newline
-    items = [RawAlert(line=n, raw=line.rstrip(b"\r")) for n, line in enumerate(lines, start=1) if line.strip()]
-    result = ChunkResult(b"", RunSummary(), end - start, lines=len(lines))
+        middle = _line_end(handle, start + (end - start) // 2, end)
+        if middle >= end:
+            middle = _line_end(handle, start, end)
+    return [(start, middle), (middle, end)] if start < middle < end else []
+
+
+def process_range(
+    engine: Engine,
+    path: Path,
+    span: tuple[int, int],
+    keep_skipped: bool,
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+) -> ChunkResult:
+    """Enrich the lines in one byte range of a file, numbering them from 1."""
+    start, end = span
+    result = ChunkResult(b"", RunSummary(), end - start)
     outputs = []
-    for batch in chunked(items, CHUNK):
-        part = process_chunk(engine, batch, keep_skipped)
-        outputs.append(part.output)
-        result.summary.merge(part.summary)
-        result.dead.extend(part.dead)
+    with path.open("rb") as handle:
+        handle.seek(start)
+        reader = LineReader(handle, max_line_bytes, stop=end - start)
+        for batch in batches(reader, CHUNK, CHUNK_BYTES):
+            part = process_chunk(engine, batch, keep_skipped)
+            outputs.append(part.output)
+            result.summary.merge(part.summary)
+            result.dead.extend(part.dead)
+        result.lines = reader.lines
     result.output = b"".join(outputs)
     return result
+
+
+def batches(items: Iterable[RawAlert], count: int, size: int) -> Iterator[list[RawAlert]]:
+    """Consecutive batches of at most `count` alerts and about `size` bytes of input (one long line
+    is a batch of its own), so memory follows the limit on a line, not the batch size."""
+    batch: list[RawAlert] = []
+    held = 0
+    for item in items:
+        batch.append(item)
+        held += len(item.raw or b"")
+        if len(batch) >= count or held >= size:
+            yield batch
+            batch, held = [], 0
+    if batch:
+        yield batch
 
 
 @dataclass(frozen=True)
@@ -126,6 +175,7 @@ class _Job:
     engine: Engine
     path: Path
     keep_skipped: bool
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
     spool: Path | None = None
 
 
@@ -133,18 +183,46 @@ class _Job:
 _FORKED: _Job | None = None
 
 
-def _work_chunk(items: list[RawAlert]) -> ChunkResult:
+def _work_chunk(chunk: _Chunk) -> ChunkResult:
     assert _FORKED is not None
-    return process_chunk(_FORKED.engine, items, _FORKED.keep_skipped)
+    return process_chunk(_FORKED.engine, list(chunk.items), _FORKED.keep_skipped)
 
 
 def _work_range(span: tuple[int, int]) -> ChunkResult:
     assert _FORKED is not None and _FORKED.spool is not None
-    result = process_range(_FORKED.engine, _FORKED.path, span, _FORKED.keep_skipped)
+    result = process_range(_FORKED.engine, _FORKED.path, span, _FORKED.keep_skipped, _FORKED.max_line_bytes)
     result.spooled = _FORKED.spool / f"{span[0]:016d}.ndjson"
     result.spooled.write_bytes(result.output)
     result.output = b""
     return result
+
+
+@dataclass(frozen=True)
+class _Chunk:
+    """A batch of a stream (stdin) on its way to a worker."""
+
+    items: tuple[RawAlert, ...]
+
+
+def _halve_chunk(chunk: _Chunk) -> list[_Chunk]:
+    middle = len(chunk.items) // 2
+    return [_Chunk(chunk.items[:middle]), _Chunk(chunk.items[middle:])] if middle else []
+
+
+def _abandoned(items: Iterable[RawAlert], why: str, consumed: int = 0, lines: int = 0) -> ChunkResult:
+    """Dead letters for inputs whose worker process kept dying on them."""
+    summary = RunSummary()
+    dead = []
+    for item in items:
+        reason = f"{WORKER_DIED}: {why}"
+        outcome = Outcome(status=OutcomeStatus.DEAD_LETTER, reason=reason, line=item.line, raw=item.text())
+        summary.add(outcome)
+        dead.append(outcome)
+    return ChunkResult(b"", summary, consumed, lines=lines, dead=dead)
+
+
+def _abandon_chunk(chunk: _Chunk, why: str) -> ChunkResult:
+    return _abandoned(chunk.items, why, sum(len(i.raw or b"") + 1 for i in chunk.items))
 
 
 def default_workers() -> int:
@@ -165,14 +243,13 @@ def _long_lived() -> Iterator[None]:
 
 
 @contextmanager
-def _forked(job: _Job, workers: int) -> Iterator[multiprocessing.pool.Pool]:
+def _forked(job: _Job) -> Iterator[None]:
     global _FORKED
     if job.engine.cache is not None:
         job.engine.cache.close()  # SQLite connections must not cross a fork; each side reopens lazily
     _FORKED = job
     try:
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
-            yield pool
+        yield
     finally:
         _FORKED = None
 
@@ -187,27 +264,39 @@ def run_file(
     keep_skipped: bool,
     workers: int,
     on_result: Callable[[ChunkResult], None],
-    range_bytes: int = RANGE_BYTES,
+    range_bytes: int | None = None,
     spool_dir: Path | None = None,
-) -> None:
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES,
+) -> WorkerDeaths:
     """Feed a file's results to `on_result` in input order, dead letters numbered by file line.
-    Workers spool their lines under `spool_dir` (default: the system's temporary directory)."""
+    Workers spool their lines under `spool_dir` (default: the system's temporary directory); a
+    range whose worker died is taken over (see mitre.forked). Returns what the workers survived."""
     with _long_lived():
         if not _can_fork(workers):
             with path.open("rb") as handle:
-                for batch in chunked(read_lines(handle), CHUNK):
+                for batch in batches(LineReader(handle, max_line_bytes), CHUNK, CHUNK_BYTES):
                     on_result(process_chunk(engine, batch, keep_skipped))
-            return
+            return WorkerDeaths()
+
+        def abandon(span: tuple[int, int], why: str) -> ChunkResult:
+            with path.open("rb") as handle:
+                handle.seek(span[0])
+                raw = handle.read(min(span[1] - span[0], max_line_bytes)).rstrip(b"\r\n")
+            return _abandoned([RawAlert(line=1, raw=raw)], why, span[1] - span[0], lines=1)
+
+        lane = Lane(work=_work_range, split=lambda span: halve_range(path, span), abandon=abandon)
+        runner = ForkedRunner(lane, workers)
         with (
             tempfile.TemporaryDirectory(prefix="attackmap-spool-", dir=spool_dir) as spool,
-            _forked(_Job(engine, path, keep_skipped, Path(spool)), workers) as pool,
+            _forked(_Job(engine, path, keep_skipped, max_line_bytes, Path(spool))),
         ):
             before = 0
-            for result in pool.imap(_work_range, split_ranges(path, range_bytes), chunksize=1):
+            for result in runner.run(split_ranges(path, range_bytes or RANGE_BYTES)):
                 if before:
                     result.dead = [o.model_copy(update={"line": (o.line or 0) + before}) for o in result.dead]
                 before += result.lines
                 on_result(result)
+        return runner.deaths
 
 
 def run_chunks(
@@ -216,13 +305,16 @@ def run_chunks(
     keep_skipped: bool,
     workers: int,
     on_result: Callable[[ChunkResult], None],
-) -> None:
-    """Feed a stream's results to `on_result` in input order, using `workers` processes (1: in-process)."""
+) -> WorkerDeaths:
+    """Feed a stream's results to `on_result` in input order, using `workers` processes (1: in-process);
+    a chunk whose worker died is taken over (see mitre.forked). Returns what the workers survived."""
     with _long_lived():
         if not _can_fork(workers):
-            for batch in chunked(items, CHUNK):
+            for batch in batches(items, CHUNK, CHUNK_BYTES):
                 on_result(process_chunk(engine, batch, keep_skipped))
-            return
-        with _forked(_Job(engine, Path(), keep_skipped), workers) as pool:
-            for result in pool.imap(_work_chunk, chunked(items, CHUNK), chunksize=1):
+            return WorkerDeaths()
+        runner = ForkedRunner(Lane(work=_work_chunk, split=_halve_chunk, abandon=_abandon_chunk), workers)
+        with _forked(_Job(engine, Path(), keep_skipped)):
+            for result in runner.run(_Chunk(tuple(batch)) for batch in batches(items, CHUNK, CHUNK_BYTES)):
                 on_result(result)
+        return runner.deaths

@@ -38,6 +38,9 @@ class WebhookSettings(Section):
     )
     tolerance_seconds: float = Field(300, gt=0, description="reject timestamps further than this from now")
     max_body_bytes: int = Field(1_048_576, ge=1, description="larger bodies are rejected with 413")
+    body_timeout_seconds: float = Field(
+        10, gt=0, description="a body that takes longer to arrive is rejected with 408 (slow clients, slowloris)"
+    )
     require_nonce: bool = Field(True, description="X-Attackmap-Nonce required; each nonce accepted once per window")
     max_alerts: int = Field(1000, ge=1, description="alerts accepted in one request")
 
@@ -259,12 +262,23 @@ class FeedbackSettings(Section):
     )
 
 
+class Limits(Section):
+    """What one input may cost: an input past a limit is dead-lettered with the limit named, never read whole."""
+
+    max_line_bytes: int = Field(
+        16 * 2**20,
+        ge=1024,
+        description="NDJSON: a longer line is dead-lettered (line_too_long) after being skipped in 1 MiB steps",
+    )
+
+
 class WorkflowsFile(Section):
     version: Literal[1] = 1
     catalog: CatalogSettings = Field(default_factory=CatalogSettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
     compliance: ComplianceSettings = Field(default_factory=ComplianceSettings)
     feedback: FeedbackSettings = Field(default_factory=FeedbackSettings)
+    limits: Limits = Field(default_factory=Limits)
     workflows: list[Workflow] = Field(default_factory=lambda: [Workflow(name="default")])
     # The file these settings were read from (None: the built-in defaults); not part of the schema.
     _source: Path | None = PrivateAttr(None)

@@ -2,13 +2,16 @@
 
 Plain classes, no orchestration: the CLI, the evals, Prefect flows, the worker and the webhook all
 call `Engine` (built from workflows.yaml by `mitre.assemble`). Every input ends as exactly one
-Outcome: enriched, skipped (with a reason) or dead-lettered.
+Outcome: enriched, skipped (with a reason) or dead-lettered. An exception while processing a batch
+never loses it: the batch is bisected until the alert that raises is alone, and that alert is
+dead-lettered with an error id (its traceback logged under it, see `mitre.failures`).
 """
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import logging
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -17,7 +20,7 @@ from typing import Any, cast
 
 import orjson
 
-from mitre.cache import MappingCache
+from mitre.cache_guard import Store
 from mitre.cachekey import cache_key
 from mitre.catalog import Catalog
 from mitre.compliance import ComplianceMap
@@ -34,6 +37,7 @@ from mitre.enrich import (
     skip_provenance,
     timestamp,
 )
+from mitre.failures import FailureLog, describe, new_error_id
 from mitre.features import extract_features, features_from_flat, flatten_alert
 from mitre.feedback.loop import FeedbackLoop
 from mitre.indicators import IndicatorSet
@@ -51,6 +55,8 @@ from mitre.models import (
 from mitre.signature import OutcomeSignature
 from mitre.tool_events import ToolEvent, ToolEventTable
 from mitre.validate import validate_mapping
+
+log = logging.getLogger("attackmap.engine")
 
 VALIDATED_MEMO_ENTRIES = 20_000
 OUTCOME_MEMO_ENTRIES = 20_000
@@ -143,7 +149,7 @@ class Engine:
         config: WorkflowsFile,
         workflow_name: str | None,
         mapper: Mapper,
-        cache: MappingCache | None,
+        cache: Store | None,
         warnings: Sequence[str] = (),
         configuration: EngineConfiguration | None = None,
         tool_events: ToolEventTable | None = None,
@@ -162,6 +168,7 @@ class Engine:
         self.compliance = compliance
         self.feedback = feedback
         self._feedback_version = feedback.version() if feedback is not None else 0
+        self.failures = FailureLog()
         configuration = configuration or EngineConfiguration(
             workflows=config.describe_source(),
             workflow=self.workflow.name,
@@ -213,6 +220,8 @@ class Engine:
         return found
 
     def _parse(self, item: RawAlert) -> dict[str, Any] | Outcome:
+        if item.rejected is not None:
+            return self._dead(item, item.rejected)
         alert = item.alert
         if item.raw is not None:
             try:
@@ -264,18 +273,25 @@ class Engine:
             enriched = mark_skipped(alert, remembered.skip_provenance or {})
         return remembered.outcome.model_copy(update={"alert": enriched, "line": line, "remembered": True})
 
-    def _dead(self, item: RawAlert, reason: str) -> Outcome:
+    def _dead(self, item: RawAlert, reason: str, error_id: str | None = None) -> Outcome:
         """A dead letter keeps its input: the text, and the original bytes when they are not UTF-8."""
         raw_b64 = None
         if item.raw is None:
-            raw = orjson.dumps(item.alert, default=str).decode()
+            raw = item.text()
         else:
             try:
                 raw = item.raw.decode("utf-8")
             except UnicodeDecodeError:
                 raw = item.raw.decode("utf-8", "replace")
                 raw_b64 = base64.b64encode(item.raw).decode()
-        return Outcome(status=OutcomeStatus.DEAD_LETTER, reason=reason, line=item.line, raw=raw, raw_b64=raw_b64)
+        return Outcome(
+            status=OutcomeStatus.DEAD_LETTER, reason=reason, line=item.line, raw=raw, raw_b64=raw_b64, error_id=error_id
+        )
+
+    def _failed(self, item: RawAlert, exc: Exception) -> Outcome:
+        where = f"alert at line {item.line}" if item.line is not None else "alert"
+        error_id, reason = self.failures.record(exc, where)
+        return self._dead(item, reason, error_id)
 
     def mapping_key(self, features: AlertFeatures) -> str:
         """The cache key of an alert's mapping (see mitre.cachekey)."""
@@ -472,12 +488,33 @@ class Engine:
 
     def process_batch(self, items: Sequence[RawAlert], tenant: str | None = None) -> list[Outcome]:
         """Every item's outcome, in order. `tenant`: who the batch belongs to when the caller knows better
-        than the alerts (an API key's tenant, a webhook's header); it wins over the alerts' own."""
+        than the alerts (an API key's tenant, a webhook's header); it wins over the alerts' own.
+        Never raises for an alert's sake (see _isolated)."""
         now = timestamp()
         self._sync_feedback()
         if time.monotonic() - self._outcomes_since >= self.outcome_memo_seconds:
             self._outcomes.clear()
             self._outcomes_since = time.monotonic()
+        done = self._isolated(items, now, tenant)
+        for observer in self.observers:
+            try:
+                observer(done)
+            except Exception as exc:  # telemetry must not cost the batch its outcomes
+                log.warning("an outcome observer failed [error %s]: %s", new_error_id(), describe(exc))
+        return done
+
+    def _isolated(self, items: Sequence[RawAlert], now: str, tenant: str | None) -> list[Outcome]:
+        """The batch's outcomes; when processing it raises, each half is processed on its own until
+        the alert that raises is alone (k bad alerts cost ~2k·log2(n) extra passes, not n)."""
+        try:
+            return self._process(items, now, tenant)
+        except Exception as exc:
+            if len(items) == 1:
+                return [self._failed(items[0], exc)]
+        middle = len(items) // 2
+        return self._isolated(items[:middle], now, tenant) + self._isolated(items[middle:], now, tenant)
+
+    def _process(self, items: Sequence[RawAlert], now: str, tenant: str | None) -> list[Outcome]:
         outcomes: list[Outcome | None] = [None] * len(items)
         todo: list[_Todo] = []
         # Later copies of a signature first seen in this batch wait for its outcome.
@@ -518,8 +555,8 @@ class Engine:
                     again.append(_Todo(entry.index, entry.alert, entry.flat, None))
             self._run(items, again, outcomes, now)
         done = [o for o in outcomes if o is not None]
-        for observer in self.observers:
-            observer(done)
+        if len(done) != len(items):
+            raise RuntimeError(f"{len(items) - len(done)} of {len(items)} alerts got no outcome")
         return done
 
     def process(self, alert: dict[str, Any], tenant: str | None = None) -> Outcome:

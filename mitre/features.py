@@ -187,15 +187,31 @@ def _flatten_inputs(doc: Mapping[str, Any], plan: _Plan, out: dict[str, Any]) ->
             out[leaf] = value
 
 
+def valid_text(text: str) -> str:
+    """Text every encoder takes: a lone surrogate (a parsed ``"\\ud800"``, which no UTF-8 can carry)
+    becomes U+FFFD, so features, cache keys, prompts, evidence and documents never fail to serialise."""
+    return text if text.isascii() else text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
+def _str(value: Any) -> str:
+    """str() of a JSON value; an integer too long to print (over 4,300 digits) is named, not printed."""
+    try:
+        return valid_text(value if isinstance(value, str) else str(value))
+    except ValueError:
+        return f"<integer of {value.bit_length()} bits>"
+
+
 def _text(value: Any) -> str | None:
     if value is None or value == "" or value == []:
         return None
     if isinstance(value, list | tuple):
-        parts = [str(v) for v in value if v not in (None, "")]
+        # Only the list's own scalars are text: an object or list inside it is structure, not an
+        # observable (and printing one nested hundreds of levels deep would exhaust the stack).
+        parts = [_str(v) for v in value if v is not None and v != "" and not isinstance(v, list | tuple | Mapping)]
         return " ".join(parts) if parts else None
     if isinstance(value, Mapping):
         return None
-    return str(value)
+    return _str(value)
 
 
 def has_text(value: Any) -> bool:
@@ -224,28 +240,37 @@ def _rule_value(flat: Mapping[str, Any], name: str) -> Any:
     return None
 
 
+def _objects(value: Any) -> list[Mapping[str, Any]]:
+    """The JSON objects of a value that should be a list of objects (one object alone counts as a
+    list of one); anything else — a boolean, a number, a string — holds none."""
+    if isinstance(value, Mapping):
+        return [value]
+    if isinstance(value, list):
+        return [item for item in value if isinstance(item, Mapping)]
+    return []
+
+
+def _scalar_text(value: Any) -> str | None:
+    """A tag id or name: text from a string or number, nothing from an object or a list."""
+    return None if isinstance(value, Mapping | list) else _text(value)
+
+
 def parse_rule_threat(entries: Any) -> tuple[ThreatRef, ...]:
-    """Flatten Kibana's nested tactic → technique → subtechnique mapping; tactic-only entries kept."""
+    """Flatten Kibana's nested tactic → technique → subtechnique mapping; tactic-only entries kept.
+    Entries of the wrong JSON type are ignored, never trusted to be iterable."""
     refs: list[ThreatRef] = []
-    if not isinstance(entries, list):
-        return ()
-    for entry in entries:
-        if not isinstance(entry, Mapping):
-            continue
-        raw_tactic = entry.get("tactic")
-        tactic: Mapping[str, Any] = raw_tactic if isinstance(raw_tactic, Mapping) else {}
-        tactic_id = _text(tactic.get("id"))
-        tactic_name = _text(tactic.get("name"))
-        techniques = [t for t in entry.get("technique") or () if isinstance(t, Mapping)]
+    for entry in _objects(entries):
+        tactics = _objects(entry.get("tactic"))
+        tactic = tactics[0] if tactics else {}
+        tactic_id = _scalar_text(tactic.get("id"))
+        tactic_name = _scalar_text(tactic.get("name"))
+        techniques = _objects(entry.get("technique"))
         if not techniques and (tactic_id or tactic_name):
             refs.append(ThreatRef(tactic_id=tactic_id, tactic_name=tactic_name))
         for technique in techniques:
-            subs = [s for s in technique.get("subtechnique") or () if isinstance(s, Mapping) and s.get("id")]
-            if technique.get("id"):
-                refs.append(ThreatRef(tactic_id=tactic_id, tactic_name=tactic_name, technique_id=str(technique["id"])))
-            refs.extend(
-                ThreatRef(tactic_id=tactic_id, tactic_name=tactic_name, technique_id=str(s["id"])) for s in subs
-            )
+            ids = [_scalar_text(technique.get("id"))]
+            ids += [_scalar_text(sub.get("id")) for sub in _objects(technique.get("subtechnique"))]
+            refs.extend(ThreatRef(tactic_id=tactic_id, tactic_name=tactic_name, technique_id=tid) for tid in ids if tid)
     return tuple(dict.fromkeys(refs))
 
 
@@ -253,8 +278,8 @@ def _as_list(value: Any) -> list[str]:
     if value is None:
         return []
     if isinstance(value, list | tuple):
-        return [str(v) for v in value if v not in (None, "")]
-    return [str(value)]
+        return [_str(v) for v in value if v is not None and v != "" and not isinstance(v, list | tuple | Mapping)]
+    return [] if isinstance(value, Mapping) else [_str(value)]
 
 
 def parse_ecs_threat(flat: Mapping[str, Any]) -> tuple[ThreatRef, ...]:
@@ -325,6 +350,18 @@ def first_text(flat: Mapping[str, Any], names: Iterable[str]) -> str | None:
         if (text := _text(value)) is not None:
             return text
     return None
+
+
+def read_tenant(flat: Mapping[str, Any]) -> str | None:
+    """The alert's tenant (TENANT_FIELDS). A tenant scopes caches, budgets and stores, so one that is not
+    valid text is refused (the alert is dead-lettered) rather than coerced into some other tenant's name."""
+    tenant = first_text(flat, TENANT_FIELDS)
+    if tenant is not None:
+        try:
+            tenant.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("the alert's tenant is not valid UTF-8 text") from None
+    return tenant
 
 
 # --- risk score (issue #11): a score given as a word or a numeric string -------------------------
@@ -405,7 +442,7 @@ def features_from_flat(flat: Mapping[str, Any], fields: Iterable[str] = OBSERVAB
             flat.get("kibana.alert.severity") or _rule_value(flat, "severity") or flat.get("event.severity")
         ),
         platform=detect_platform(flat),
-        tenant=first_text(flat, TENANT_FIELDS),
+        tenant=read_tenant(flat),
         fields=observed,
         truncated_fields=tuple(truncated),
     )

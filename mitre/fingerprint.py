@@ -29,7 +29,7 @@ from typing import Any
 
 import orjson
 
-from mitre.features import FieldReader, first_text
+from mitre.features import FieldReader, first_text, valid_text
 
 FINGERPRINT_SCHEMA = 1
 GIVEN = ("execution_fingerprint", "attackmap.execution_fingerprint")
@@ -106,4 +106,5 @@ def execution_fingerprint(doc: Mapping[str, Any]) -> str:
     flat = _READER.read(doc)
     if given := first_text(flat, GIVEN):
         return given
-    return hashlib.sha256(orjson.dumps(_compose(flat), option=orjson.OPT_SORT_KEYS)).hexdigest()
+    parts = {k: valid_text(v) if isinstance(v, str) else v for k, v in _compose(flat).items()}
+    return hashlib.sha256(orjson.dumps(parts, option=orjson.OPT_SORT_KEYS)).hexdigest()

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Literal
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -173,7 +174,10 @@ class OutcomeStatus(StrEnum):
 
 
 class Outcome(Contract):
-    """The fate of one input alert. Every input ends as exactly one Outcome."""
+    """The fate of one input alert. Every input ends as exactly one Outcome.
+
+    A dead letter caused by an unexpected exception carries `error_id`, under which its traceback
+    was logged (see mitre.failures)."""
 
     status: OutcomeStatus
     reason: str
@@ -185,15 +189,33 @@ class Outcome(Contract):
     line: int | None = None
     raw: str | None = None
     raw_b64: str | None = None  # the input's bytes, when they are not valid UTF-8 (`raw` is then lossy)
+    error_id: str | None = None
 
 
 @dataclass(frozen=True)
 class RawAlert:
-    """One input record: already-parsed JSON, or raw bytes from a line of NDJSON."""
+    """One input record: already-parsed JSON, or raw bytes from a line of NDJSON. `rejected` is a
+    reason the reader already has to dead-letter it (a line past the size limit, of which `raw`
+    holds only the beginning)."""
 
     line: int | None
     raw: bytes | None = None
     alert: Any = None
+    rejected: str | None = None
+
+    def text(self) -> str:
+        """The input as text for a dead letter, whatever it holds (bytes, or a Python object that
+        JSON may not take: nested too deep, lone surrogates, integers past 64 bits)."""
+        if self.raw is not None:
+            return self.raw.decode("utf-8", "replace")
+        try:
+            return orjson.dumps(self.alert, default=repr).decode()
+        except (TypeError, ValueError):
+            pass
+        try:
+            return repr(self.alert)
+        except (RecursionError, ValueError):
+            return f"<{type(self.alert).__name__} that cannot be shown>"
 
 
 @dataclass

@@ -7,6 +7,7 @@ are. Reading, mapping and writing overlap in `run_pipeline`.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 from collections import deque
@@ -31,9 +32,11 @@ from mitre.io.elastic import (
 )
 from mitre.io.events import AlertRef, parse_ref
 from mitre.io.exports.registry import Exports, open_exports
-from mitre.models import OutcomeStatus, RawAlert, RunSummary
+from mitre.models import Outcome, OutcomeStatus, RawAlert, RunSummary
 
 AlertRefLike = str | Mapping[str, Any] | AlertRef
+
+log = logging.getLogger("attackmap.service")
 
 
 @dataclass
@@ -88,6 +91,9 @@ class BatchResult:
     summary: RunSummary = field(default_factory=RunSummary)
     sink: SinkSummary = field(default_factory=SinkSummary)
     alerts: list[dict[str, Any]] = field(default_factory=list)
+    # One per alert the engine dead-lettered: where it is, why, and the error id of an internal error.
+    dead_letters: list[dict[str, Any]] = field(default_factory=list)
+    cancelled: bool = False  # stopped at a batch boundary on request
 
     def merge(self, other: BatchResult) -> None:
         self.requested += other.requested
@@ -95,6 +101,8 @@ class BatchResult:
         self.summary.merge(other.summary)
         self.sink = self.sink.merge(other.sink)
         self.alerts.extend(other.alerts)
+        self.dead_letters.extend(other.dead_letters)
+        self.cancelled = self.cancelled or other.cancelled
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -109,26 +117,41 @@ class BatchResult:
             "unchanged": self.sink.unchanged,
             "conflicts_retried": self.sink.conflicts_retried,
             "failed": [list(item) for item in self.sink.failed],
+            "dead_letters": self.dead_letters,
+            "cancelled": self.cancelled,
         }
 
 
-def map_sources(engine: Engine, alerts: Sequence[SourceAlert]) -> tuple[list[AlertUpdate], RunSummary]:
-    """Run the engine over the alerts; the updates to write for those it enriched."""
+def dead_letter(outcome: Outcome, **where: Any) -> dict[str, Any]:
+    """What a flow's result records of an alert the engine dead-lettered (the alert stays as it was)."""
+    return {**where, "reason": outcome.reason, "error_id": outcome.error_id}
+
+
+def map_sources(
+    engine: Engine, alerts: Sequence[SourceAlert]
+) -> tuple[list[AlertUpdate], RunSummary, list[dict[str, Any]]]:
+    """Run the engine over the alerts: the updates to write for those it enriched, the counts, and
+    the dead letters (an alert that fails is recorded with its reason; the batch goes on)."""
     outcomes = engine.process_batch([RawAlert(line=None, alert=a.source) for a in alerts])
     summary = RunSummary()
     updates: list[AlertUpdate] = []
+    dead: list[dict[str, Any]] = []
     for alert, outcome in zip(alerts, outcomes, strict=True):
         summary.add(outcome)
         if outcome.status is OutcomeStatus.ENRICHED and outcome.alert is not None:
             updates.append(AlertUpdate(alert.index, alert.doc_id, alert.seq_no, alert.primary_term, outcome.alert))
-    return updates, summary
+        elif outcome.status is OutcomeStatus.DEAD_LETTER:
+            dead.append(dead_letter(outcome, index=alert.index, id=alert.doc_id))
+    if dead:
+        log.warning("%d of %d alerts dead-lettered, e.g. %s", len(dead), len(alerts), dead[0])
+    return updates, summary, dead
 
 
 def enrich_sources(runtime: Runtime, alerts: Sequence[SourceAlert]) -> BatchResult:
     """Map and (when the workflow writes back) bulk-write a batch already read from ES."""
-    updates, summary = map_sources(runtime.engine, alerts)
+    updates, summary, dead = map_sources(runtime.engine, alerts)
     export_enriched(runtime, (u.alert for u in updates))
-    result = BatchResult(requested=len(alerts), summary=summary)
+    result = BatchResult(requested=len(alerts), summary=summary, dead_letters=dead)
     if runtime.write_back:
         result.sink = runtime.sink.write(updates)
     return result
@@ -138,10 +161,12 @@ def enrich_bare(runtime: Runtime, alerts: Sequence[Mapping[str, Any]]) -> BatchR
     """Alerts with no place in ES: enriched and returned (in `alerts`), never written."""
     result = BatchResult(requested=len(alerts))
     outcomes = runtime.engine.process_batch([RawAlert(line=None, alert=dict(a)) for a in alerts])
-    for outcome in outcomes:
+    for position, outcome in enumerate(outcomes):
         result.summary.add(outcome)
         if outcome.alert is not None:
             result.alerts.append(outcome.alert)
+        elif outcome.status is OutcomeStatus.DEAD_LETTER:
+            result.dead_letters.append(dead_letter(outcome, position=position))
     export_enriched(runtime, (o.alert for o in outcomes if o.status is OutcomeStatus.ENRICHED and o.alert))
     return result
 
@@ -154,11 +179,14 @@ def run_pipeline(
     jobs: Iterable[Sequence[SourceAlert] | Sequence[AlertRef]],
     *,
     on_batch: Callable[[list[SourceAlert], BatchResult], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> BatchResult:
     """Batches through read → map → write with the ES I/O overlapped: while this thread maps batch N,
     a reader thread fetches batch N+1 (jobs of AlertRef are read with mget; SourceAlert lists pass through)
     and a writer thread bulk-writes batch N-1.  ``on_batch`` runs here, in order, once a batch is written
-    (the place to save a checkpoint); an exception from it stops the pipeline."""
+    (the place to save a checkpoint); an exception from it stops the pipeline.  When ``should_stop()``
+    turns true (a cancelled run), no further batch is mapped; the batches in flight are written and the
+    result says ``cancelled``."""
     total = BatchResult()
     ready: queue.Queue[Any] = queue.Queue(maxsize=2)
     stop = threading.Event()
@@ -204,10 +232,13 @@ def run_pipeline(
                 break
             if isinstance(item, BaseException):
                 raise item
+            if should_stop is not None and should_stop():
+                total.cancelled = True
+                break
             alerts, missing, n = item
-            updates, summary = map_sources(runtime.engine, alerts)
+            updates, summary, dead = map_sources(runtime.engine, alerts)
             export_enriched(runtime, (u.alert for u in updates))
-            step = BatchResult(requested=n, missing=list(missing), summary=summary)
+            step = BatchResult(requested=n, missing=list(missing), summary=summary, dead_letters=dead)
             if runtime.write_back:
                 future = writer.submit(runtime.sink.write, updates)
             else:
@@ -240,13 +271,17 @@ def process_refs(runtime: Runtime, refs: Sequence[AlertRefLike], tenant: str | N
 
 
 def process_located_and_refs(
-    runtime: Runtime, refs: Sequence[AlertRefLike], located: Sequence[SourceAlert], tenant: str | None
+    runtime: Runtime,
+    refs: Sequence[AlertRefLike],
+    located: Sequence[SourceAlert],
+    tenant: str | None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> BatchResult:
     """Read → map → write back in batches of ``trigger.batch_size``, pipelined (a retry is idempotent)."""
     size = runtime.workflow.trigger.batch_size
     jobs: list[Sequence[SourceAlert] | Sequence[AlertRef]] = [*chunked(located, size)]
     jobs += chunked(unique_refs(refs, tenant), size)
-    return run_pipeline(runtime, jobs)
+    return run_pipeline(runtime, jobs, should_stop=should_stop)
 
 
 def split_inputs(

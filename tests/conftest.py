@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from mitre.catalog import Catalog, load_catalog
 from mitre.indicators import IndicatorSet, load_indicators
@@ -19,6 +20,19 @@ pytest_plugins: list[str] = [
 ]
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+# Property-based tests: `ci` runs every test's full example count, derandomized (a CI failure
+# reproduces anywhere); `dev`, the default outside CI, a tenth of it with fresh randomness.
+# HYPOTHESIS_PROFILE picks one explicitly.
+_FUZZ = {
+    "deadline": None,
+    "database": None,
+    "print_blob": True,
+    "suppress_health_check": [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.large_base_example],
+}
+settings.register_profile("ci", max_examples=1000, derandomize=True, **_FUZZ)
+settings.register_profile("dev", max_examples=100, **_FUZZ)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE") or ("ci" if os.environ.get("CI") else "dev"))
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -57,3 +71,13 @@ def catalog() -> Catalog:
 @pytest.fixture(scope="session")
 def indicators(catalog: Catalog) -> IndicatorSet:
     return load_indicators(catalog)
+
+
+@pytest.fixture(autouse=True)
+def _cli_logging_reset() -> Iterator[None]:
+    """A command run in the test process configures the `attackmap` loggers for a terminal (see
+    mitre/cli/logs.py); the next test starts from Python's defaults again."""
+    yield
+    from mitre.cli.logs import reset_logging
+
+    reset_logging()

@@ -24,7 +24,7 @@ import yaml
 
 from devtools.alertgen import RealisticAlerts
 from devtools.datastores import prefect_database_url
-from devtools.servers import _free_port, prefect_healthy
+from devtools.servers import free_port, prefect_healthy
 from mitre.io.events import AlertRef, alert_event, post_events
 from tests.llm_standin import StandIn, realistic
 
@@ -103,7 +103,7 @@ def test_two_workers_share_the_pool_the_stream_the_cache_and_the_budget(
         )
     )
     ids = _index(es_client, es_index)
-    port = _free_port()
+    port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     pool = f"pool-{uuid.uuid4().hex[:6]}"
     from mitre.catalog import load_catalog

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import sys
 from importlib import metadata
 from typing import Annotated
 
 import typer
 
 from mitre.cli import apikey, attack, budget, federation, feedback, workflows
+from mitre.cli.common import EXIT_FAILURE, err
 from mitre.cli.coverage import coverage
 from mitre.cli.enrich import enrich, explain
 from mitre.cli.evalcmd import eval_command
 from mitre.cli.export import export
+from mitre.cli.logs import configure_logging
 from mitre.cli.serve import serve
 
 app = typer.Typer(
@@ -35,6 +38,7 @@ def main_options(
     ] = False,
 ) -> None:
     """Map security alerts to MITRE ATT&CK techniques and tactics — offline by default."""
+    configure_logging()
 
 
 app.command()(enrich)
@@ -52,4 +56,14 @@ app.command()(coverage)
 
 
 def main() -> None:
-    app()
+    """The console script: an unexpected failure of a command is one line on the terminal, its
+    traceback in the log file under an error id."""
+    try:
+        app()
+    except Exception as exc:
+        from mitre.failures import FailureLog
+
+        path = configure_logging()
+        _, reason = FailureLog().record(exc, "attackmap " + " ".join(sys.argv[1:2]))
+        err.print(f"[bold red]error:[/] {reason}; traceback in {path}")
+        sys.exit(EXIT_FAILURE)

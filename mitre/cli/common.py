@@ -20,6 +20,7 @@ EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_DEAD_LETTERS = 3
+EXIT_INTERNAL_ERRORS = 4
 
 err = Console(stderr=True)
 

@@ -14,6 +14,7 @@ from rich.table import Table
 from mitre.batch import ChunkResult, default_workers, run_chunks, run_file
 from mitre.cli.common import (
     EXIT_DEAD_LETTERS,
+    EXIT_INTERNAL_ERRORS,
     EXIT_OK,
     CacheDirOpt,
     CatalogOpt,
@@ -26,8 +27,10 @@ from mitre.cli.common import (
     fail,
     make_engine,
 )
+from mitre.cli.logs import log_path
 from mitre.config import BUILT_IN
 from mitre.engine import Engine
+from mitre.failures import INTERNAL_REASONS, WORKER_DIED
 from mitre.io.ndjson import dead_letter_record, open_input, open_output, read_lines
 from mitre.models import AlertFeatures, DecisionKind, RunSummary
 
@@ -96,8 +99,10 @@ def run_enrich(
     keep_skipped: bool = True,
     progress: bool = True,
     workers: int = 1,
+    max_line_bytes: int | None = None,
 ) -> RunSummary:
     summary = RunSummary(warnings=list(engine.warnings))
+    max_line_bytes = max_line_bytes or engine.config.limits.max_line_bytes
     total = Path(input_path).stat().st_size if input_path != "-" else None
     show = progress and total is not None and total >= PROGRESS_MIN_BYTES and err.is_terminal
     bar = Progress(
@@ -119,10 +124,17 @@ def run_enrich(
 
         if input_path == "-":
             with open_input(input_path) as src:
-                run_chunks(engine, read_lines(src), keep_skipped, workers, write)
+                deaths = run_chunks(engine, read_lines(src, max_line_bytes), keep_skipped, workers, write)
         else:
             spool = Path(output).parent if output not in (None, "-") else None
-            run_file(engine, Path(input_path), keep_skipped, workers, write, spool_dir=spool)
+            deaths = run_file(
+                engine, Path(input_path), keep_skipped, workers, write, spool_dir=spool, max_line_bytes=max_line_bytes
+            )
+    if deaths.broken_pools:
+        summary.warnings.append(
+            f"worker processes died {deaths.broken_pools} time(s) (exit {deaths.exit_codes or 'unknown'}); their work "
+            f"was taken over, {deaths.abandoned} input(s) given up on (dead letters: {WORKER_DIED})"
+        )
     if not summary.dead_letter:
         Path(dead_letter).unlink(missing_ok=True)
     return summary
@@ -137,6 +149,14 @@ def enrich(
     skipped: Annotated[str, typer.Option(help="keep: write skipped alerts with their reason; drop: omit")] = "keep",
     summary_json: Annotated[Path | None, typer.Option("--summary-json", help="also write the summary as JSON")] = None,
     workers: Annotated[int, typer.Option("--workers", "-j", help="processes (default: one per core)")] = 0,
+    max_line_bytes: Annotated[
+        int | None,
+        typer.Option(
+            "--max-line-bytes",
+            min=1024,
+            help="longer lines are dead-lettered unread (default: limits.max_line_bytes in workflows.yaml, 16 MiB)",
+        ),
+    ] = None,
     workflows: WorkflowsOpt = None,
     workflow: WorkflowOpt = None,
     mapper: MapperOpt = None,
@@ -161,9 +181,17 @@ def enrich(
     if batch:
         _prefill_from_batch(engine, input_path, batch_state, poll_interval)
     summary = run_enrich(
-        engine, input_path, output, dead_letter, keep_skipped=skipped == "keep", workers=workers or default_workers()
+        engine,
+        input_path,
+        output,
+        dead_letter,
+        keep_skipped=skipped == "keep",
+        workers=workers or default_workers(),
+        max_line_bytes=max_line_bytes,
     )
     err.print(_summary_table(summary, engine, output, dead_letter))
+    for warning in summary.warnings[len(engine.warnings) :]:
+        err.print(f"[yellow]warning:[/] {warning}")
     if summary_json:
         data = summary.as_dict() | {
             "configuration": engine.configuration.as_dict(),
@@ -173,8 +201,10 @@ def enrich(
         summary_json.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2))
     if summary.dead_letter:
         err.print(f"[red]{sum(summary.dead_letter.values())} line(s) dead-lettered to {dead_letter}[/]")
-        raise typer.Exit(EXIT_DEAD_LETTERS)
-    raise typer.Exit(EXIT_OK)
+    if failed := sum(summary.dead_letter.get(reason, 0) for reason in INTERNAL_REASONS):
+        err.print(f"[red]{failed} of them hit an internal error: tracebacks in {log_path()} under their error ids[/]")
+        raise typer.Exit(EXIT_INTERNAL_ERRORS)
+    raise typer.Exit(EXIT_DEAD_LETTERS if summary.dead_letter else EXIT_OK)
 
 
 def _prefill_from_batch(engine: Engine, input_path: str, state: Path | None, poll_interval: float) -> None:

@@ -39,6 +39,9 @@ def serve(
         bool, typer.Option("--no-signature", help="accept unsigned requests (only with --ssl-ca-certs: mTLS)")
     ] = False,
     log_level: Annotated[str, typer.Option(help="uvicorn log level")] = "info",
+    header_timeout: Annotated[
+        float, typer.Option("--header-timeout", min=0.1, help="seconds a request head may take to arrive (slowloris)")
+    ] = 10.0,
     replay_store: Annotated[
         str,
         typer.Option(
@@ -58,6 +61,7 @@ def serve(
     import uvicorn
 
     from mitre.api.server import server_app
+    from mitre.io.webhook import slow_client_guard
 
     config, env = load_config(workflows)
     if not prefect_api_url and not api and peers is None:
@@ -94,6 +98,7 @@ def serve(
         host=host,
         port=port,
         log_level=log_level,
+        http=slow_client_guard(header_timeout),
         ssl_certfile=str(ssl_certfile) if ssl_certfile else None,
         ssl_keyfile=str(ssl_keyfile) if ssl_keyfile else None,
         ssl_ca_certs=str(ssl_ca_certs) if ssl_ca_certs else None,

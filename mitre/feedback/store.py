@@ -222,6 +222,16 @@ class ElasticCorrections:
         return [Feedback.model_validate(s["doc"]) for s in reversed(self._search(query))][:limit]
 
 
+def _review_doc(item: ReviewItem) -> str:
+    """The item as JSON; an alert JSON cannot hold (nested too deep, lone surrogates) is left out with a
+    note, so one odd alert never costs the batch its review rows and decision counts."""
+    try:
+        return item.model_dump_json()
+    except ValueError:  # pydantic's serialisation errors are ValueErrors
+        note = {"attackmap_note": "alert left out: not storable as JSON (nested too deep or invalid text)"}
+        return item.model_copy(update={"alert": note}).model_dump_json()
+
+
 class FeedbackLog:
     """The review queue (one row per mapping key, newest kept) and decision counts per day, tenant and rule."""
 
@@ -247,7 +257,7 @@ class FeedbackLog:
         try:
             conn.executemany(
                 "INSERT OR REPLACE INTO review VALUES (?, ?, ?, ?, ?, ?)",
-                [(r.mapping_key, r.tenant, r.ts, r.confidence, int(r.disputed), r.model_dump_json()) for r in review],
+                [(r.mapping_key, r.tenant, r.ts, r.confidence, int(r.disputed), _review_doc(r)) for r in review],
             )
             conn.executemany(
                 "INSERT INTO decisions VALUES (?, ?, ?, ?, ?) "

@@ -17,8 +17,9 @@ Sink
     guarded by ``if_seq_no``/``if_primary_term``.  Keys that the stored ``threat``/``attackmap`` have and the
     new ones don't are set to ``null`` so the result equals the engine's object (a partial update merges
     objects).  Conflicts (409) are re-read and retried with the fresh sequence number; transient errors
-    (429/5xx) are retried with backoff; both are bounded.  A doc whose stored
-    ``attackmap.provenance_hash`` equals the update's is left alone and counted as unchanged.
+    (the node unreachable or restarting, 429, 5xx) are retried with backoff for up to ``retry_seconds``.
+    A doc whose stored ``attackmap.provenance_hash`` equals the update's is left alone and counted as
+    unchanged.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from typing import Any, NamedTuple
 from pydantic import BaseModel, ConfigDict, Field
 
 from mitre.config import Environment
+from mitre.features import valid_text
 from mitre.io.events import AlertRef
 
 DEFAULT_ES_URL = "http://127.0.0.1:9200"
@@ -164,11 +166,24 @@ def _engine_doc(stored_source: Mapping[str, Any], alert: Mapping[str, Any]) -> d
     doc: dict[str, Any] = {}
     written = [name for name in ENGINE_FIELDS if name in alert]
     for name in written:
-        doc[name] = _replacement(stored_source.get(name), alert[name])
+        doc[name] = _utf8_safe(_replacement(stored_source.get(name), alert[name]))
     for key in stored_source:
         if any(key.startswith(f"{name}.") for name in written):
             doc[key] = None
     return doc
+
+
+def _utf8_safe(value: Any) -> Any:
+    """``value`` with each lone surrogate in its strings (a parsed ``"\\ud800"``, kept from the alert's
+    own threat data) made U+FFFD: the client would send it as bytes that are not UTF-8, which ES
+    rejects."""
+    if isinstance(value, str):
+        return valid_text(value)
+    if isinstance(value, Mapping):
+        return {_utf8_safe(k): _utf8_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_utf8_safe(v) for v in value]
+    return value
 
 
 # --------------------------------------------------------------------------- source
@@ -415,8 +430,30 @@ class SinkSummary(BaseModel):
 _RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
 
 
+def _transient(exc: BaseException) -> bool:
+    """Whether a failed request may succeed later: the node unreachable, timing out or restarting,
+    429 (queue full) and 5xx. A 4xx is the request's own fault and is not retried."""
+    from elasticsearch import ApiError, TransportError
+
+    if isinstance(exc, TransportError):  # connection refused or reset, timeout
+        return True
+    if isinstance(exc, ApiError):
+        return exc.meta.status in _RETRYABLE_STATUS or exc.meta.status >= 500
+    return isinstance(exc, OSError)
+
+
 class _Pending:
-    __slots__ = ("alert", "conflicted", "doc_id", "index", "new_hash", "primary_term", "seq_no", "stored")
+    __slots__ = (
+        "alert",
+        "conflicted",
+        "conflicts",
+        "doc_id",
+        "index",
+        "new_hash",
+        "primary_term",
+        "seq_no",
+        "stored",
+    )
 
     def __init__(self, update: AlertUpdate, new_hash: str) -> None:
         self.index = update.index_name
@@ -427,10 +464,18 @@ class _Pending:
         self.new_hash = new_hash
         self.stored: dict[str, Any] = {}
         self.conflicted = False
+        self.conflicts = 0
 
 
 class ElasticSink:
-    """Writes ``threat`` and ``attackmap`` of enriched alerts back to their documents, in bulk."""
+    """Writes ``threat`` and ``attackmap`` of enriched alerts back to their documents, in bulk.
+
+    Transient failures — the node unreachable or restarting, 429 (queue full), 502–504 and other 5xx,
+    for the whole request or single items — are retried with exponential backoff (``backoff`` doubling
+    up to ``backoff_cap``) for up to ``retry_seconds``; version conflicts up to ``max_retries`` times.
+    What still fails is reported per document in ``SinkSummary.failed``, never dropped. A retried write
+    is never applied twice: each attempt first re-reads the stored provenance hash (realtime), so an
+    update ES applied before its answer was lost counts as unchanged."""
 
     def __init__(
         self,
@@ -439,13 +484,21 @@ class ElasticSink:
         batch_size: int = 1000,
         max_retries: int = 5,
         backoff: float = 0.2,
+        backoff_cap: float = 5.0,
+        retry_seconds: float = 120.0,
         refresh: bool | str = False,
+        sleep: Any = time.sleep,
+        clock: Any = time.monotonic,
     ) -> None:
         self.client = client
         self.batch_size = batch_size
         self.max_retries = max_retries
         self.backoff = backoff
+        self.backoff_cap = backoff_cap
+        self.retry_seconds = retry_seconds
         self.refresh = refresh
+        self._sleep = sleep
+        self._clock = clock
 
     def write(self, updates: Iterable[AlertUpdate | tuple[str, str, int, int, Mapping[str, Any]]]) -> SinkSummary:
         summary = SinkSummary()
@@ -471,25 +524,44 @@ class ElasticSink:
                 continue
             pending.append(_Pending(update, new_hash))
 
+        deadline = self._clock() + self.retry_seconds
         attempt = 0
         while pending:
-            pending = self._load_stored(pending, summary)
-            if not pending:
-                break
-            retry, conflicts = self._bulk(pending, summary, last_attempt=attempt >= self.max_retries)
+            out_of_time = self._clock() >= deadline
+            try:
+                pending, unread = self._load_stored(pending, summary, out_of_time=out_of_time)
+            except Exception as exc:
+                if not _transient(exc) or out_of_time:
+                    why = f"reading the stored document failed: {exc}"
+                    summary.failed.extend((item.doc_id, why) for item in pending)
+                    return summary
+                attempt += 1
+                self._pause(attempt)
+                continue
+            retry: list[_Pending] = []
+            conflicts: list[_Pending] = []
+            if pending:
+                retry, conflicts = self._bulk(pending, summary, out_of_time=out_of_time)
             summary.conflicts_retried += sum(1 for item in conflicts if not item.conflicted)
             for item in conflicts:
                 item.conflicted = True
-            pending = retry + conflicts
+                item.conflicts += 1
+            pending = retry + conflicts + unread
             if not pending:
                 break
             attempt += 1
-            if retry:
-                time.sleep(self.backoff * (2 ** (attempt - 1)))
+            if retry or unread:
+                self._pause(attempt)
         return summary
 
-    def _load_stored(self, pending: list[_Pending], summary: SinkSummary) -> list[_Pending]:
+    def _pause(self, attempt: int) -> None:
+        self._sleep(min(self.backoff_cap, self.backoff * (2 ** (attempt - 1))))
+
+    def _load_stored(
+        self, pending: list[_Pending], summary: SinkSummary, *, out_of_time: bool
+    ) -> tuple[list[_Pending], list[_Pending]]:
         """Fetch the stored engine fields (and, after a conflict, the fresh seq_no); drop unchanged/missing.
+        Returns (to write, to read again): a document whose shard is not available is read again.
 
         The first attempt keeps the caller's ``seq_no``/``primary_term`` as the guard, so a doc changed
         since it was read conflicts; a conflicted doc is retried with the numbers read here.
@@ -501,9 +573,15 @@ class ElasticSink:
             filter_path=["docs.found", "docs._seq_no", "docs._primary_term", "docs._source", "docs.error"],
         )
         keep: list[_Pending] = []
+        unread: list[_Pending] = []  # a shard not (yet) available, e.g. a node just restarted: read again
         for item, doc in zip(pending, resp["docs"], strict=True):
             if "error" in doc:
-                summary.failed.append((item.doc_id, f"get failed: {_reason(doc['error'])}"))
+                error = doc["error"]
+                permanent = isinstance(error, Mapping) and error.get("type") == "index_not_found_exception"
+                if permanent or out_of_time:
+                    summary.failed.append((item.doc_id, f"get failed: {_reason(error)}"))
+                else:
+                    unread.append(item)
                 continue
             if not doc.get("found"):
                 summary.failed.append((item.doc_id, f"document_missing: [{item.doc_id}] not found in {item.index}"))
@@ -517,14 +595,20 @@ class ElasticSink:
                 item.seq_no = doc["_seq_no"]
                 item.primary_term = doc["_primary_term"]
             keep.append(item)
-        return keep
+        return keep, unread
 
     def _bulk(
-        self, pending: list[_Pending], summary: SinkSummary, *, last_attempt: bool
+        self, pending: list[_Pending], summary: SinkSummary, *, out_of_time: bool
     ) -> tuple[list[_Pending], list[_Pending]]:
         """Send one bulk request; return (items to retry after transient errors, items that conflicted)."""
         operations: list[dict[str, Any]] = []
+        sent: list[_Pending] = []
         for item in pending:
+            try:
+                doc = _engine_doc(item.stored, item.alert)
+            except (ValueError, TypeError, RecursionError) as exc:  # one bad document never fails the batch
+                summary.failed.append((item.doc_id, f"unwritable document: {exc}"))
+                continue
             operations.append(
                 {
                     "update": {
@@ -535,7 +619,11 @@ class ElasticSink:
                     }
                 }
             )
-            operations.append({"doc": _engine_doc(item.stored, item.alert), "detect_noop": True})
+            operations.append({"doc": doc, "detect_noop": True})
+            sent.append(item)
+        pending = sent
+        if not pending:
+            return [], []
         kwargs: dict[str, Any] = {}
         if self.refresh:
             kwargs["refresh"] = self.refresh
@@ -545,9 +633,8 @@ class ElasticSink:
                 filter_path=["errors", "items.*.status", "items.*.result", "items.*.error"],
                 **kwargs,
             )
-        except Exception as exc:  # whole request failed (connection, 5xx): retry everything, bounded
-            status = getattr(exc, "status_code", None) or getattr(getattr(exc, "meta", None), "status", None)
-            if last_attempt or (isinstance(status, int) and status not in _RETRYABLE_STATUS and status < 500):
+        except Exception as exc:  # whole request failed (connection, 429, 5xx): retry everything, bounded
+            if out_of_time or not _transient(exc):
                 summary.failed.extend((item.doc_id, f"bulk request failed: {exc}") for item in pending)
                 return [], []
             return list(pending), []
@@ -563,9 +650,9 @@ class ElasticSink:
                     summary.updated += 1
                 continue
             reason = _reason(outcome.get("error"))
-            if status == 409 and not last_attempt:
+            if status == 409 and item.conflicts < self.max_retries:
                 conflicts.append(item)
-            elif (status in _RETRYABLE_STATUS or status >= 500) and not last_attempt:
+            elif (status in _RETRYABLE_STATUS or status >= 500) and not out_of_time:
                 retry.append(item)
             else:
                 prefix = "version_conflict after retries: " if status == 409 else ""

@@ -12,7 +12,11 @@ Authentication (all checked before anything is emitted):
 - ``X-Attackmap-Nonce``: accepted once within the window (a signature is also accepted only once, so a
   captured request replayed with a fresh nonce is rejected too); remembered by this process, or by every
   receiver when ``claims`` is Redis (`mitre.io.replay`, ``attackmap serve --replay-store redis``);
-- bodies larger than ``max_body_bytes`` get 413 (checked on Content-Length and while streaming).
+- bodies larger than ``max_body_bytes`` get 413 (checked on Content-Length and while streaming);
+- a body that takes longer than ``body_timeout_seconds`` to arrive gets 408, and a request head that
+  takes longer than the server's header timeout closes the connection (`SlowClientGuard`): a client
+  trickling bytes (slowloris) cannot hold connections open;
+- an authentication header sent twice gets 400: ambiguous, never resolved by picking one.
 
 Optional TLS / mutual TLS is uvicorn's (see `mitre/cli/serve.py`). The events themselves, and how they
 reach Prefect, are `mitre.io.events`.
@@ -20,6 +24,7 @@ reach Prefect, are `mitre.io.events`.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
@@ -31,6 +36,7 @@ from typing import Any
 
 import orjson
 from starlette.applications import Starlette
+from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -89,33 +95,47 @@ def _alerts_of(payload: Any) -> list[Any]:
 
 
 def extract_refs(payload: Any, tenant: str | None) -> list[AlertRef]:
-    """Alert references from a webhook body.
+    """Alert references from a webhook body; ValueError naming the first item that is not one.
 
     Accepted: ``{"alerts": [...]}`` (Kibana: ``{"alerts": {{{context.alerts}}}}``), a list, or a single
     object.  Each item is a resource id string, or an object with ``_index``/``_id`` (Kibana alert
     documents) or ``index``/``id``; without an index, ``kibana.alert.uuid`` is looked up in the
     tenant's (Kibana space's) alerts index.
     """
-    refs: list[AlertRef] = []
-    for i, item in enumerate(_alerts_of(payload)):
-        if isinstance(item, str):
-            refs.append(parse_ref(item, tenant))
-            continue
-        if not isinstance(item, Mapping):
-            raise ValueError(f"alert {i}: expected an object or a reference string")
-        item_tenant = tenant
-        spaces = get_path(item, "kibana.space_ids")
-        if item_tenant is None and isinstance(spaces, list) and spaces and isinstance(spaces[0], str):
-            item_tenant = spaces[0]
-        if (item.get("index") or item.get("_index")) and (item.get("id") or item.get("_id")):
-            refs.append(parse_ref(item, item_tenant))
-            continue
-        uuid_value = get_path(item, "kibana.alert.uuid")
-        if isinstance(uuid_value, str) and uuid_value:
-            refs.append(AlertRef(kibana_alerts_index(item_tenant or "default"), uuid_value, item_tenant))
-            continue
-        raise ValueError(f"alert {i}: no _index/_id, index/id or kibana.alert.uuid")
+    refs, rejected = sort_items(payload, tenant)
+    if rejected:
+        raise ValueError(f"alert {rejected[0]['item']}: {rejected[0]['reason']}")
     return refs
+
+
+def sort_items(payload: Any, tenant: str | None) -> tuple[list[AlertRef], list[dict[str, Any]]]:
+    """(the references of a webhook body, one ``{"item", "reason"}`` per item that is not one): a bad
+    item is reported, never a reason to refuse the good ones beside it (see extract_refs for shapes)."""
+    refs: list[AlertRef] = []
+    rejected: list[dict[str, Any]] = []
+    for i, item in enumerate(_alerts_of(payload)):
+        try:
+            refs.append(_item_ref(item, tenant))
+        except ValueError as exc:
+            rejected.append({"item": i, "reason": str(exc)})
+    return refs, rejected
+
+
+def _item_ref(item: Any, tenant: str | None) -> AlertRef:
+    if isinstance(item, str):
+        return parse_ref(item, tenant)
+    if not isinstance(item, Mapping):
+        raise ValueError("expected an object or a reference string")
+    item_tenant = tenant
+    spaces = get_path(item, "kibana.space_ids")
+    if item_tenant is None and isinstance(spaces, list) and spaces and isinstance(spaces[0], str):
+        item_tenant = spaces[0]
+    if (item.get("index") or item.get("_index")) and (item.get("id") or item.get("_id")):
+        return parse_ref(item, item_tenant)
+    uuid_value = get_path(item, "kibana.alert.uuid")
+    if isinstance(uuid_value, str) and uuid_value:
+        return AlertRef(kibana_alerts_index(item_tenant or "default"), uuid_value, item_tenant)
+    raise ValueError("no _index/_id, index/id or kibana.alert.uuid")
 
 
 # --------------------------------------------------------------------------- app
@@ -137,22 +157,37 @@ class WebhookState:
     signatures: Claims
 
 
-async def _read_body(request: Request, limit: int) -> bytes:
+async def _read_body(request: Request, limit: int, timeout: float) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
-            if int(declared) > limit:
-                raise Rejected(413, "too_large", f"body over {limit} bytes")
+            declared_size = int(declared)
         except ValueError as exc:
             raise Rejected(400, "bad_request", "invalid Content-Length") from exc
+        if declared_size > limit:
+            raise Rejected(413, "too_large", f"body over {limit} bytes")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise Rejected(413, "too_large", f"body over {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise Rejected(413, "too_large", f"body over {limit} bytes")
+                chunks.append(chunk)
+    except TimeoutError as exc:
+        raise Rejected(408, "too_slow", f"body not received within {timeout:g} s") from exc
     return b"".join(chunks)
+
+
+_SINGLE_HEADERS = (TIMESTAMP_HEADER, SIGNATURE_HEADER, NONCE_HEADER, TENANT_HEADER, "content-length")
+
+
+def _no_duplicates(headers: Headers) -> None:
+    """An authentication header sent twice is ambiguous: rejected, never resolved by picking one."""
+    for name in _SINGLE_HEADERS:
+        if len(headers.getlist(name)) > 1:
+            raise Rejected(400, "duplicate_header", f"{name} sent more than once")
 
 
 def verify(state: WebhookState, headers: Mapping[str, str], body: bytes, now: float) -> None:
@@ -213,7 +248,8 @@ def create_app(
             return JSONResponse({"error": "unknown_workflow", "message": f"no enabled workflow {name!r}"}, 404)
         state = states[name]
         try:
-            body = await _read_body(request, state.settings.max_body_bytes)
+            _no_duplicates(request.headers)
+            body = await _read_body(request, state.settings.max_body_bytes, state.settings.body_timeout_seconds)
             verify(state, request.headers, body, clock())
             try:
                 payload = orjson.loads(body)
@@ -223,9 +259,11 @@ def create_app(
             if tenant is None and isinstance(payload, Mapping) and isinstance(payload.get("tenant"), str):
                 tenant = payload["tenant"]
             try:
-                refs = extract_refs(payload, tenant or None)
+                refs, rejected = sort_items(payload, tenant or None)
             except ValueError as exc:
                 raise Rejected(422, "invalid_payload", str(exc)) from exc
+            if not refs and rejected:
+                raise Rejected(422, "invalid_payload", f"alert {rejected[0]['item']}: {rejected[0]['reason']}")
             if not refs:
                 raise Rejected(422, "no_alerts", "no alerts in the body")
             if len(refs) > state.settings.max_alerts:
@@ -241,7 +279,11 @@ def create_app(
             log.error("webhook %s: could not emit %d events: %s", name, len(events), type(exc).__name__)
             return JSONResponse({"error": "emit_failed", "message": "event bus unavailable; retry"}, 503)
         log.info("webhook %s: %d alerts from %s → %d events", name, len(refs), client, len(events))
-        return JSONResponse({"accepted": len(events), "events": [e["id"] for e in events]}, 202)
+        answer: dict[str, Any] = {"accepted": len(events), "events": [e["id"] for e in events]}
+        if rejected:  # the good alerts are accepted; each bad item is named with the reason
+            log.warning("webhook %s: %d items from %s rejected, e.g. %s", name, len(rejected), client, rejected[0])
+            answer["rejected"] = rejected
+        return JSONResponse(answer, 202)
 
     async def health(_: Request) -> JSONResponse:
         return JSONResponse({"status": "ok", "workflows": sorted(workflows)})
@@ -253,3 +295,56 @@ def create_app(
             Route("/hooks/{workflow}", hook, methods=["POST"]),
         ]
     )
+
+
+# --------------------------------------------------------------------------- slow clients
+
+
+def slow_client_guard(header_timeout: float) -> type[Any]:
+    """uvicorn's h11 protocol with a deadline on each request head (``http=`` of `uvicorn.run`).
+
+    uvicorn times out idle keep-alive connections, but not a connection whose request head never
+    completes: a client that trickles a header byte at a time (slowloris) holds it, and every worker
+    slot, for ever. Here the head of each request — the first right after connecting, each next one
+    after a response — must arrive within ``header_timeout`` seconds, or the connection is closed.
+    (Bodies have their own deadline: `WebhookSettings.body_timeout_seconds`, 408.)"""
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class SlowClientGuard(H11Protocol):
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._arm_head_deadline()
+
+        _head_deadline: asyncio.TimerHandle | None = None
+
+        def _arm_head_deadline(self) -> None:
+            self._waiting_for = self.cycle  # a new cycle starts when the head is complete
+            self._head_deadline = self.loop.call_later(header_timeout, self._head_too_slow)
+
+        def _head_too_slow(self) -> None:
+            self._head_deadline = None
+            if not self.transport.is_closing():
+                log.warning("webhook: request head not received within %g s; connection closed", header_timeout)
+                self.transport.close()
+
+        def _disarm(self) -> None:
+            if self._head_deadline is not None:
+                self._head_deadline.cancel()
+                self._head_deadline = None
+
+        def data_received(self, data: bytes) -> None:
+            super().data_received(data)
+            if self.cycle is not self._waiting_for:
+                self._disarm()
+
+        def on_response_complete(self) -> None:
+            super().on_response_complete()
+            if not self.transport.is_closing():
+                self._disarm()
+                self._arm_head_deadline()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            self._disarm()
+            super().connection_lost(exc)
+
+    return SlowClientGuard

@@ -301,7 +301,10 @@ class LLMMapper:
                 log.warning("%s: giving up on this alert: %s", self.name, exc)
                 usage = total if total != Usage() else None
                 return self.fallback(local_result, f"{FALLBACK_PROVIDER}:{exc.kind}", usage, prepared.flags)
-            self.breaker.record_success()
+            if reply.malformed:  # 2xx but not JSON: an endpoint answering garbage trips the breaker too
+                self.breaker.record_failure()
+            else:
+                self.breaker.record_success()
             total = add_usage(total, reply.usage)
             found = self.interpreter.interpret(reply, local_result, total, prepared.grounds)
             self.tally(found)

@@ -32,6 +32,7 @@ class ProviderReply:
     usage: Usage
     problem: str | None = None
     raw_id: str | None = None
+    malformed: bool = False  # the body was not JSON at all: a broken endpoint, which the breaker counts
 
 
 class Provider(Protocol):
@@ -168,7 +169,8 @@ def json_body(response: httpx2.Response) -> Any:
 
 def malformed_reply(payload: Any) -> ProviderReply | None:
     if isinstance(payload, Malformed):
-        return ProviderReply(None, Usage(), problem="the response body was not valid JSON (truncated or malformed)")
+        problem = "the response body was not valid JSON (truncated or malformed)"
+        return ProviderReply(None, Usage(), problem=problem, malformed=True)
     return None
 
 
