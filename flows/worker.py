@@ -129,11 +129,21 @@ class EventWorker:
         self.seen.add(event_id, now)
         if not resource_id.startswith(RESOURCE_PREFIX):
             return False
-        if self.claims is not None and not self.claims.claim(event_id, time.time()):
+        if self.claims is not None and not self._claim(event_id):
             self.stats.claimed_elsewhere += 1  # another worker on this stream has it
             return False
         self.queue.put_nowait((resource_id, occurred, time.time()))
         return True
+
+    def _claim(self, event_id: str) -> bool:
+        """Whether this worker takes the event. When the claims cannot be reached it takes it: two workers
+        may then map the same alert, and the sink writes it once (same provenance hash, seq_no guard)."""
+        assert self.claims is not None
+        try:
+            return self.claims.claim(event_id, time.time())
+        except Exception as exc:
+            log.warning("event claims unreachable, taking event %s: %s", event_id, describe(exc))
+            return True
 
     async def read(self, ready: asyncio.Event | None) -> None:
         """The live event stream; a new subscription replays the last ``lookback_seconds``."""
