@@ -293,8 +293,8 @@ class Engine:
         error_id, reason = self.failures.record(exc, where)
         return self._dead(item, reason, error_id)
 
-    def mapping_key(self, features: AlertFeatures) -> str:
-        """The cache key of an alert's mapping (see mitre.cachekey)."""
+    def mapping_key(self, features: AlertFeatures, decision: Decision) -> str:
+        """The cache key of an alert's mapping under its decision (see mitre.cachekey)."""
         return cache_key(
             features,
             catalog_version=self.catalog.fingerprint,
@@ -303,6 +303,7 @@ class Engine:
             prompt_hash=self.mapper.prompt_hash,
             settings_hash=self._settings_hash,
             tenant=features.tenant,
+            decision=decision,
         )
 
     def _validated(self, key: str | None, result: MappingResult) -> ValidatedMapping:
@@ -317,18 +318,18 @@ class Engine:
                 self._validated_memo.popitem(last=False)
         return found[1]
 
-    def keys_of(self, features: Sequence[AlertFeatures]) -> list[str] | None:
+    def keys_of(self, features: Sequence[AlertFeatures], decisions: Sequence[Decision]) -> list[str] | None:
         """Cache keys of the alerts, when anything is keyed on them (the cache, analysts' corrections)."""
         if self.cache is None and self.feedback is None:
             return None
-        return [self.mapping_key(f) for f in features]
+        return [self.mapping_key(f, d) for f, d in zip(features, decisions, strict=True)]
 
     def map_decided(
         self, features: Sequence[AlertFeatures], decisions: Sequence[Decision]
     ) -> list[tuple[ValidatedMapping, bool]]:
         """(validated mapping, cache hit) for alerts already decided to be mapped: the map and
         validate stages alone, cache first, without the outcome memo. The evals score through this."""
-        return self._map_keyed(features, decisions, self.keys_of(features))
+        return self._map_keyed(features, decisions, self.keys_of(features, decisions))
 
     def _map_keyed(
         self, features: Sequence[AlertFeatures], decisions: Sequence[Decision], keys: list[str] | None
@@ -442,7 +443,7 @@ class Engine:
                 mapped_todo.append(entry)
         if not prepared:
             return
-        keys = self.keys_of([p.features for p in prepared])
+        keys = self.keys_of([p.features for p in prepared], [p.decision for p in prepared])
         mapped = self._map_keyed([p.features for p in prepared], [p.decision for p in prepared], keys)
         for n, (entry, done, (mapping, hit)) in enumerate(zip(mapped_todo, prepared, mapped, strict=True)):
             enrichment = build_enrichment(

@@ -209,3 +209,34 @@ def test_platform_detection_reads_only_the_platform_inputs(index: int):
         recording.data[name] = ""  # read past every platform field
     detect_platform(recording)
     assert recording.read <= set(PLATFORM_INPUTS)
+
+
+def test_what_normalising_hides_from_an_indicator_still_splits_key_and_signature(tmp_path: Path):
+    """A GUID normalises to <guid>, but dcsync-replication-rights fires on one GUID only (and only for a
+    user that is not a machine account): those alerts must not share a mapping or an outcome."""
+    engine = _engine(tmp_path)
+
+    def event(guid: str, user: str) -> dict[str, Any]:
+        return {
+            "kibana.alert.rule.name": "Directory Service Access",
+            "kibana.alert.risk_score": 73,
+            "event": {"code": "4662", "category": ["iam"]},
+            "user": {"name": user},
+            "message": f"An operation was performed on an object. Properties: {{{guid}}} Control Access",
+        }
+
+    replication, other = "1131f6ad-9c07-11d1-f79f-00c04fb984f2", "6e1c1a0e-0000-4a7b-9c1d-5f2d8e3a9b71"
+    first, second = engine.process(event(other, "alice")), engine.process(event(replication, "alice"))
+    machine = engine.process(event(replication, "DC01$"))
+    again = engine.process(event(replication, "bob"))
+
+    def techniques(outcome: Any) -> set[str]:
+        return {t["id"] for t in outcome.alert["attackmap"]["techniques"]}
+
+    assert "T1003.006" not in techniques(first) and not second.remembered
+    assert "T1003.006" in techniques(second)
+    assert "T1003.006" not in techniques(machine) and not machine.remembered
+    assert again.remembered and "T1003.006" in techniques(again)  # another user: same reading, same outcome
+    key = {id(o): o.alert["attackmap"]["mapping_key"] for o in (first, second, machine, again)}
+    # The indicators' hits are in the key; the GUID and the user beyond what they decide are not.
+    assert key[id(first)] == key[id(machine)] != key[id(second)] == key[id(again)]
