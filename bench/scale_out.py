@@ -101,22 +101,31 @@ def index_alerts(es: Any, index: str, n: int, seed: int) -> list[str]:
 
 
 @contextlib.contextmanager
-def workers(env: dict[str, str], count: int, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """``count`` workers of deploy/Procfile, subscribed and warm (engines built) when this yields."""
-    command = [sys.executable, str(REPO / "deploy" / "supervise.py"), str(REPO / "deploy" / "Procfile")]
-    command += ["--only", "worker", "--scale", f"worker={count}"]
+def workers(env: dict[str, str], count: int, log: Path, *, stream: bool = True) -> Iterator[None]:
+    """``count`` workers, warm (engines built) when this yields: the ``worker`` of deploy/Procfile (stream
+    and pool), or with ``stream=False`` workers of the pool alone (the durable path's runs)."""
+    if stream:
+        command = [sys.executable, str(REPO / "deploy" / "supervise.py"), str(REPO / "deploy" / "Procfile")]
+        commands = [[*command, "--only", "worker", "--scale", f"worker={count}"]]
+        ready = "attackmap worker: subscribed"
+    else:
+        pool = ["--work-pool", env["ATTACKMAP_WORK_POOL"], "--no-stream"]
+        commands = [[sys.executable, "-m", "flows.worker", *pool] for _ in range(count)]
+        ready = "attackmap worker: serving the pool"
     with log.open("wb") as out:
-        proc = subprocess.Popen(command, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+        procs = [subprocess.Popen(c, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT) for c in commands]
     try:
         deadline = time.monotonic() + 300
-        while log.read_text(errors="replace").count("attackmap worker: subscribed") < count:
-            if time.monotonic() > deadline or proc.poll() is not None:
+        while log.read_text(errors="replace").count(ready) < count:
+            if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
                 raise SystemExit(f"workers did not start:\n{log.read_text(errors='replace')[-3000:]}")
             time.sleep(0.5)
-        yield proc
+        yield
     finally:
-        proc.terminate()
-        proc.wait(timeout=90)
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=90)
 
 
 def base_env(tmp: Path, api: str, es_url: str, redis_url: str, postgres_url: str, workflows: Path) -> dict[str, str]:
@@ -237,7 +246,7 @@ def durable(args: argparse.Namespace, es: Any, es_url: str, redis_url: str, post
                 [sys.executable, "-m", "mitre", "workflows", "deploy", "--work-pool", env["ATTACKMAP_WORK_POOL"]],
                 env=env, cwd=REPO, check=True, capture_output=True, timeout=300,
             )  # fmt: skip
-            with workers(env, 2, tmp / f"durable-{database}.log"):
+            with workers(env, 2, tmp / f"durable-{database}.log", stream=False):
                 started = time.monotonic()
                 events = [alert_event("security.alert.high-risk", AlertRef(index, i), workflow="bench") for i in ids]
                 post_events(api, events, timeout=60)

@@ -62,7 +62,9 @@ def trigger_for(workflow: Workflow) -> DeploymentEventTrigger:
     )
 
 
-def build_deployments(config: WorkflowsFile, *, poller: bool = False) -> list[RunnerDeployment]:
+def build_deployments(config: WorkflowsFile, *, poller: bool = False, triggers: bool = True) -> list[RunnerDeployment]:
+    """A deployment of `enrich_alerts` per enabled workflow — with its event trigger (the durable path), or
+    without (``triggers=False``: events go to the stream workers; the deployment serves batch runs)."""
     deployments: list[RunnerDeployment] = []
     for w in config.workflows:
         if not w.enabled:
@@ -73,7 +75,7 @@ def build_deployments(config: WorkflowsFile, *, poller: bool = False) -> list[Ru
                 enrich_alerts.to_deployment(
                     name=w.name,
                     description=w.description or f"attackmap workflow {w.name}",
-                    triggers=[trigger_for(w)],
+                    triggers=[trigger_for(w)] if triggers else [],
                     parameters={"workflow": w.name},
                     tags=TAGS,
                 ),

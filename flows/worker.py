@@ -89,6 +89,7 @@ class WorkerSettings:
     max_attempts: int = 6
     work_pool: str | None = None  # also run this Prefect work pool's flow runs
     pool_limit: int = 2  # the pool's runs at once
+    stream: bool = True  # False: the work pool's runs only (events reach it through deployment triggers)
 
 
 class EventWorker:
@@ -300,13 +301,15 @@ class EventWorker:
             await self.session(self.workflow)
 
     async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> WorkerStats:
-        """Read, reconcile and drain until ``stop`` is set (or one of them fails)."""
-        tasks: set[asyncio.Task[Any]] = {
-            asyncio.create_task(self.read(ready), name="attackmap-worker-read"),
-            asyncio.create_task(self.drain(), name="attackmap-worker-drain"),
-        }
-        if self.settings.reconcile_seconds > 0:
-            tasks.add(asyncio.create_task(self.reconcile(), name="attackmap-worker-reconcile"))
+        """Read, reconcile and drain (and serve the work pool) until ``stop`` is set (or one of them fails)."""
+        tasks: set[asyncio.Task[Any]] = set()
+        if self.settings.stream:
+            tasks.add(asyncio.create_task(self.read(ready), name="attackmap-worker-read"))
+            tasks.add(asyncio.create_task(self.drain(), name="attackmap-worker-drain"))
+            if self.settings.reconcile_seconds > 0:
+                tasks.add(asyncio.create_task(self.reconcile(), name="attackmap-worker-reconcile"))
+        elif ready is not None:
+            ready.set()
         if self.settings.work_pool:
             from prefect.settings import PREFECT_API_URL
 
@@ -354,6 +357,7 @@ async def run_worker(
     work_pool: str | None = None,
     pool_limit: int = 2,
     name: str = "attackmap-worker",
+    stream: bool = True,
 ) -> WorkerStats:
     """Subscribe, batch, enrich, until ``stop`` is set (or the stream ends)."""
     runtime = await asyncio.to_thread(RUNTIMES.get, workflow)  # build the engine before the first event
@@ -366,6 +370,7 @@ async def run_worker(
         reconcile_overlap_seconds=reconcile_overlap_seconds,
         work_pool=work_pool,
         pool_limit=pool_limit,
+        stream=stream,
     )
     worker = EventWorker(
         workflow, runtime.workflow.trigger.event, settings, on_batch=on_batch, timings=timings, claims=claims, name=name
@@ -388,8 +393,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--claim-seconds", type=float, default=900.0, help="how long a claimed event stays claimed")
     parser.add_argument("--work-pool", default=None, help="also run this Prefect work pool's flow runs, warm")
     parser.add_argument("--pool-limit", type=int, default=2, help="the work pool's flow runs at once")
+    parser.add_argument(
+        "--no-stream", dest="stream", action="store_false", help="with --work-pool: serve the pool only, not the stream"
+    )
     parser.add_argument("--name", default=f"attackmap-worker-{socket.gethostname()}-{os.getpid()}")
     args = parser.parse_args(argv)
+    if not args.stream and not args.work_pool:
+        parser.error("--no-stream leaves nothing to do without --work-pool")
     claims = None
     if args.claims == "redis":
         from mitre.cache_redis import redis_client
@@ -411,7 +421,7 @@ def main(argv: list[str] | None = None) -> None:
 
         async def announce() -> None:
             await ready.wait()
-            print("attackmap worker: subscribed", flush=True)
+            print("attackmap worker: subscribed" if args.stream else "attackmap worker: serving the pool", flush=True)
 
         announcer = asyncio.create_task(announce())
         with contextlib.ExitStack() as stack:
@@ -428,6 +438,7 @@ def main(argv: list[str] | None = None) -> None:
                 work_pool=args.work_pool,
                 pool_limit=args.pool_limit,
                 name=args.name,
+                stream=args.stream,
             )
         announcer.cancel()
         log.info("stopped: %s", stats)
