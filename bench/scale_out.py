@@ -89,6 +89,7 @@ def index_alerts(es: Any, index: str, n: int, seed: int) -> list[str]:
     for i in range(n):
         alert = stream.alert(i)
         alert["kibana.alert.uuid"] = doc_id = f"b{seed}-{i:06d}"
+        alert["kibana.alert.risk_score"] = 99  # past the threshold: every alert is mapped and written
         ops += [{"index": {"_index": index, "_id": doc_id}}, alert]
         ids.append(doc_id)
         if len(ops) >= 4_000:
