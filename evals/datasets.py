@@ -7,7 +7,10 @@ the raw labels of the source (normalised later by `evals.labels`).
 - Sigma rules and Atomic Red Team tests → the alerts `mitre.corpora` makes of them, the same
   conversion the knowledge base learns from.
 - Elastic detection-rules TOML (`[rule]` + `[[rule.threat]]`) and generic rules JSONL
-  (`name`, `description`, `query`, `techniques`) → untagged Kibana-shaped alerts.
+  (`name`, `description`, `query`, `techniques`) → untagged Kibana-shaped alerts; technique IDs
+  written into a rule's name or query (a YARA-L rule called `mitre_attack_T1021_002_…`) are masked.
+- Telemetry cases (`telemetry:PATH`, ../shared/data/telemetry-dev): real events in the case format
+  with their own `split` (dev / check) and labels under ATT&CK v19.1 beside the v18.1 ones.
 """
 
 from __future__ import annotations
@@ -22,12 +25,23 @@ from typing import Any
 
 import orjson
 
-from mitre.corpora import atomic_alert, atomic_prose, kibana_alert, row_kind, sigma_alert, uuid_like
+from mitre.corpora import (
+    atomic_alert,
+    atomic_prose,
+    kibana_alert,
+    lolbas_alert,
+    lolbas_prose,
+    row_kind,
+    rules_alert,
+    sigma_alert,
+    uuid_like,
+)
 
 HANDWRITTEN_DIR = Path(__file__).resolve().parent / "cases"
 SIGMA_RULE_URL = "https://github.com/SigmaHQ/sigma/blob/master/{path}"
-DATASET_KINDS = ("cases", "sigma", "atomic", "elastic", "rules")
-SPLITS = ("dev", "holdout")
+DATASET_KINDS = ("cases", "sigma", "atomic", "elastic", "rules", "telemetry", "lolbas")
+SPLITS = ("dev", "holdout")  # the halves a hash of the group makes, for cases without their own split
+OWN_SPLITS = ("dev", "check")  # the splits a dataset may carry itself (telemetry-dev)
 
 
 @dataclass
@@ -54,6 +68,18 @@ class Case:
     # that loads the same file (`mitre.knowledge.load_examples` names id-less rows so).
     origin: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
+    split: str | None = None  # the dataset's own split, when it has one (telemetry-dev: dev / check)
+    # The same labels under ATT&CK v19 when the dataset gives them (scored when a v19 catalog is active).
+    techniques_v19: tuple[str, ...] | None = None
+    tactics_v19: tuple[str, ...] | None = None
+
+    @property
+    def title(self) -> str:
+        """What evidence names this case by when it teaches a knowledge base: a rule's title, a test's name."""
+        for key in ("title", "test_name", "name"):
+            if isinstance(value := self.meta.get(key), str) and value:
+                return value
+        return self.id
 
 
 @dataclass
@@ -161,6 +187,36 @@ def load_atomic(path: Path) -> tuple[list[Case], LoadReport]:
     return cases, report
 
 
+# ---------------------------------------------------------------- LOLBAS (GPL-3.0: read by path, never copied)
+
+
+def load_lolbas(path: Path) -> tuple[list[Case], LoadReport]:
+    """LOLBAS commands as the process alerts running them raises, labelled with their one technique."""
+    report = LoadReport(dataset=f"lolbas:{path}")
+    cases = []
+    for index, row in _jsonl(path):
+        report.rows += 1
+        alert = lolbas_alert(row)
+        if alert is None or not row.get("mitre_id"):
+            report.skipped["no_command_or_technique"] += 1
+            continue
+        cases.append(
+            Case(
+                id=f"lolbas-{index}",
+                alert=alert,
+                techniques=(str(row["mitre_id"]),),
+                source=f"lolbas:{path.name}",
+                platform="windows",
+                family=str(row.get("name") or ""),
+                dedup_text=alert["process"]["command_line"],
+                prose=lolbas_prose(row),
+                meta={"name": row.get("name"), "license": "GPL-3.0"},
+            )
+        )
+    report.cases = len(cases)
+    return cases, report
+
+
 # ---------------------------------------------------------------- Elastic detection-rules TOML
 
 
@@ -245,15 +301,8 @@ def load_rules(path: Path) -> tuple[list[Case], LoadReport]:
             continue
         rule_id = str(row.get("id") or row.get("rule_id") or f"{path.stem}-{index}")
         author = row.get("author") if isinstance(row.get("author"), str) else None
-        query = str(row.get("query") or "")
-        alert = kibana_alert(
-            rule_id=rule_id,
-            name=str(row.get("name") or ""),
-            description=str(row.get("description") or ""),
-            query=query,
-            language=str(row.get("language") or "kuery"),
-            author=author,
-        )
+        alert = rules_alert(row, rule_id)
+        query = alert["kibana.alert.rule.query"]
         cases.append(
             Case(
                 id=rule_id,
@@ -264,6 +313,10 @@ def load_rules(path: Path) -> tuple[list[Case], LoadReport]:
                 author=author,
                 dedup_text=query or str(row.get("name") or ""),
                 origin=f"{path.name}:{index}",
+                # Chronicle and Panther rows give their labels under v19.1 too (revoked IDs replaced).
+                techniques_v19=tuple(row["techniques_v19_1"])
+                if isinstance(row.get("techniques_v19_1"), list)
+                else None,
             )
         )
     report.cases = len(cases)
@@ -287,6 +340,35 @@ def case_from_row(row: Mapping[str, Any], source: str) -> Case:
         dedup_text="",
         meta={"notes": row.get("notes")} if row.get("notes") else {},
     )
+
+
+def telemetry_case(row: Mapping[str, Any], source: str) -> Case:
+    """A telemetry-dev row: an empty label list marks a benign event (a hard negative), and the row
+    carries its split and its v19.1 labels."""
+    case = case_from_row(row, source)
+    v19 = row.get("expected_v19") or {}
+    return replace(
+        case,
+        hard_negative=case.hard_negative or not case.techniques,
+        split=str(row["split"]) if row.get("split") in OWN_SPLITS else None,
+        techniques_v19=tuple(v19.get("techniques") or ()) if v19 else None,
+        tactics_v19=tuple(v19.get("tactics") or ()) if v19 else None,
+    )
+
+
+def load_telemetry(path: Path) -> tuple[list[Case], LoadReport]:
+    """Telemetry cases (../shared/data/telemetry-dev/cases.jsonl): the case format plus `split`,
+    `expected_v19` and benign events with empty labels."""
+    report = LoadReport(dataset=f"telemetry:{path}")
+    cases = []
+    for _, row in _jsonl(path):
+        report.rows += 1
+        if "alert" not in row or "expected" not in row or "id" not in row:
+            report.skipped["not_a_case"] += 1
+            continue
+        cases.append(telemetry_case(row, source=path.name))
+    report.cases = len(cases)
+    return cases, report
 
 
 def load_cases(path: Path) -> tuple[list[Case], LoadReport]:
@@ -334,24 +416,30 @@ def parse_spec(spec: str) -> tuple[str, Path]:
 
 LOADERS = {
     "cases": load_cases,
+    "telemetry": load_telemetry,
     "sigma": load_sigma,
     "atomic": load_atomic,
     "elastic": load_elastic,
     "rules": load_rules,
+    "lolbas": load_lolbas,
 }
 
 
 def split_of(case: Case) -> str:
-    """`dev` or `holdout`, fixed by a hash of the case's group (its id when it has none): tuning looks
-    at dev only, holdout measures whether the tuning generalises, and near-duplicates never straddle."""
+    """The dataset's own split when it has one (telemetry-dev: dev / check); else `dev` or `holdout`,
+    fixed by a hash of the case's group (its id when it has none): tuning looks at dev only, holdout
+    (or check) measures whether the tuning generalises, and near-duplicates never straddle."""
+    if case.split is not None:
+        return case.split
     key = case.group or case.id
     return SPLITS[hashlib.sha256(key.encode()).digest()[0] % len(SPLITS)]
 
 
 def select_split(cases: Iterable[Case], split: str | None) -> list[Case]:
     """The cases of one split (all of them for None)."""
-    if split is not None and split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; known: {', '.join(SPLITS)}")
+    known = tuple(dict.fromkeys((*SPLITS, *OWN_SPLITS)))
+    if split is not None and split not in known:
+        raise ValueError(f"unknown split {split!r}; known: {', '.join(known)}")
     return [c for c in cases if split is None or split_of(c) == split]
 
 

@@ -7,8 +7,10 @@
   expectations are matched one-to-one greedily by score; precision = credit / |predicted|,
   recall = credit / |expected|; F1 per case, averaged over cases (the headline figure);
 - abstention rate (overall, on positives, on hard negatives), invalid-ID rate, cost / latency per
-  alert, cache hit rate, per-tactic F1, most frequent confusions, and calibration bins (confidence
-  vs precision);
+  alert, cache hit rate, per-tactic F1, most frequent confusions, and a reliability table
+  (calibration bins: confidence vs precision) with its expected calibration error (ECE: the
+  prediction-weighted mean gap between a bin's confidence and its precision), which says whether
+  `confidence` can be read as the probability that a technique is right;
 - case outcomes: how many labelled cases got only right techniques, a right one plus others the
   labels do not name (and which evidence named those), only wrong ones, or none; and top-1
   accuracy. They tell a mapper's mistakes from a labelling convention: Atomic Red Team names one
@@ -243,6 +245,7 @@ def score(truths: Sequence[Truth], predictions: Sequence[Prediction], top_confus
     ]
     return {
         "cases": n,
+        "ece": expected_calibration_error(calibration),
         "hierarchical": {
             "f1": statistics.fmean(r["f1"] for r in h_rows) if h_rows else 0.0,
             "precision": statistics.fmean(r["precision"] for r in h_rows) if h_rows else 0.0,
@@ -287,6 +290,14 @@ def score(truths: Sequence[Truth], predictions: Sequence[Prediction], top_confus
     }
 
 
+def expected_calibration_error(bins: Sequence[dict[str, Any]]) -> float:
+    """Σ over bins of (predictions in the bin / all predictions) × |mean confidence − precision|."""
+    total = sum(b["count"] for b in bins)
+    if not total:
+        return 0.0
+    return sum(b["count"] / total * abs(b["mean_confidence"] - b["precision"]) for b in bins if b["count"])
+
+
 def headline(metrics: dict[str, Any]) -> dict[str, float]:
     """The flat figures thresholds.yaml gates on."""
     return {
@@ -300,6 +311,7 @@ def headline(metrics: dict[str, Any]) -> dict[str, float]:
         "hard_negative_abstention": metrics["hard_negative_abstention"],
         "invalid_id_rate": metrics["invalid_id_rate"],
         "top1_accuracy": metrics["outcomes"]["top1_accuracy"],
+        "ece": metrics["ece"],
         "latency_mean_s": metrics["latency_s"]["mean"],
         "cost_per_alert_usd": metrics["cost_usd"]["per_alert"],
         "cache_hit_rate": metrics["cache_hit_rate"],

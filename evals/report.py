@@ -186,7 +186,16 @@ def to_markdown(rep: dict[str, Any], catalog: Catalog, gate: list[str] | None = 
             f"| {c['expected']} {_name(catalog, c['expected'])} | {c['predicted']} {_name(catalog, c['predicted'])} "
             f"| {c['count']} |"
         )
-    lines += ["", "## Calibration", "", "| confidence | n | mean conf | precision |", "|---|---|---|---|"]
+    lines += [
+        "",
+        "## Reliability (calibration)",
+        "",
+        f"Expected calibration error (ECE) over {sum(b['count'] for b in m['calibration'])} predicted techniques: "
+        f"**{m['ece']:.3f}** (0 = confidence reads as the probability a technique is right).",
+        "",
+        "| confidence | n | mean conf | precision |",
+        "|---|---|---|---|",
+    ]
     for b in m["calibration"]:
         if b["count"]:
             lines.append(f"| {b['bin']} | {b['count']} | {_pct(b['mean_confidence'])} | {_pct(b['precision'])} |")
@@ -278,6 +287,12 @@ def to_html(rep: dict[str, Any], catalog: Catalog, gate: list[str] | None = None
             f"<pre>{e(w['alert_text'])}</pre><ul>{ev}</ul>{attr}</details>"
         )
     conf_html = "".join(f"<li>{e(line)}</li>" for line in configuration_lines(rep.get("configuration") or {}))
+    reliability_html = "".join(
+        f"<tr><td>{b['bin']}</td><td>{b['count']}</td><td>{_pct(b['mean_confidence'])}</td>"
+        f"<td>{_pct(b['precision'])}</td></tr>"
+        for b in m["calibration"]
+        if b["count"]
+    )
     gate_html = ""
     if gate is not None:
         gate_html = "<h2>Gate</h2>" + (
@@ -302,7 +317,9 @@ td,th{{border:1px solid #ddd;padding:2px 8px}} pre{{white-space:pre-wrap;backgro
 <p>{e(extra_sources_line(m["outcomes"]))}</p>
 <h2>Per-tactic F1</h2>{svg_bars(tactic_items)}
 <h2>Top confusions (expected → predicted)</h2>{svg_bars(confusion_items, max_value=max_conf)}
-<h2>Calibration (confidence vs precision)</h2>{svg_calibration(m["calibration"])}
+<h2>Reliability (confidence vs precision)</h2>
+<p>Expected calibration error: <b>{m["ece"]:.3f}</b></p>{svg_calibration(m["calibration"])}
+<table><tr><th>confidence</th><th>n</th><th>mean conf</th><th>precision</th></tr>{reliability_html}</table>
 <h2>Worst misses</h2>{"".join(misses)}
 <p class=attr>{e(rep.get("attribution") or "")}</p>
 </body></html>

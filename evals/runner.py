@@ -125,7 +125,14 @@ def case_examples(cases: Sequence[Case], features: Sequence[AlertFeatures] | Non
         for i, (c, f) in enumerate(zip(cases, feats, strict=True))
         if c.techniques
         for example in row_examples(
-            c.id, alert_text(f), c.prose, techniques=c.techniques, tactics=c.tactics, source=c.source, author=c.author
+            c.id,
+            alert_text(f),
+            c.prose,
+            techniques=c.techniques,
+            tactics=c.tactics,
+            source=c.source,
+            author=c.author,
+            title=c.title,
         )
     ]
 

@@ -30,13 +30,16 @@ _EXECUTORS: dict[str, tuple[str, str]] = {
 
 def row_kind(row: Mapping[str, Any]) -> str | None:
     """The shape of a labelled row, told by its keys: "cases" (an eval case), "sigma" (a SigmaHQ rule),
-    "atomic" (an Atomic Red Team test), "rules" (generic rules JSONL); None for anything else (an alert)."""
+    "atomic" (an Atomic Red Team test), "lolbas" (a LOLBAS command), "rules" (generic rules JSONL); None
+    for anything else (an alert)."""
     if "alert" in row and "expected" in row:
         return "cases"
     if "detection" in row and "title" in row:
         return "sigma"
     if "command" in row and "technique" in row:
         return "atomic"
+    if "command" in row and "mitre_id" in row:
+        return "lolbas"
     if "techniques" in row and ("name" in row or "description" in row):
         return "rules"
     return None
@@ -81,6 +84,19 @@ def kibana_alert(
     if extra:
         alert.update(extra)
     return alert
+
+
+def rules_alert(row: Mapping[str, Any], rule_id: str) -> dict[str, Any]:
+    """The alert an untagged copy of a generic-rules row (Chronicle, Panther, Elastic-shaped JSONL) raises;
+    technique IDs written into its name or query (a YARA-L rule named `mitre_attack_T1021_002_…`) masked."""
+    return kibana_alert(
+        rule_id=mask_technique_ids(rule_id),
+        name=mask_technique_ids(str(row.get("name") or "")),
+        description=mask_technique_ids(str(row.get("description") or "")),
+        query=mask_technique_ids(str(row.get("query") or "")),
+        language=str(row.get("language") or "kuery"),
+        author=row.get("author") if isinstance(row.get("author"), str) else None,
+    )
 
 
 # ---------------------------------------------------------------- Sigma
@@ -191,3 +207,41 @@ def atomic_alert(row: Mapping[str, Any]) -> dict[str, Any] | None:
     if os_type:
         alert["host"] = {"os": {"type": os_type}}
     return alert
+
+
+# ---------------------------------------------------------------- LOLBAS (GPL-3.0: read at run time only)
+
+_LOLBAS_PLACEHOLDER = re.compile(r"\{(\w+)(?::([^}]*))?\}")
+_LOLBAS_VALUES = {
+    "PATH": r"C:\Users\Public\file",
+    "PATH_ABSOLUTE": r"C:\Users\Public\file",
+    "PATH_SMB": r"\\fileserver\share\file",
+    "REMOTEURL": "https://203.0.113.10/file",
+    "CMD": "cmd.exe /c calc.exe",
+    "PID": "4242",
+}
+
+
+def lolbas_alert(row: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The EDR process alert of running one LOLBAS command (placeholders filled with neutral values)."""
+    command = str(row.get("command") or "").strip()
+    if not command:
+        return None
+
+    def fill(match: re.Match[str]) -> str:
+        value = _LOLBAS_VALUES.get(match.group(1), "file")
+        return value + (match.group(2) or "") if match.group(2) and match.group(2).startswith(".") else value
+
+    command = mask_technique_ids(_LOLBAS_PLACEHOLDER.sub(fill, command))
+    name = str(row.get("name") or command.split()[0]).lower()
+    return {
+        "@timestamp": "2026-01-01T00:00:00.000Z",
+        "event": {"kind": "event", "category": ["process"], "type": ["start"]},
+        "process": {"name": name, "command_line": command},
+        "host": {"os": {"type": "windows"}},
+    }
+
+
+def lolbas_prose(row: Mapping[str, Any]) -> str:
+    """A LOLBAS command's description and use case: labelled prose beside its alert."""
+    return "\n".join(str(row.get(key) or "").strip() for key in ("description", "usecase")).strip()

@@ -7,8 +7,12 @@ lookup goes through one flattened view of the document.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
+from importlib import resources
 from typing import Any
+
+import yaml
 
 from mitre.models import AlertFeatures, ThreatRef
 
@@ -65,13 +69,58 @@ OBSERVABLE_FIELDS: tuple[str, ...] = (
     "cloud.provider",
     "cloud.service.name",
     "aws.cloudtrail.request_parameters",
+    "o365.audit.Parameters",
+    "azure.activitylogs.operation_name",
+    "gcp.audit.method_name",
     "kubernetes.audit.requestURI",
+    "kubernetes.audit.verb",
+    "kubernetes.audit.objectRef.resource",
+    "kubernetes.audit.objectRef.subresource",
+    "kubernetes.audit.requestObject.spec.hostPID",
+    "kubernetes.audit.requestObject.spec.hostNetwork",
+    "kubernetes.audit.requestObject.spec.hostIPC",
+    "kubernetes.audit.requestObject.spec.containers",
     "service.name",
+    "winlog.channel",
+    "winlog.provider_name",
     "winlog.event_id",
+    "winlog.logon.type",
     "powershell.file.script_block_text",
+    "powershell.command.name",
+    "powershell.command.value",
     "message",
 )
-SCRIPT_FIELDS = frozenset({"powershell.file.script_block_text", "message"})
+
+
+def _event_knowledge() -> dict[str, Any]:
+    """mitre/data/event_fields.yaml: how Windows event logs arrive and which of their fields are read."""
+    text = (resources.files("mitre") / "data" / "event_fields.yaml").read_text()
+    data: dict[str, Any] = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    return data
+
+
+_EVENTS = _event_knowledge()
+EVENT_DATA_FIELDS: tuple[str, ...] = tuple(f"winlog.event_data.{name}" for name in _EVENTS["event_data"])
+OBSERVABLE_FIELDS += EVENT_DATA_FIELDS
+_OBSERVABLE_RANK = {name: rank for rank, name in enumerate(OBSERVABLE_FIELDS)}
+SCRIPT_FIELDS = frozenset(
+    {
+        "powershell.file.script_block_text",
+        "powershell.command.value",
+        "message",
+        "winlog.event_data.ScriptBlockText",
+        "winlog.event_data.Payload",
+    }
+)
+# (needle, family): the event log an event came from, by the first needle its channel, provider or
+# dataset contains.
+_FAMILIES: tuple[tuple[str, str], ...] = tuple((needle, family) for family, needle in _EVENTS["families"])
+_FAMILY_FIELDS = ("winlog.channel", "winlog.provider_name", "event.provider", "event.dataset", "event.module")
+_ALIASES: dict[str, str] = dict(_EVENTS["aliases"])
+_VALUE_NAMES: dict[str, dict[str, str]] = {
+    field: {str(k).lower(): str(v) for k, v in names.items()} for field, names in _EVENTS["value_names"].items()
+}
+_GUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 
 _RULE_PREFIXES = ("kibana.alert.rule.", "signal.rule.")
 # Rule attributes, read under each prefix in turn (Kibana's first, then legacy signal.rule.*).
@@ -205,13 +254,28 @@ def _text(value: Any) -> str | None:
     if value is None or value == "" or value == []:
         return None
     if isinstance(value, list | tuple):
-        # Only the list's own scalars are text: an object or list inside it is structure, not an
-        # observable (and printing one nested hundreds of levels deep would exhaust the stack).
-        parts = [_str(v) for v in value if v is not None and v != "" and not isinstance(v, list | tuple | Mapping)]
+        # The list's own scalars are text, and so are the scalars of an object in it, one level down
+        # (Office 365's Parameters: Name/Value pairs, read "Name=Value"); anything deeper is structure,
+        # not an observable (and printing one nested hundreds of levels deep would exhaust the stack).
+        parts = [t for v in value if (t := _item_text(v))]
         return " ".join(parts) if parts else None
     if isinstance(value, Mapping):
         return None
     return _str(value)
+
+
+def _item_text(value: Any) -> str | None:
+    """One list item as text: a scalar, or an object's scalar members as name=value pairs."""
+    if value is None or value == "" or isinstance(value, list | tuple):
+        return None
+    if isinstance(value, Mapping):
+        pairs = [f"{k}={_str(v)}" for k, v in value.items() if _is_scalar(v)]
+        return " ".join(pairs) or None
+    return _str(value)
+
+
+def _is_scalar(value: Any) -> bool:
+    return value is not None and value != "" and not isinstance(value, list | tuple | Mapping)
 
 
 def has_text(value: Any) -> bool:
@@ -408,6 +472,8 @@ def features_from_flat(flat: Mapping[str, Any], fields: Iterable[str] = OBSERVAB
     """extract_features on an already flattened alert (see flatten_alert)."""
     observed: dict[str, str] = {}
     truncated: list[str] = []
+    if fields is OBSERVABLE_FIELDS:  # an alert holds a few of the ~180 observables: look up only those
+        fields = sorted((n for n in flat if n in _OBSERVABLE_RANK), key=_OBSERVABLE_RANK.__getitem__)
     for name in fields:
         raw = flat.get(name)
         if raw is None:
@@ -419,6 +485,8 @@ def features_from_flat(flat: Mapping[str, Any], fields: Iterable[str] = OBSERVAB
         observed[name] = text
         if cut:
             truncated.append(name)
+    if "winlog.event_id" in observed or "winlog.channel" in observed:
+        _complete_windows_event(observed)
     rule_threat = parse_rule_threat(_rule_value(flat, "threat") or _rule_value(flat, "parameters.threat"))
     rule_name = _text(_rule_value(flat, "name"))
     if not observed and rule_name is None:
@@ -446,3 +514,50 @@ def features_from_flat(flat: Mapping[str, Any], fields: Iterable[str] = OBSERVAB
         fields=observed,
         truncated_fields=tuple(truncated),
     )
+
+
+def _basename(path: str) -> str:
+    return re.split(r"[\\/]", path.rstrip("\\/"))[-1]
+
+
+def _complete_windows_event(observed: dict[str, str]) -> None:
+    """A Windows event as Winlogbeat without its modules leaves it, read like one its modules map:
+    ECS fields filled from the event data where the alert lacks them, process names from their
+    executables, and identifiers Windows writes in place of names (extended-right GUIDs, encryption
+    and logon types) followed by their names."""
+    for source, target in _ALIASES.items():
+        if target not in observed and (value := observed.get(source)):
+            observed[target] = value
+    for path, name in (("process.executable", "process.name"), ("process.parent.executable", "process.parent.name")):
+        if name not in observed and (value := observed.get(path)):
+            observed[name] = _basename(value)
+    for field, names in _VALUE_NAMES.items():
+        value = observed.get(field)
+        if value is None:
+            continue
+        keys = _GUID.findall(value) or [value.strip()]
+        found = [names[k] for k in dict.fromkeys(k.lower() for k in keys) if k in names]
+        if found:
+            observed[field] = f"{value} ({', '.join(found)})"
+
+
+def event_family(fields: Mapping[str, str]) -> str | None:
+    """Which Windows event log an event came from (security, sysmon, system, powershell, …), or None."""
+    for name in _FAMILY_FIELDS:
+        value = fields.get(name)
+        if value:
+            lowered = value.lower()
+            for needle, family in _FAMILIES:
+                if needle in lowered:
+                    return family
+    return None
+
+
+def event_type(fields: Mapping[str, str]) -> str | None:
+    """`<family>:<event id>` (security:4662, sysmon:10, system:7045), or None when the alert is not a
+    Windows event. Event-type knowledge (mitre/data/event_indicators.yaml) is keyed on it."""
+    code = fields.get("winlog.event_id") or fields.get("event.code")
+    if not code or not code.strip().isdigit():
+        return None
+    family = event_family(fields)
+    return f"{family}:{int(code)}" if family else None

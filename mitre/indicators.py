@@ -1,4 +1,16 @@
-"""The indicator catalog: data (YAML) naming observable patterns that imply techniques."""
+"""The indicator catalog: data (YAML) naming observable patterns that imply techniques.
+
+Two files: `indicators.yaml` (patterns in command lines, paths, registry keys, cloud actions…) and
+`event_indicators.yaml` (what a Windows event type shows: a Sysmon process access to lsass with a
+dumping access mask, a 4662 with the replication rights, a 7045 service running a shell…). An
+indicator that names `events` fires only on those event types (mitre.features.event_type); one
+with events and no pattern fires on the event type alone.
+
+Evidence belongs to the actor: a pattern found only in a parent's command line (CONTEXT_FIELDS)
+describes what the parent did, so its hit is marked as context (its confidence scaled by
+CONTEXT_WEIGHT, below the extend bar): mappers may let it support a technique the alert's own
+evidence names, never hand the child the parent's techniques.
+"""
 
 from __future__ import annotations
 
@@ -13,31 +25,51 @@ import yaml
 from pydantic import Field, model_validator
 
 from mitre.catalog import Catalog
+from mitre.features import event_type
 from mitre.models import AlertFeatures, Contract, IndicatorHit
 from mitre.prefilter import may_match, required_literals
 
 MATCH_SNIPPET_CHARS = 160
 MEMO_ENTRIES = 50_000
+INDICATOR_FILES = ("indicators.yaml", "event_indicators.yaml")
+# Fields that describe an ancestor of the acting process, not the process itself.
+CONTEXT_FIELDS = frozenset({"process.parent.command_line", "process.parent.args"})
+CONTEXT_WEIGHT = 0.5
+EVENT_FIELD = "winlog.event_id"  # the field an event-type-only hit is reported on
+SHORT_MATCH = 12  # an event-field match shorter than this is shown with its event type and field name
+
+
+def is_context(hit: IndicatorHit) -> bool:
+    """Whether a hit describes the alert's ancestor (context) rather than its own action."""
+    return hit.field in CONTEXT_FIELDS
 
 
 class Indicator(Contract):
     id: str
     name: str
-    fields: tuple[str, ...]
+    fields: tuple[str, ...] = ()
     confidence: float = Field(ge=0, le=1)
     techniques: tuple[str, ...] = ()
     pattern: str | None = None
     requires: dict[str, str] = Field(default_factory=dict)
     techniques_by_match: dict[str, str] = Field(default_factory=dict)
     min_distinct: int = Field(default=1, ge=1)
+    events: tuple[str, ...] = ()
 
     @model_validator(mode="after")
     def _one_kind(self) -> Indicator:
-        if bool(self.pattern) == bool(self.techniques_by_match):
+        if self.pattern and self.techniques_by_match:
             raise ValueError(f"indicator {self.id}: give either pattern+techniques or techniques_by_match")
-        if self.pattern and not self.techniques:
-            raise ValueError(f"indicator {self.id}: a pattern needs techniques")
+        if not self.pattern and not self.techniques_by_match and not self.events:
+            raise ValueError(f"indicator {self.id}: give a pattern, techniques_by_match or events")
+        if not self.techniques_by_match and not self.techniques:
+            raise ValueError(f"indicator {self.id}: a pattern or an event type needs techniques")
         return self
+
+    @property
+    def event_only(self) -> bool:
+        """Fires on the event type alone (a 4720 is an account creation, whatever its fields say)."""
+        return bool(self.events) and not self.pattern and not self.techniques_by_match
 
 
 class _Compiled:
@@ -76,7 +108,9 @@ class _Compiled:
             return None
         return ", ".join(text for text, _ in found), tuple(dict.fromkeys(tid for _, tid in found))
 
-    def required_ok(self, fields: dict[str, str]) -> bool:
+    def required_ok(self, fields: dict[str, str], etype: str | None) -> bool:
+        if self.spec.events and etype not in self.spec.events:
+            return False
         return all((v := fields.get(f)) is not None and rx.search(v) for f, rx in self.requires.items())
 
 
@@ -98,7 +132,12 @@ class IndicatorSet:
         self.fingerprint = hashlib.sha256(orjson.dumps([i.model_dump() for i in indicators])).hexdigest()[:16]
         self._compiled = [_Compiled(i) for i in indicators]
         self._by_field: dict[str, list[int]] = {}
+        self._by_event: dict[str, list[int]] = {}
         for index, ind in enumerate(indicators):
+            if ind.event_only:
+                for etype in ind.events:
+                    self._by_event.setdefault(etype, []).append(index)
+                continue
             for name in ind.fields:
                 self._by_field.setdefault(name, []).append(index)
         self._memo: OrderedDict[tuple[str, str], dict[int, tuple[str, tuple[str, ...]]]] = OrderedDict()
@@ -141,21 +180,29 @@ class IndicatorSet:
             if name in self._by_field:
                 for index, match in self._field_matches(name, value).items():
                     fired.setdefault(index, {})[name] = match
+        etype = event_type(fields) if self._by_event or fired else None
+        for index in self._by_event.get(etype or "", ()):
+            fired[index] = {EVENT_FIELD: (etype or "", self.indicators[index].techniques)}
         hits = []
         for index in sorted(fired):  # catalog order, as written in the YAML
             compiled = self._compiled[index]
-            if not compiled.required_ok(fields):
+            if not compiled.required_ok(fields, etype):
                 continue
             by_field = fired[index]
-            name = next(n for n in compiled.spec.fields if n in by_field)  # the first field the spec lists
+            # The alert's own fields first, in the order the spec lists them; an ancestor's last.
+            own = [n for n in compiled.spec.fields if n in by_field and n not in CONTEXT_FIELDS]
+            name = own[0] if own else next((n for n in compiled.spec.fields if n in by_field), EVENT_FIELD)
             text, techniques = by_field[name]
+            if compiled.spec.events and name != EVENT_FIELD and len(text) < SHORT_MATCH:
+                text = f"{etype} {name.rsplit('.', 1)[-1]}={text}"  # "security:4768 PreAuthType=0", not "0"
+            confidence = compiled.spec.confidence * (CONTEXT_WEIGHT if name in CONTEXT_FIELDS else 1.0)
             hits.append(
                 IndicatorHit(
                     indicator_id=compiled.spec.id,
                     techniques=self._active[techniques],
                     field=name,
                     matched=text[:MATCH_SNIPPET_CHARS],
-                    confidence=compiled.spec.confidence,
+                    confidence=round(confidence, 4),
                 )
             )
         return tuple(hits)
@@ -175,6 +222,12 @@ class _ActiveIds(dict[tuple[str, ...], tuple[str, ...]]):
 
 
 def load_indicators(catalog: Catalog, path: Path | None = None) -> IndicatorSet:
-    text = path.read_text() if path else (resources.files("mitre") / "data" / "indicators.yaml").read_text()
-    rows = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)) or []  # libyaml when present
+    """The packaged indicator files (INDICATOR_FILES), or the one file at `path`."""
+    texts = (
+        [path.read_text()]
+        if path
+        else [(resources.files("mitre") / "data" / name).read_text() for name in INDICATOR_FILES]
+    )
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml when present
+    rows = [row for text in texts for row in yaml.load(text, Loader=loader) or []]
     return IndicatorSet([Indicator.model_validate(r) for r in rows], catalog)

@@ -23,7 +23,7 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.preprocessing import normalize
 
 from mitre.catalog import Catalog
-from mitre.corpora import atomic_alert, atomic_prose, row_kind, sigma_alert
+from mitre.corpora import atomic_alert, atomic_prose, lolbas_alert, lolbas_prose, row_kind, rules_alert, sigma_alert
 from mitre.features import extract_features
 from mitre.models import Contract
 from mitre.text import alert_text, tokenize
@@ -37,6 +37,15 @@ class Example(Contract):
     group: str | None = None
     source: str = ""
     author: str | None = None
+    title: str | None = None  # what evidence shows for it: a rule's title, a test's name
+
+
+def row_title(row: Mapping[str, Any]) -> str | None:
+    """A corpus row's human name (Sigma title, Atomic Red Team test name, a rule's name)."""
+    for key in ("title", "test_name", "name"):
+        if isinstance(value := row.get(key), str) and value.strip():
+            return value.strip()
+    return None
 
 
 class LabelReport(Contract):
@@ -91,9 +100,16 @@ def example_from_row(row: Mapping[str, Any], index: int, source: str) -> tuple[s
         if alert is None:
             return "", [], [], None
         return alert_text(extract_features(alert)), [row["technique"]], [], None
+    if kind == "lolbas":
+        alert = lolbas_alert(row)
+        if alert is None:
+            return "", [], [], None
+        return alert_text(extract_features(alert)), [str(row["mitre_id"])], [], None
     if kind == "rules":
-        text = "\n".join(str(row.get(k) or "") for k in ("name", "description", "query"))
-        return text, list(row.get("techniques", ())), list(row.get("tactics", ())), None
+        if not row.get("name") and not row.get("description"):
+            return "", [], [], None
+        alert = rules_alert(row, str(row.get("id") or row.get("rule_id") or f"{source}-{index + 1}"))
+        return alert_text(extract_features(alert)), list(row.get("techniques", ())), list(row.get("tactics", ())), None
     features = extract_features(row)
     techniques = [r.technique_id for r in features.rule_threat if r.technique_id]
     tactics = [r.tactic_id for r in features.rule_threat if r.tactic_id]
@@ -146,6 +162,7 @@ def catalog_examples(catalog: Catalog) -> list[Example]:
                 techniques=(tid,),
                 tactics=tuple(t.id for t in catalog.tactics_of(tid)),
                 source=source,
+                title=f"{tid} {catalog.techniques[tid].name}, ATT&CK {kind}",
             )
         )
     return out
@@ -161,16 +178,30 @@ def row_examples(
     source: str,
     author: str | None,
     group: str | None = None,
+    title: str | None = None,
 ) -> list[Example]:
     """A corpus row's examples: its alert's text and, when it has some, its prose (an ART test's name
     and description) as a second example with the same labels. The evals build theirs here too."""
     return [
         Example(
-            id=row_id, text=row_text, techniques=techniques, tactics=tactics, group=group, source=source, author=author
+            id=row_id,
+            text=row_text,
+            techniques=techniques,
+            tactics=tactics,
+            group=group,
+            source=source,
+            author=author,
+            title=title,
         )
         for row_id, row_text in ((example_id, text), (f"{example_id} prose", prose))
         if row_text
     ]
+
+
+def _prose(row: Mapping[str, Any]) -> str:
+    """Labelled prose a row teaches beside its alert (an ART test's or a LOLBAS command's description)."""
+    kind = row_kind(row)
+    return atomic_prose(row) if kind == "atomic" else lolbas_prose(row) if kind == "lolbas" else ""
 
 
 def load_examples(paths: Sequence[Path], catalog: Catalog) -> tuple[list[Example], LabelReport]:
@@ -191,15 +222,18 @@ def load_examples(paths: Sequence[Path], catalog: Catalog) -> tuple[list[Example
             techniques, tactics = normalise_labels(raw_techniques, raw_tactics, catalog, unmapped, redirected)
             if not techniques:
                 continue
+            if not tactics:  # an Atomic Red Team test names its technique only: it serves that technique's tactics
+                tactics = tuple(dict.fromkeys(t.id for tid in techniques for t in catalog.tactics_of(tid)))
             examples += row_examples(
                 str(row.get("id") or row.get("guid") or f"{path.name}:{index + 1}"),
                 text,
-                atomic_prose(row) if row_kind(row) == "atomic" else "",
+                _prose(row),
                 techniques=techniques,
                 tactics=tactics,
                 group=group,
                 source=path.name,
                 author=row.get("author") if isinstance(row.get("author"), str) else None,
+                title=row_title(row),
             )
     report = LabelReport(
         rows=rows, examples=len(examples), redirected=redirected, unmapped=dict(unmapped), no_text=no_text

@@ -166,8 +166,17 @@ def defer_knowledge(
 def code_version() -> str:
     """Changes whenever the knowledge-base code changes, so stored objects never outlive their class."""
     here = Path(__file__).parent
-    # Example text comes from corpora (rows as alerts), features and text; the model from knowledge.
-    source = b"".join((here / name).read_bytes() for name in ("knowledge.py", "text.py", "corpora.py", "features.py"))
+    # Example text comes from corpora (rows as alerts), features and text (with the field vocabulary and
+    # the event fields they read); the model from knowledge.
+    names = (
+        "knowledge.py",
+        "text.py",
+        "corpora.py",
+        "features.py",
+        "data/field_semantics.yaml",
+        "data/event_fields.yaml",
+    )
+    source = b"".join((here / name).read_bytes() for name in names)
     return hashlib.sha256(source).hexdigest()[:16]
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from evals.datasets import atomic_case, load_dataset, sigma_case
+from evals.datasets import Case, atomic_case, load_dataset, select_split, sigma_case
 from evals.grouping import fold_assignment, group_cases
 from evals.labels import normalise_cases
 from mitre.catalog import Catalog, load_catalog
@@ -146,3 +146,81 @@ def test_real_corpora_convert(shared_data: Path) -> None:
     scored_art, art_stats = normalise_cases(atomic, catalog)
     assert art_stats.excluded == {}
     assert all(c.tactics for c in scored_art)
+
+
+def _telemetry_row(case_id: str, split: str, techniques: list[str], tactics: list[str], v19: dict | None) -> dict:
+    row = {
+        "id": case_id,
+        "alert": {"winlog": {"channel": "Security", "event_id": 4719, "event_data": {"SubjectUserName": "x"}}},
+        "expected": {"techniques": techniques, "tactics": tactics},
+        "source": "evtx-to-mitre:E2M-1",
+        "group": f"E2M-{case_id}",
+        "split": split,
+        "notes": "never read by the mapper",
+    }
+    if v19 is not None:
+        row["expected_v19"] = v19
+    return row
+
+
+def test_telemetry_cases_keep_their_split_v19_labels_and_benign_events(tmp_path: Path) -> None:
+    path = tmp_path / "cases.jsonl"
+    rows = [
+        _telemetry_row("dev-1", "dev", ["T1562.002"], ["TA0005"], {"techniques": ["T1685.001"], "tactics": ["TA0112"]}),
+        _telemetry_row("dev-2", "check", [], [], {"techniques": [], "tactics": []}),
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    kind, cases, report = load_dataset(f"telemetry:{path}")
+    assert kind == "telemetry" and report.cases == 2
+    attack, benign = cases
+    assert attack.split == "dev" and attack.techniques_v19 == ("T1685.001",) and not attack.hard_negative
+    assert benign.split == "check" and benign.hard_negative  # an empty label list marks a benign event
+    assert "notes" not in json.dumps(attack.alert)
+    assert [c.id for c in select_split(cases, "check")] == ["dev-2"]
+
+
+def test_an_empty_telemetry_file_loads_no_cases(tmp_path: Path) -> None:
+    path = tmp_path / "cases.jsonl"
+    path.write_bytes(b"")
+    assert load_dataset(f"telemetry:{path}")[1] == []
+
+
+def test_rule_names_and_queries_lose_technique_ids(tmp_path: Path) -> None:
+    """A YARA-L rule named after its technique must not hand the mapper its label."""
+    path = tmp_path / "rules.jsonl"
+    row = {
+        "name": "mitre_attack_T1021_002_windows_admin_share_basic",
+        "description": "admin share",
+        "query": "rule mitre_attack_T1021_002_windows_admin_share_basic { events: $e.target.file.full_path = /C\\$/ }",
+        "techniques": ["T1021.002"],
+    }
+    path.write_text(json.dumps(row) + "\n")
+    _, (case,), _ = load_dataset(f"rules:{path}")
+    assert "T1021" not in json.dumps(case.alert)
+
+
+@pytest.mark.shared_data
+def test_tactics_follow_their_techniques_into_a_newer_attack(shared_data: Path) -> None:
+    """Under v19.1, a v18 label T1562.001 + Defense Evasion becomes T1685 + Defense Impairment."""
+    v19 = load_catalog(shared_data / "attack-v19" / "enterprise-attack.json")
+    case = Case(id="c", alert={}, techniques=("T1562.001", "T1059.001"), tactics=("TA0005", "TA0002"))
+    (scored,), stats = normalise_cases([case], v19)
+    assert scored.techniques == ("T1685", "T1059.001")
+    assert scored.tactics == ("TA0002", "TA0112")
+    assert stats.tactics_followed_techniques == 1
+    v18 = load_catalog(shared_data / "attack" / "enterprise-attack.json")
+    (same,), _ = normalise_cases([case], v18)
+    assert same.tactics == ("TA0005", "TA0002")
+
+
+@pytest.mark.shared_data
+def test_real_telemetry_converts(shared_data: Path) -> None:
+    """telemetry-dev as its README describes it: 456 cases, 308 dev / 148 check, 20 benign."""
+    path = shared_data / "telemetry-dev" / "cases.jsonl"
+    if not path.is_file() or not path.stat().st_size:
+        pytest.skip(f"{path} is empty on this machine (its README describes 456 cases)")
+    _, cases, _ = load_dataset(f"telemetry:{path}")
+    assert len(cases) == 456
+    assert len(select_split(cases, "dev")) == 308 and len(select_split(cases, "check")) == 148
+    assert sum(c.hard_negative for c in cases) == 20
+    assert all(c.techniques_v19 is not None for c in cases)

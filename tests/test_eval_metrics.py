@@ -127,3 +127,16 @@ def test_profile_names() -> None:
     assert profile_name("sigma", 5, []) == "sigma-cv"
     assert profile_name("atomic", None, ["sigma"]) == "atomic-kb-sigma"
     assert profile_name("cases", None, ["sigma", "atomic"]) == "cases-kb-sigma+atomic"
+
+
+def test_expected_calibration_error_weights_each_bins_gap() -> None:
+    """Two predictions at 0.9 (one right) and two at 0.3 (none right): |0.9-0.5| and |0.3-0| weighted by 2/4."""
+    truths = [Truth(f"c{i}", ("T1059",), ("TA0002",)) for i in range(4)]
+    preds = [
+        Prediction("c0", ("T1059",), {"T1059": 0.9}),
+        Prediction("c1", ("T1105",), {"T1105": 0.9}),
+        Prediction("c2", ("T1105",), {"T1105": 0.3}),
+        Prediction("c3", ("T1082",), {"T1082": 0.3}),
+    ]
+    metrics = score(truths, preds)
+    assert metrics["ece"] == pytest.approx(0.5 * 0.4 + 0.5 * 0.3)

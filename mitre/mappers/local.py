@@ -20,10 +20,11 @@ from typing import TYPE_CHECKING
 
 import orjson
 
+from mitre.calibration import Calibration, load_calibration
 from mitre.catalog import Catalog
 from mitre.config import MapperSettings
 from mitre.decision import covered, rule_techniques
-from mitre.indicators import IndicatorSet
+from mitre.indicators import IndicatorSet, is_context
 from mitre.models import (
     AlertFeatures,
     Decision,
@@ -40,6 +41,25 @@ if TYPE_CHECKING:  # numpy, scipy and scikit-learn load only when something is a
     from mitre.retrieval import CatalogRetriever
 
 MAPPER_NAME = "local"
+# An alert's platform (mitre.features.detect_platform) → the ATT&CK platforms a technique must list
+# to be proposed for it. Network alerts come from hosts and devices alike, so they fit everything.
+PLATFORMS: dict[str, frozenset[str]] = {
+    "windows": frozenset({"Windows"}),
+    "linux": frozenset({"Linux", "Containers", "ESXi"}),
+    "macos": frozenset({"macOS"}),
+    "cloud": frozenset(
+        {
+            "IaaS",
+            "SaaS",
+            "Office Suite",
+            "Identity Provider",
+            "Office 365",
+            "Azure AD",
+            "Google Workspace",
+            "Containers",
+        }
+    ),
+}
 
 
 @dataclass(frozen=True)
@@ -65,6 +85,11 @@ class LocalWeights:
     # only at or above this absolute confidence (keep_ratio alone is relative to the weaker rest).
     after_indicator_min: float = 0.8
     abstain_below: float = 0.4  # with no indicator evidence, a top confidence below this maps nothing
+    # For a raw event (no detection rule vouches that it is suspicious), the knowledge base's classifiers
+    # speak only as far as the event resembles their examples: their votes scale by the nearest
+    # example's similarity over this (up to 1), so an event unlike anything the knowledge base holds (a
+    # benign admin action, an event type no rule describes) is left alone. A rule's alert is not scaled.
+    kb_resemblance: float = 0.3
     # Tactic classifier over the knowledge base (a 14-class problem, far more stable than technique IDs):
     tactic_classifier: bool = True
     tactic_keep_margin: float = -0.6  # a technique's own tactics with a margin at or above this are reported
@@ -72,6 +97,9 @@ class LocalWeights:
     # A candidate's confidence moves by this × the tactic classifier's best margin among its own tactics:
     # the tactic an alert serves is easier to learn than its technique, and it breaks near-ties.
     tactic_agreement: float = 0.1
+    # Report confidences through the packaged calibration (mitre/data/calibration.yaml), so they read
+    # as the probability a technique is right; False reports the raw evidence scores (to fit it).
+    calibrated: bool = True
 
 
 class LocalMapper:
@@ -99,6 +127,7 @@ class LocalMapper:
         self._retriever = retriever
         self.weights = weights or LocalWeights()
         self._knowledge_fingerprint = knowledge_fingerprint
+        self.calibration: Calibration | None = load_calibration() if self.weights.calibrated else None
 
     @property
     def knowledge(self) -> KnowledgeBase | None:
@@ -127,11 +156,20 @@ class LocalMapper:
             "floor": self.settings.confidence_floor,
             "weights": self.weights.__dict__,
             "kb": self._knowledge_fingerprint,
+            "calibration": self.calibration.model_dump() if self.calibration is not None else None,
         }
         return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()[:16]
 
     def map(self, features: AlertFeatures, decision: Decision) -> MappingResult:
         return self.map_many([features], [decision])[0]
+
+    def _platform_fits(self, technique_id: str, platform: str | None) -> bool:
+        """Whether a technique can occur on the alert's platform (unknown platforms fit everything)."""
+        wanted = PLATFORMS.get(platform or "")
+        if not wanted:
+            return True
+        tech = self.catalog.techniques.get(technique_id)
+        return tech is None or not tech.platforms or bool(wanted & set(tech.platforms))
 
     def map_many(self, features: Sequence[AlertFeatures], decisions: Sequence[Decision]) -> list[MappingResult]:
         texts = [alert_text(f) for f in features]
@@ -160,6 +198,8 @@ class LocalMapper:
                     classified[i] if classified is not None else [],
                     tactic_scores[i] if tactic_scores is not None else {},
                     carried=carried,
+                    platform=feat.platform,
+                    raw_event=feat.rule_name is None,
                 )
             )
         return results
@@ -172,9 +212,14 @@ class LocalMapper:
         classified: Sequence[tuple[str, float]] = (),
         tactic_scores: Mapping[str, float] | None = None,
         carried: frozenset[str] = frozenset(),
+        platform: str | None = None,
+        raw_event: bool = False,
     ) -> MappingResult:
         """`carried`: the techniques a tagged rule already carries, when the alert is being extended.
-        They are left out of the choice, and the techniques the extending indicators name are kept."""
+        They are left out of the choice, and the techniques the extending indicators name are kept.
+        `platform`: the alert's; knowledge-base and catalog-text candidates that cannot occur on it
+        are not proposed (an indicator names its technique knowingly and is kept). `raw_event`: the alert
+        has no detection rule (see LocalWeights.kb_resemblance)."""
         w = self.weights
         misses: dict[str, float] = defaultdict(lambda: 1.0)  # product of (1 - p) per technique
         evidence: dict[str, list[Evidence]] = defaultdict(list)
@@ -184,22 +229,22 @@ class LocalMapper:
             misses[tid] *= 1.0 - min(max(p, 0.0), 0.999)
             evidence[tid].append(ev)
 
-        for hit in hits:
-            for tid in hit.techniques:
-                add(
-                    tid,
-                    hit.confidence,
-                    Evidence(
-                        source="indicator",
-                        field=hit.field,
-                        detail=f"{hit.indicator_id}: {hit.matched}",
-                        score=hit.confidence,
-                    ),
-                )
+        def indicator_evidence(hit: IndicatorHit) -> Evidence:
+            return Evidence(
+                source="indicator", field=hit.field, detail=f"{hit.indicator_id}: {hit.matched}", score=hit.confidence
+            )
 
+        for hit in hits:
+            if not is_context(hit):
+                for tid in hit.techniques:
+                    add(tid, hit.confidence, indicator_evidence(hit))
+
+        resemblance = 1.0
         if neighbours:
             total = sum(n.similarity for n in neighbours)
             reliability = min(1.0, neighbours[0].similarity / w.knn_reliable_similarity)
+            if w.kb_resemblance and raw_event:
+                resemblance = min(1.0, neighbours[0].similarity / w.kb_resemblance)
             votes: dict[str, float] = defaultdict(float)
             best: dict[str, Neighbour] = {}
             for n in neighbours:
@@ -209,20 +254,28 @@ class LocalMapper:
                 for tactic_id in n.example.tactics:
                     tactic_votes[tactic_id] += n.similarity / total
             for tid, vote in votes.items():
+                if not self._platform_fits(tid, platform):
+                    continue
                 share = vote / total
-                ex = best[tid]
+                ex = best[tid].example
                 add(
                     tid,
                     w.knn_weight * share * reliability,
                     Evidence(
                         source="knowledge_base",
-                        detail=f"{ex.example.source}:{ex.example.id} ({share:.0%} of neighbour vote)",
+                        detail=f"{share:.0%} of neighbour vote, nearest: {ex.title or ex.id} ({ex.source})",
                         score=round(share * reliability, 4),
                     ),
                 )
 
         for rank, (tid, margin) in enumerate(classified):
-            p = w.classifier_weight / (1.0 + math.exp(-w.classifier_scale * (margin + w.classifier_shift)))
+            if not self._platform_fits(tid, platform):
+                continue
+            p = (
+                resemblance
+                * w.classifier_weight
+                / (1.0 + math.exp(-w.classifier_scale * (margin + w.classifier_shift)))
+            )
             add(
                 tid,
                 p,
@@ -237,6 +290,8 @@ class LocalMapper:
         if lexical:
             top_score = lexical[0][1]
             for rank, (tid, score) in enumerate(lexical):
+                if not self._platform_fits(tid, platform):
+                    continue
                 rel = score / top_score if top_score else 0.0
                 p = w.lexical_weight * rel / (1 + rank)
                 add(
@@ -244,6 +299,13 @@ class LocalMapper:
                     p,
                     Evidence(source="lexical", detail=f"BM25 rank {rank + 1} over catalog text", score=round(score, 3)),
                 )
+
+        # A parent process's indicators support what the alert's own evidence already proposes.
+        for hit in hits:
+            if is_context(hit):
+                for tid in hit.techniques:
+                    if tid in misses:
+                        add(tid, hit.confidence, indicator_evidence(hit))
 
         # A sub-technique's evidence also supports its parent (for parent-level fallbacks).
         for tid in list(misses):
@@ -268,8 +330,9 @@ class LocalMapper:
                 evidence[tid].append(
                     Evidence(
                         source="knowledge_base",
-                        detail=f"tactic classifier: {tactic or 'no tactic'} margin {margin:+.2f}",
-                        score=round(shift, 4),
+                        detail=f"tactic classifier: {tactic or 'no tactic'} margin {margin:+.2f}, "
+                        f"confidence {'raised' if shift >= 0 else 'lowered'} by the score",
+                        score=round(abs(shift), 4),
                     )
                 )
             scored.append(
@@ -295,8 +358,12 @@ class LocalMapper:
             best_tactic = max(tactic_votes.items(), key=lambda kv: kv[1])
             if best_tactic[1] >= 0.5:
                 tactic_only = (best_tactic[0],)
+        candidates = tuple(scored[:10])
+        if self.calibration is not None:
+            chosen = list(self.calibration.apply(chosen, raw_event))
+            candidates = self.calibration.apply(candidates, raw_event)
         return MappingResult(
-            mapper=MAPPER_NAME, techniques=tuple(chosen), tactic_ids=tactic_only, candidates=tuple(scored[:10])
+            mapper=MAPPER_NAME, techniques=tuple(chosen), tactic_ids=tactic_only, candidates=candidates
         )
 
     def _choose(self, scored: list[TechniqueScore], keep: frozenset[str] = frozenset()) -> list[TechniqueScore]:
