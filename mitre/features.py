@@ -116,6 +116,8 @@ SCRIPT_FIELDS = frozenset(
 # dataset contains.
 _FAMILIES: tuple[tuple[str, str], ...] = tuple((needle, family) for family, needle in _EVENTS["families"])
 _FAMILY_FIELDS = ("winlog.channel", "winlog.provider_name", "event.provider", "event.dataset", "event.module")
+# Everything event_type reads (tests hold it to that).
+EVENT_TYPE_INPUTS = ("winlog.event_id", "event.code", *_FAMILY_FIELDS)
 _ALIASES: dict[str, str] = dict(_EVENTS["aliases"])
 _VALUE_NAMES: dict[str, dict[str, str]] = {
     field: {str(k).lower(): str(v) for k, v in names.items()} for field, names in _EVENTS["value_names"].items()

@@ -12,8 +12,8 @@ feature input (`FEATURE_INPUTS`) enters in the form the engine reads it:
 - any other observable field: its text normalised as the cache key normalises it (`mitre.cachekey`), and,
   when normalising changed the text and an indicator reads the field, what the indicators read in the raw
   text: the mapping is keyed on the normalised text, the decision on the indicators' reading;
-- rule attributes, risk, severity, tenant, existing tags and what platform detection reads: the raw value
-  (read raw, and few distinct values).
+- rule attributes, risk, severity, tenant, existing tags, and what platform detection and the Windows
+  event type read: the raw value (read raw, and few distinct values).
 
 The mapping comes from the cache under the alert's key, a function of the signature; the decision is a
 function of the rule, the risk, the tenant's settings and the indicators' hits, all in the signature.
@@ -33,6 +33,7 @@ import orjson
 from mitre.cachekey import COMMAND_FIELDS, IDENTITY_FIELDS, normalise_volatile
 from mitre.features import (
     ALERT_ID_FIELDS,
+    EVENT_TYPE_INPUTS,
     FEATURE_INPUTS,
     OBSERVABLE_FIELDS,
     PLATFORM_INPUTS,
@@ -59,7 +60,7 @@ def entry_for(name: str, read_by_indicators: frozenset[str]) -> Entry:
         return Entry.NOTHING
     if name in IDENTITY_FIELDS:
         return Entry.PRESENCE_AND_READING if read else Entry.PRESENCE
-    if name in OBSERVABLE_FIELDS and name not in PLATFORM_INPUTS:
+    if name in OBSERVABLE_FIELDS and name not in PLATFORM_INPUTS and name not in EVENT_TYPE_INPUTS:
         return Entry.NORMALISED_AND_READING if read else Entry.NORMALISED
     return Entry.RAW
 

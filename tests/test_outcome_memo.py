@@ -15,7 +15,16 @@ import pytest
 
 from mitre.assemble import EngineOptions, build_engine
 from mitre.config import WorkflowsFile
-from mitre.features import FEATURE_INPUTS, PLATFORM_INPUTS, detect_platform, features_from_flat, flatten, flatten_alert
+from mitre.features import (
+    EVENT_TYPE_INPUTS,
+    FEATURE_INPUTS,
+    PLATFORM_INPUTS,
+    detect_platform,
+    event_type,
+    features_from_flat,
+    flatten,
+    flatten_alert,
+)
 from mitre.models import OutcomeStatus, RawAlert
 from tests.helpers import LSASS_COMMAND, kibana_alert, threat_entry
 
@@ -263,3 +272,12 @@ def test_an_identity_field_an_indicator_requires_enters_as_what_it_decides(catal
     assert sign(flat("alice", other_guid)) != sign(flat("alice"))  # normalised alike, read differently
     plain = OutcomeSignature(IndicatorSet([], catalog))
     assert plain(flat("alice")) == plain(flat("DC01$"))
+
+
+def test_the_event_type_reads_only_its_inputs():
+    """The signature keeps these raw: they must be all event_type reads."""
+    recording = _Recording({name: "security" for name in FEATURE_INPUTS} | {"winlog.event_id": "4662"})
+    assert event_type(recording) == "security:4662"
+    empty = _Recording({"event.code": "4688"})
+    event_type(empty)
+    assert recording.read <= set(EVENT_TYPE_INPUTS) and empty.read <= set(EVENT_TYPE_INPUTS)
