@@ -46,6 +46,9 @@ from _flows_common import (
 
 REPO = Path(__file__).resolve().parents[1]
 THROUGHPUT_TARGET = 1000.0
+SHIPPED_KNOWLEDGE = [
+    str((REPO / "../shared/data" / name).resolve()) for name in ("sigma/rules.jsonl", "atomic-red-team/tests.jsonl")
+]
 
 
 def enriched_count(s: Setup) -> int:
@@ -205,11 +208,22 @@ def main() -> int:
     parser.add_argument(
         "--alerts", choices=["realistic", "distinct"], default="realistic", help="batch mode: which alerts (see batch)"
     )
+    parser.add_argument(
+        "--shipped-knowledge-base",
+        action="store_true",
+        help="map with the shipped workflows.yaml's knowledge base (Sigma + ART), not the bare local mapper",
+    )
     args = parser.parse_args()
     with (
         elasticsearch(args.es_url) as es_url,
         prefect_server(args.prefect_api_url) as api_url,
-        setup(es_url, api_url, args.catalog, batch_size=args.batch if args.mode == "batch" else 500) as s,
+        setup(
+            es_url,
+            api_url,
+            args.catalog,
+            batch_size=args.batch if args.mode == "batch" else 500,
+            knowledge_base=SHIPPED_KNOWLEDGE if args.shipped_knowledge_base else None,
+        ) as s,
     ):
         print(f"ES {es_url}  Prefect {api_url}  index {s.index}", flush=True)
         if args.mode == "burst":
@@ -225,13 +239,11 @@ def main() -> int:
             finally:
                 for index in extra:
                     s.es.options(ignore_status=404).indices.delete(index=index)
-            # The target applies to the warm cache (real alert streams repeat features: rule, command shape);
-            # cold here means every alert needs its own mapping, the local mapper's CPU-bound worst case.
-            ok = all(r["written"] == r["n"] for r in result.values()) and all(
-                r["alerts_per_second"] >= THROUGHPUT_TARGET for k, r in result.items() if k.endswith("/warm")
-            )
-            verdict = "met" if ok else "NOT met"
-            print(f"target >= {THROUGHPUT_TARGET:.0f} alerts/s (warm cache) with bulk write-back: {verdict}")
+            # Alerts the hybrid rule skips are not written back: only the rate is held to the target.
+            for phase in ("cold", "warm"):
+                ok = all(r["alerts_per_second"] >= THROUGHPUT_TARGET for k, r in result.items() if k.endswith(phase))
+                verdict = "met" if ok else "NOT met"
+                print(f"target >= {THROUGHPUT_TARGET:.0f} alerts/s ({phase} cache) with bulk write-back: {verdict}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0 if ok else 1
