@@ -101,7 +101,10 @@ class Setup:
 
 
 @contextlib.contextmanager
-def setup(es_url: str, api_url: str, catalog: Path, *, batch_size: int = 500) -> Iterator[Setup]:
+def setup(
+    es_url: str, api_url: str, catalog: Path, *, batch_size: int = 500, knowledge_base: list[str] | None = None
+) -> Iterator[Setup]:
+    """A workflow over a fresh index; ``knowledge_base``: the local mapper's files (none by default)."""
     from elasticsearch import Elasticsearch
 
     from mitre.io.elastic import alerts_index_mapping
@@ -116,7 +119,7 @@ def setup(es_url: str, api_url: str, catalog: Path, *, batch_size: int = 500) ->
             {
                 "name": "bench",
                 "trigger": {"index_pattern": index, "batch_size": batch_size},
-                "mapper": {"provider": "local", "knowledge_base": []},
+                "mapper": {"provider": "local", "knowledge_base": list(knowledge_base or [])},
                 "outputs": {"elasticsearch_write_back": True},
             }
         ],

@@ -11,7 +11,9 @@ provenance hash) and none enriched twice (every document is at ``_version`` 2: i
 
 ``batch``: the batch path's throughput into ES with bulk write-back, in this process: the ``backfill``
 flow (PIT/search_after read → engine → bulk) and the ``enrich-alerts`` flow over batches of refs
-(mget → engine → bulk), cold cache (a unique mapping per alert) and warm.
+(mget → engine → bulk), cold cache and warm; ``--alerts realistic`` (default: a fleet's alerts from
+devtools/alertgen.py, every one past the risk threshold) or ``distinct`` (a unique mapping per alert when
+cold).
 
 Without ``--prefect-api-url`` a fresh Prefect server is started; without ``--es-url`` /
 ``$ATTACKMAP_ES_URL`` the node in ``.es/`` is started or reused.
@@ -42,7 +44,11 @@ from _flows_common import (
     wait_for_text,
 )
 
+REPO = Path(__file__).resolve().parents[1]
 THROUGHPUT_TARGET = 1000.0
+SHIPPED_KNOWLEDGE = [
+    str((REPO / "../shared/data" / name).resolve()) for name in ("sigma/rules.jsonl", "atomic-red-team/tests.jsonl")
+]
 
 
 def enriched_count(s: Setup) -> int:
@@ -125,7 +131,25 @@ def burst(s: Setup, n: int, via: str) -> dict[str, Any]:
     }
 
 
-def batch(s: Setup, n: int, size: int, extra: list[str]) -> dict[str, Any]:
+def batch_alerts(n: int, salt: str, kind: str, phase: str) -> list[dict[str, Any]]:
+    """``realistic``: a fleet's alerts (devtools/alertgen.py: 5,000 hosts, 800 users, 2% new command
+    lines), the same stream cold and warm; ``distinct``: every alert its own cache key when cold."""
+    if kind == "distinct":
+        return [make_alert(i, salt, unique=phase == "cold") for i in range(n)]
+    from devtools.alertgen import RealisticAlerts
+
+    examples = [json.loads(line) for line in (REPO / "examples" / "alerts.ndjson").read_text().splitlines() if line]
+    stream = RealisticAlerts(examples, seed=16)
+    alerts = []
+    for i in range(n):
+        alert = stream.alert(i)
+        alert["kibana.alert.uuid"] = f"{salt}-{i:06d}"
+        alert["kibana.alert.risk_score"] = 99
+        alerts.append(alert)
+    return alerts
+
+
+def batch(s: Setup, n: int, size: int, extra: list[str], kind: str = "realistic") -> dict[str, Any]:
     os.environ.update(s.env())
     from flows.backfill import backfill
     from flows.enrich import enrich_alerts
@@ -134,13 +158,13 @@ def batch(s: Setup, n: int, size: int, extra: list[str]) -> dict[str, Any]:
     from mitre.io.events import alert_resource_id
 
     results: dict[str, Any] = {}
-    for phase, unique in (("cold", True), ("warm", False)):
+    for phase in ("cold", "warm"):
         index = f"{s.index}-{phase}"
         s.es.indices.create(
             index=index, mappings=alerts_index_mapping(), settings={"number_of_shards": 1, "number_of_replicas": 0}
         )
         extra.append(index)
-        ids = index_alerts(s.es, index, [make_alert(i, f"b{phase}", unique=unique) for i in range(n)], refresh=True)
+        ids = index_alerts(s.es, index, batch_alerts(n, f"b{phase}", kind, phase), refresh=True)
         RUNTIMES.clear()
         RUNTIMES.get()  # engine built outside the timing
         t0 = time.perf_counter()
@@ -154,7 +178,7 @@ def batch(s: Setup, n: int, size: int, extra: list[str]) -> dict[str, Any]:
         }
         print(f"backfill/{phase}: {results[f'backfill/{phase}']}", flush=True)
         # enrich-alerts over refs: re-enrich a fresh copy of the same alerts
-        copies = [dict(make_alert(i, f"r{phase}", unique=unique)) for i in range(n)]
+        copies = batch_alerts(n, f"r{phase}", kind, phase)
         ids = index_alerts(s.es, index, copies, refresh=True)
         refs = [alert_resource_id(index, i) for i in ids]
         t0 = time.perf_counter()
@@ -181,11 +205,25 @@ def main() -> int:
     parser.add_argument("--prefect-api-url", default=None)
     parser.add_argument("--catalog", type=Path, default=DEFAULT_CATALOG)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument(
+        "--alerts", choices=["realistic", "distinct"], default="realistic", help="batch mode: which alerts (see batch)"
+    )
+    parser.add_argument(
+        "--shipped-knowledge-base",
+        action="store_true",
+        help="map with the shipped workflows.yaml's knowledge base (Sigma + ART), not the bare local mapper",
+    )
     args = parser.parse_args()
     with (
         elasticsearch(args.es_url) as es_url,
         prefect_server(args.prefect_api_url) as api_url,
-        setup(es_url, api_url, args.catalog, batch_size=args.batch if args.mode == "batch" else 500) as s,
+        setup(
+            es_url,
+            api_url,
+            args.catalog,
+            batch_size=args.batch if args.mode == "batch" else 500,
+            knowledge_base=SHIPPED_KNOWLEDGE if args.shipped_knowledge_base else None,
+        ) as s,
     ):
         print(f"ES {es_url}  Prefect {api_url}  index {s.index}", flush=True)
         if args.mode == "burst":
@@ -197,17 +235,15 @@ def main() -> int:
         else:
             extra: list[str] = []
             try:
-                result = batch(s, args.n or 20000, args.batch, extra)
+                result = batch(s, args.n or 20000, args.batch, extra, args.alerts)
             finally:
                 for index in extra:
                     s.es.options(ignore_status=404).indices.delete(index=index)
-            # The target applies to the warm cache (real alert streams repeat features: rule, command shape);
-            # cold here means every alert needs its own mapping, the local mapper's CPU-bound worst case.
-            ok = all(r["written"] == r["n"] for r in result.values()) and all(
-                r["alerts_per_second"] >= THROUGHPUT_TARGET for k, r in result.items() if k.endswith("/warm")
-            )
-            verdict = "met" if ok else "NOT met"
-            print(f"target >= {THROUGHPUT_TARGET:.0f} alerts/s (warm cache) with bulk write-back: {verdict}")
+            # Alerts the hybrid rule skips are not written back: only the rate is held to the target.
+            for phase in ("cold", "warm"):
+                ok = all(r["alerts_per_second"] >= THROUGHPUT_TARGET for k, r in result.items() if k.endswith(phase))
+                verdict = "met" if ok else "NOT met"
+                print(f"target >= {THROUGHPUT_TARGET:.0f} alerts/s ({phase} cache) with bulk write-back: {verdict}")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
     return 0 if ok else 1

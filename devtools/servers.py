@@ -76,25 +76,32 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def prefect_server_env(home: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+def prefect_server_env(home: Path, database_url: str | None = None) -> dict[str, str]:
+    """A server's environment: its own PREFECT_HOME, and its database (SQLite there, unless a
+    ``postgresql+asyncpg://`` URL is given)."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PREFECT_API_URL", "PREFECT_API_DATABASE_CONNECTION_URL")}
     env.update(
         PREFECT_HOME=str(home),
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         PREFECT_SERVER_SERVICES_LATE_RUNS_ENABLED="false",
     )
+    if database_url:
+        env["PREFECT_API_DATABASE_CONNECTION_URL"] = database_url
     return env
 
 
 @contextlib.contextmanager
-def run_prefect_server(home: Path, port: int, timeout: float = PREFECT_START_TIMEOUT) -> Iterator[str]:
-    """``prefect server start`` on ``port`` with its database in ``home``, stopped on exit; ``home`` is kept,
-    so entering again with the same two restarts the same server (fault tests). Yields the API URL."""
+def run_prefect_server(
+    home: Path, port: int, timeout: float = PREFECT_START_TIMEOUT, database_url: str | None = None
+) -> Iterator[str]:
+    """``prefect server start`` on ``port`` with its database in ``home`` (or the PostgreSQL database at
+    ``database_url``), stopped on exit; ``home`` is kept, so entering again with the same two restarts the
+    same server (fault tests). Yields the API URL."""
     url = f"http://127.0.0.1:{port}/api"
     log = (home / "server.log").open("ab")
     proc = subprocess.Popen(
         [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=prefect_server_env(home),
+        env=prefect_server_env(home, database_url),
         stdout=log,
         stderr=subprocess.STDOUT,
         start_new_session=True,
@@ -120,11 +127,12 @@ def run_prefect_server(home: Path, port: int, timeout: float = PREFECT_START_TIM
 
 
 @contextlib.contextmanager
-def start_prefect_server(timeout: float = PREFECT_START_TIMEOUT) -> Iterator[str]:
-    """``prefect server start`` on a free port in a temporary PREFECT_HOME; yields the API URL."""
+def start_prefect_server(timeout: float = PREFECT_START_TIMEOUT, database_url: str | None = None) -> Iterator[str]:
+    """``prefect server start`` on a free port in a temporary PREFECT_HOME (SQLite there, or the PostgreSQL
+    database at ``database_url``); yields the API URL."""
     home = Path(tempfile.mkdtemp(prefix="attackmap-prefect-"))
     try:
-        with run_prefect_server(home, free_port(), timeout) as url:
+        with run_prefect_server(home, free_port(), timeout, database_url) as url:
             yield url
     finally:
         shutil.rmtree(home, ignore_errors=True)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -61,7 +62,9 @@ def trigger_for(workflow: Workflow) -> DeploymentEventTrigger:
     )
 
 
-def build_deployments(config: WorkflowsFile, *, poller: bool = False) -> list[RunnerDeployment]:
+def build_deployments(config: WorkflowsFile, *, poller: bool = False, triggers: bool = True) -> list[RunnerDeployment]:
+    """A deployment of `enrich_alerts` per enabled workflow — with its event trigger (the durable path), or
+    without (``triggers=False``: events go to the stream workers; the deployment serves batch runs)."""
     deployments: list[RunnerDeployment] = []
     for w in config.workflows:
         if not w.enabled:
@@ -72,7 +75,7 @@ def build_deployments(config: WorkflowsFile, *, poller: bool = False) -> list[Ru
                 enrich_alerts.to_deployment(
                     name=w.name,
                     description=w.description or f"attackmap workflow {w.name}",
-                    triggers=[trigger_for(w)],
+                    triggers=[trigger_for(w)] if triggers else [],
                     parameters={"workflow": w.name},
                     tags=TAGS,
                 ),
@@ -95,14 +98,28 @@ def build_deployments(config: WorkflowsFile, *, poller: bool = False) -> list[Ru
 
 
 def apply_deployments(deployments: Sequence[RunnerDeployment], *, work_pool: str | None = None) -> list[Any]:
-    """Create or update the deployments (and their triggers) on the Prefect server."""
+    """Create or update the deployments (and their triggers) on the Prefect server; a work pool that does not
+    exist yet is created."""
     ids: list[Any] = []
+    if work_pool:
+        asyncio.run(ensure_work_pool(work_pool))
     for deployment in deployments:
         if work_pool:
             ids.append(deployment.apply(work_pool_name=work_pool))
         else:
             ids.append(deployment.apply())
     return ids
+
+
+async def ensure_work_pool(name: str) -> None:
+    """Create the work pool (type ``process``, so Prefect's own ``prefect worker start`` can serve it too)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectAlreadyExists
+
+    async with get_client() as client:
+        with contextlib.suppress(ObjectAlreadyExists):
+            await client.create_work_pool(WorkPoolCreate(name=name, type="process"))
 
 
 def remove_deployments(config: WorkflowsFile, *, poller: bool = True) -> list[str]:

@@ -16,7 +16,11 @@ executor is up — but run here, on engines built once, instead of a process per
 - **honours cancellation**: a run of its own that turns Cancelling stops at the next batch boundary
   (`flows.cancellation`) and ends Cancelled, keeping what it wrote;
 - **survives the server restarting**: polls, claims and heartbeats that fail are retried at the next
-  turn; queued runs are kept by the server and taken when it answers again.
+  turn; queued runs are kept by the server and taken when it answers again;
+- **serves a work pool** when given one: every deployment applied to the pool (``attackmap workflows
+  deploy --work-pool``), those added later too, is looked up at each heartbeat; the executor also
+  heartbeats as a worker of the pool, so Prefect lists it. Any number of executors, on any number of
+  machines, share a pool: each run is claimed by one.
 
 This module is the one place that uses Prefect's engine and client internals for executing runs
 (``run_flow``, ``propose_state``): a Prefect upgrade is checked against it and its tests.
@@ -69,8 +73,19 @@ class ExecutorStats:
 class Executor:
     """Runs the scheduled flow runs of ``flows`` (deployment id → flow) until ``stop`` is set."""
 
-    def __init__(self, flows: Mapping[Any, Flow[..., Any]], settings: ExecutorSettings, api_url: str) -> None:
+    def __init__(
+        self,
+        flows: Mapping[Any, Flow[..., Any]],
+        settings: ExecutorSettings,
+        api_url: str,
+        *,
+        work_pool: str | None = None,
+        pool_flows: Mapping[str, Flow[..., Any]] | None = None,
+    ) -> None:
         self.flows = dict(flows)
+        # With a work pool: the flows (by name) its deployments may run.
+        self.work_pool = work_pool
+        self.pool_flows = dict(pool_flows or {})
         self.settings = settings
         self.api_url = api_url.rstrip("/")
         self.id = uuid.uuid4().hex
@@ -97,7 +112,7 @@ class Executor:
         from prefect.utilities.engine import propose_state
 
         free = self.settings.limit - len(self.held)
-        if free <= 0:
+        if free <= 0 or not self.flows:
             return
         runs = await client.get_scheduled_flow_runs_for_deployments(
             deployment_ids=list(self.flows), scheduled_before=datetime.now(UTC), limit=free
@@ -139,6 +154,21 @@ class Executor:
                     log.warning("flow run %s cancelled: stopping it at the next batch", run.id)
                     self.stats.cancelled += 1
                 CANCEL_REQUESTS.request(run.id)
+
+    async def _join_pool(self, client: Any) -> None:
+        """Serve every deployment on the work pool whose flow this process has; heartbeat as its worker."""
+        from prefect.client.schemas.filters import WorkPoolFilter, WorkPoolFilterName
+
+        assert self.work_pool is not None
+        found = await client.read_deployments(
+            work_pool_filter=WorkPoolFilter(name=WorkPoolFilterName(any_=[self.work_pool]))
+        )
+        for deployment in found:
+            if deployment.id not in self.flows:
+                name = (await client.read_flow(deployment.flow_id)).name
+                if (flow := self.pool_flows.get(name)) is not None:
+                    self.flows[deployment.id] = flow
+        await client.send_worker_heartbeat(work_pool_name=self.work_pool, worker_name=self.name)
 
     # ------------------------------------------------------------------ heartbeat and sweep
 
@@ -244,6 +274,8 @@ class Executor:
             while not stop.is_set():
                 now = time.monotonic()
                 try:
+                    if self.work_pool is not None and now >= next_heartbeat:
+                        await self._join_pool(client)
                     await self._claim_and_start(client)
                     await self._honour_cancellations(client)
                     if now >= next_heartbeat:

@@ -18,13 +18,19 @@ worker also reconciles from the event store every ``reconcile_seconds`` (``POST 
 from a watermark, paged): events it has not seen are queued like live ones.  Dropped events are then
 enriched a few seconds late instead of never.
 
+Several workers on one event stream (``--claims redis``, on one machine or many): every subscriber
+receives every event, so each event is claimed in Redis (``SET attackmap:event:<id> NX PX``, a lease of
+``--claim-seconds``) before it is queued, and exactly one worker enriches it. ``--work-pool P`` makes the
+same process a warm executor of Prefect work pool ``P`` too (`flows.executor`): the durable path's flow
+runs and the batch runs of every deployment applied to ``P`` are claimed and run here.
+
 A batch that fails (Elasticsearch or Prefect unreachable past the task's retries) is queued again
 after 5, 10, 20… seconds, up to 6 attempts; an alert given up on is logged with the reason. Killed
 mid-burst (SIGKILL) and restarted within ``--lookback-seconds``, it replays the events since then:
 alerts already written are left alone (same provenance hash), the rest are enriched — each once.
 What it does not do: survive a longer outage of its own (the reconcile starts from the lookback).
-Run the durable path (deployment + trigger, `flows/deploy.py`) or the poller alongside when every
-alert must be enriched even then.
+A claimed event stays claimed for its lease. Run the durable path (deployment + trigger,
+`flows/deploy.py`) or the poller alongside when every alert must be enriched even then.
 """
 
 from __future__ import annotations
@@ -34,7 +40,9 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import signal
+import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,6 +55,7 @@ from flows.enrich import enrich_batch
 from flows.runtimes import RUNTIMES
 from mitre.failures import describe
 from mitre.io.events import RESOURCE_PREFIX, SeenWithin
+from mitre.io.replay import Claims
 
 log = logging.getLogger("attackmap.worker")
 
@@ -55,6 +64,7 @@ log = logging.getLogger("attackmap.worker")
 class WorkerStats:
     events: int = 0
     duplicates: int = 0
+    claimed_elsewhere: int = 0
     reconciled: int = 0
     batches: int = 0
     alerts: int = 0
@@ -77,6 +87,9 @@ class WorkerSettings:
     reconcile_overlap_seconds: float = 20.0
     retry_seconds: float = 5.0  # first delay before a failed batch's alerts are queued again (then doubling)
     max_attempts: int = 6
+    work_pool: str | None = None  # also run this Prefect work pool's flow runs
+    pool_limit: int = 2  # the pool's runs at once
+    stream: bool = True  # False: the work pool's runs only (events reach it through deployment triggers)
 
 
 class EventWorker:
@@ -91,8 +104,12 @@ class EventWorker:
         *,
         on_batch: OnBatch | None = None,
         timings: TextIO | None = None,
+        claims: Claims | None = None,
+        name: str = "attackmap-worker",
     ) -> None:
         self.workflow = workflow
+        self.claims = claims
+        self.name = name
         self.event_name = event_name
         self.settings = settings
         self.on_batch = on_batch
@@ -113,8 +130,21 @@ class EventWorker:
         self.seen.add(event_id, now)
         if not resource_id.startswith(RESOURCE_PREFIX):
             return False
+        if self.claims is not None and not self._claim(event_id):
+            self.stats.claimed_elsewhere += 1  # another worker on this stream has it
+            return False
         self.queue.put_nowait((resource_id, occurred, time.time()))
         return True
+
+    def _claim(self, event_id: str) -> bool:
+        """Whether this worker takes the event. When the claims cannot be reached it takes it: two workers
+        may then map the same alert, and the sink writes it once (same provenance hash, seq_no guard)."""
+        assert self.claims is not None
+        try:
+            return self.claims.claim(event_id, time.time())
+        except Exception as exc:
+            log.warning("event claims unreachable, taking event %s: %s", event_id, describe(exc))
+            return True
 
     async def read(self, ready: asyncio.Event | None) -> None:
         """The live event stream; a new subscription replays the last ``lookback_seconds``."""
@@ -186,6 +216,9 @@ class EventWorker:
         stats.batch_sizes.append(len(items))
         stats.written += int(result.get("written", 0))
         stats.failed += len(result.get("failed", []))
+        log.info(
+            "batch of %d: %d written, %d unchanged", len(items), result.get("written", 0), result.get("unchanged", 0)
+        )
         if self.timings is None:
             return
         finished = time.time()
@@ -268,13 +301,29 @@ class EventWorker:
             await self.session(self.workflow)
 
     async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> WorkerStats:
-        """Read, reconcile and drain until ``stop`` is set (or one of them fails)."""
-        tasks: set[asyncio.Task[Any]] = {
-            asyncio.create_task(self.read(ready), name="attackmap-worker-read"),
-            asyncio.create_task(self.drain(), name="attackmap-worker-drain"),
-        }
-        if self.settings.reconcile_seconds > 0:
-            tasks.add(asyncio.create_task(self.reconcile(), name="attackmap-worker-reconcile"))
+        """Read, reconcile and drain (and serve the work pool) until ``stop`` is set (or one of them fails)."""
+        tasks: set[asyncio.Task[Any]] = set()
+        if self.settings.stream:
+            tasks.add(asyncio.create_task(self.read(ready), name="attackmap-worker-read"))
+            tasks.add(asyncio.create_task(self.drain(), name="attackmap-worker-drain"))
+            if self.settings.reconcile_seconds > 0:
+                tasks.add(asyncio.create_task(self.reconcile(), name="attackmap-worker-reconcile"))
+        elif ready is not None:
+            ready.set()
+        if self.settings.work_pool:
+            from prefect.settings import PREFECT_API_URL
+
+            from flows.deploy import FLOWS
+            from flows.executor import Executor, ExecutorSettings
+
+            executor = Executor(
+                {},
+                ExecutorSettings(limit=self.settings.pool_limit),
+                str(PREFECT_API_URL.value()),
+                work_pool=self.settings.work_pool,
+                pool_flows=FLOWS,
+            )
+            tasks.add(asyncio.create_task(executor.run(stop), name="attackmap-worker-pool"))
         stopper = asyncio.create_task(stop.wait(), name="attackmap-worker-stop")
         tasks.add(stopper)
         try:
@@ -304,6 +353,11 @@ async def run_worker(
     max_run_seconds: float = 3600.0,
     reconcile_seconds: float = 5.0,
     reconcile_overlap_seconds: float = 20.0,
+    claims: Claims | None = None,
+    work_pool: str | None = None,
+    pool_limit: int = 2,
+    name: str = "attackmap-worker",
+    stream: bool = True,
 ) -> WorkerStats:
     """Subscribe, batch, enrich, until ``stop`` is set (or the stream ends)."""
     runtime = await asyncio.to_thread(RUNTIMES.get, workflow)  # build the engine before the first event
@@ -314,8 +368,13 @@ async def run_worker(
         max_run_seconds=max_run_seconds,
         reconcile_seconds=reconcile_seconds,
         reconcile_overlap_seconds=reconcile_overlap_seconds,
+        work_pool=work_pool,
+        pool_limit=pool_limit,
+        stream=stream,
     )
-    worker = EventWorker(workflow, runtime.workflow.trigger.event, settings, on_batch=on_batch, timings=timings)
+    worker = EventWorker(
+        workflow, runtime.workflow.trigger.event, settings, on_batch=on_batch, timings=timings, claims=claims, name=name
+    )
     return await worker.run(stop or asyncio.Event(), ready)
 
 
@@ -328,7 +387,29 @@ def main(argv: list[str] | None = None) -> None:
         "--reconcile-seconds", type=float, default=5.0, help="catch up from the event store this often (0: never)"
     )
     parser.add_argument("--timings", default=None, help="append one JSON line of timings per batch to this file")
+    parser.add_argument(
+        "--claims", choices=["none", "redis"], default="none", help="redis: share the event stream with other workers"
+    )
+    parser.add_argument("--claim-seconds", type=float, default=900.0, help="how long a claimed event stays claimed")
+    parser.add_argument("--work-pool", default=None, help="also run this Prefect work pool's flow runs, warm")
+    parser.add_argument("--pool-limit", type=int, default=2, help="the work pool's flow runs at once")
+    parser.add_argument(
+        "--no-stream", dest="stream", action="store_false", help="with --work-pool: serve the pool only, not the stream"
+    )
+    parser.add_argument("--name", default=f"attackmap-worker-{socket.gethostname()}-{os.getpid()}")
     args = parser.parse_args(argv)
+    if not args.stream and not args.work_pool:
+        parser.error("--no-stream leaves nothing to do without --work-pool")
+    claims = None
+    if args.claims == "redis":
+        from mitre.cache_redis import redis_client
+        from mitre.config import Environment
+        from mitre.io.replay import RedisClaims
+
+        url = Environment().redis_url
+        if not url:
+            parser.error("--claims redis needs ATTACKMAP_REDIS_URL")
+        claims = RedisClaims(redis_client(url), "event", args.claim_seconds)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
     async def run() -> None:
@@ -340,7 +421,7 @@ def main(argv: list[str] | None = None) -> None:
 
         async def announce() -> None:
             await ready.wait()
-            print("attackmap worker: subscribed", flush=True)
+            print("attackmap worker: subscribed" if args.stream else "attackmap worker: serving the pool", flush=True)
 
         announcer = asyncio.create_task(announce())
         with contextlib.ExitStack() as stack:
@@ -353,6 +434,11 @@ def main(argv: list[str] | None = None) -> None:
                 ready=ready,
                 timings=timings,
                 reconcile_seconds=args.reconcile_seconds,
+                claims=claims,
+                work_pool=args.work_pool,
+                pool_limit=args.pool_limit,
+                name=args.name,
+                stream=args.stream,
             )
         announcer.cancel()
         log.info("stopped: %s", stats)

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from mitre.cache import DAY_SECONDS, MappingCache
+from mitre.cache import DAY_SECONDS, LOCK_EXPIRE_SECONDS, MappingCache, SharedTier
 from mitre.cache_guard import GuardedCache
 from mitre.catalog import Catalog, load_catalog
 from mitre.compliance import load_compliance
@@ -35,6 +35,22 @@ class EngineOptions:
     cache: bool = True
     cache_dir: Path | None = None
     feedback: bool = True
+
+
+def shared_tier(config: WorkflowsFile, env: Environment, warnings: list[str]) -> SharedTier | None:
+    """The cache's shared tier when `cache.shared` names one (Redis: `cache.redis_url`, else
+    $ATTACKMAP_REDIS_URL); a server not run as an LRU cache is reported in `warnings`."""
+    if config.cache.shared == "none":
+        return None
+    url = config.cache.redis_url or env.redis_url
+    if not url:
+        raise ValueError("cache.shared is redis: set cache.redis_url or ATTACKMAP_REDIS_URL")
+    from mitre.cache_redis import RedisTier, redis_client
+
+    tier = RedisTier(redis_client(url), LOCK_EXPIRE_SECONDS)
+    if (problem := tier.policy_problem()) is not None:
+        warnings.append(problem)
+    return tier
 
 
 def resolve_catalog(
@@ -135,6 +151,7 @@ def build_engine(
     cache = None
     if options.cache:
         directory = options.cache_dir or env.cache_dir or config.cache.directory or env.home / "cache"
+        shared = shared_tier(config, env, warnings)
         size_limit_bytes = config.cache.size_limit_mb * 2**20
         ttl_seconds = config.cache.ttl_days * DAY_SECONDS
         llm_ttl_seconds = config.cache.llm_ttl_days * DAY_SECONDS
@@ -144,6 +161,7 @@ def build_engine(
                 size_limit_bytes=size_limit_bytes,
                 ttl_seconds=ttl_seconds,
                 llm_ttl_seconds=llm_ttl_seconds,
+                shared=shared,
             ),
             where=str(directory),
         )

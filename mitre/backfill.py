@@ -100,7 +100,7 @@ def plan(engine: Engine, path: Path) -> dict[str, tuple[AlertFeatures, Decision]
             decision = engine.decide(features)
             if decision.kind is DecisionKind.SKIP:
                 continue
-            key = engine.mapping_key(features)
+            key = engine.mapping_key(features, decision)
             if key not in todo and (engine.cache is None or engine.cache.get(key) is None):
                 todo[key] = (features, decision)
     return todo

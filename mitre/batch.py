@@ -225,6 +225,9 @@ def _abandon_chunk(chunk: _Chunk, why: str) -> ChunkResult:
     return _abandoned(chunk.items, why, sum(len(i.raw or b"") + 1 for i in chunk.items))
 
 
+YOUNG_COLLECTION_ALLOCATIONS = 50_000
+
+
 def default_workers() -> int:
     return max(1, min(len(os.sched_getaffinity(0)), 8))
 
@@ -236,9 +239,14 @@ def _long_lived() -> Iterator[None]:
     pages forked workers would copy."""
     gc.collect()
     gc.freeze()
+    # A chunk's alerts stay alive until it is written (tens of thousands of young objects, no cycles):
+    # collecting every 700 allocations would scan them over and over (a sixth of a warm alert's time).
+    thresholds = gc.get_threshold()
+    gc.set_threshold(YOUNG_COLLECTION_ALLOCATIONS, *thresholds[1:])
     try:
         yield
     finally:
+        gc.set_threshold(*thresholds)
         gc.unfreeze()
 
 

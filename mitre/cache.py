@@ -9,8 +9,12 @@ Single-flight covers results that are not cached too (an LLM answer that fell ba
 mapper): the computing caller publishes its result in `FlightResults` for a short while, and every
 caller that was already waiting for the key when it finished takes it instead of computing again.
 A caller that arrives later computes afresh, so a fallback is never served in place of a later
-answer. `FlightResults` is the seam for sharing across machines (a Redis implementation, with a
-Redis lock in place of the diskcache one).
+answer.
+
+Past one machine, a `SharedTier` (Redis, `mitre.cache_redis`) sits behind the directory: a lookup the
+directory cannot answer asks it (and keeps the entry locally for the time it has left), every entry
+stored goes to both, single-flight takes the shared tier's lock after the local ones, and fallbacks are
+handed over through the shared tier's `FlightResults`. The directory then is each machine's first tier.
 """
 
 from __future__ import annotations
@@ -57,6 +61,27 @@ class DiskFlightResults:
         return MappingResult.model_validate_json(found[1])
 
 
+class SharedTier(Protocol):
+    """A cache tier every machine shares (`mitre.cache_redis.RedisTier`)."""
+
+    flights: FlightResults
+
+    def get(self, key: str) -> tuple[bytes, float] | None:
+        """(entry, seconds it has left), or None."""
+        ...
+
+    def put(self, key: str, value: bytes, ttl_seconds: float) -> None: ...
+
+    def try_lock(self, key: str) -> str | None:
+        """A token when the caller now holds the key's lock across machines, else None."""
+        ...
+
+    def unlock(self, key: str, token: str) -> None: ...
+
+
+SHARED_POLL_SECONDS = (0.005, 0.1)  # first and longest wait between looks at a key another machine computes
+
+
 class MappingCache:
     def __init__(
         self,
@@ -66,6 +91,7 @@ class MappingCache:
         ttl_seconds: float = 7 * DAY_SECONDS,
         llm_ttl_seconds: float | None = None,
         memo_entries: int = 20_000,
+        shared: SharedTier | None = None,
     ) -> None:
         directory.mkdir(parents=True, exist_ok=True)
         self.directory = directory
@@ -79,7 +105,8 @@ class MappingCache:
         self._memo_lock = threading.Lock()
         self._key_locks: dict[str, threading.Lock] = {}
         self._key_locks_guard = threading.Lock()
-        self.flights: FlightResults = DiskFlightResults(self._store)
+        self.shared = shared
+        self.flights: FlightResults = shared.flights if shared is not None else DiskFlightResults(self._store)
         self.hits = 0
         self.misses = 0
 
@@ -105,6 +132,10 @@ class MappingCache:
         if found is not None:
             return found
         raw = self._store.get(key)
+        if raw is None and self.shared is not None and (found_shared := self.shared.get(key)) is not None:
+            raw, left = found_shared
+            if left > 0:  # kept here for the time it has left there
+                self._store.set(key, raw, expire=left)
         if raw is None:
             return None
         value = MappingResult.model_validate_json(raw)
@@ -113,7 +144,10 @@ class MappingCache:
 
     def put(self, key: str, value: MappingResult) -> None:
         ttl = self.ttl_seconds if value.mapper == "local" else self.llm_ttl_seconds
-        self._store.set(key, value.model_dump_json().encode(), expire=ttl)
+        raw = value.model_dump_json().encode()
+        self._store.set(key, raw, expire=ttl)
+        if self.shared is not None:
+            self.shared.put(key, raw, ttl)
         self._remember(key, value)
 
     def _key_lock(self, key: str) -> threading.Lock:
@@ -132,20 +166,46 @@ class MappingCache:
         try:
             with lock, diskcache.Lock(self._store, f"attackmap-lock:{key}", expire=LOCK_EXPIRE_SECONDS):
                 found = self.get(key) or self.flights.since(key, asked_at)
+                token = None
+                if found is None and self.shared is not None:
+                    token, found = self._shared_turn(self.shared, key, asked_at)
                 if found is not None:
                     self.hits += 1
                     return found, True
-                value, cacheable = compute()
-                if cacheable:
-                    self.put(key, value)
-                else:
-                    self.flights.publish(key, value, time.time())
+                try:
+                    value, cacheable = compute()
+                    if cacheable:
+                        self.put(key, value)
+                    else:
+                        self.flights.publish(key, value, time.time())
+                finally:
+                    if token is not None and self.shared is not None:
+                        self.shared.unlock(key, token)
                 self.misses += 1
                 return value, False
         finally:
             with self._key_locks_guard:
                 if not lock.locked():
                     self._key_locks.pop(key, None)
+
+    def _shared_turn(self, shared: SharedTier, key: str, asked_at: float) -> tuple[str | None, MappingResult | None]:
+        """Wait until this machine holds the key's shared lock (token, None), or another machine's
+        computation left its result (None, result). A holder that died frees the key when its lock expires."""
+        pause, longest = SHARED_POLL_SECONDS
+        while True:
+            token = shared.try_lock(key)
+            if token is not None:
+                # Computed by another machine between our look and our lock?
+                found = self.get(key) or self.flights.since(key, asked_at)
+                if found is not None:
+                    shared.unlock(key, token)
+                    return None, found
+                return token, None
+            found = self.get(key) or self.flights.since(key, asked_at)
+            if found is not None:
+                return None, found
+            time.sleep(pause)
+            pause = min(pause * 2, longest)
 
     def stats(self) -> dict[str, int]:
         return {"hits": self.hits, "misses": self.misses, "entries": len(self._store), "bytes": self._store.volume()}

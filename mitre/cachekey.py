@@ -4,6 +4,12 @@ Volatile values (timestamps, IDs, GUIDs, hex blobs, PIDs, temp names, per-user p
 paths) are normalised away for the key only, so the thousandth copy of the same attack
 from another host or minute hits the cache. Identity fields (user, host) are left out of
 the key: a mapping must not depend on them.
+
+A mapper is given the alert and the decision, so the key holds the decision's part in the mapping
+too: its kind, the indicators that fired (id, techniques, field — not the quoted text) and, when it
+extends a rule, the rule's techniques. Normalising can hide what an indicator reads (a pattern naming
+one GUID), and an indicator can read an identity field (`requires` on `user.name`): two alerts that
+normalise alike but fire differently never share a mapping.
 """
 
 from __future__ import annotations
@@ -14,9 +20,9 @@ from functools import lru_cache
 
 import orjson
 
-from mitre.models import AlertFeatures
+from mitre.models import AlertFeatures, Decision, DecisionKind
 
-KEY_SCHEMA_VERSION = 1
+KEY_SCHEMA_VERSION = 2
 IDENTITY_FIELDS = frozenset({"user.name", "user.domain", "user.target.name", "host.name", "source.port"})
 
 _RULES: tuple[tuple[re.Pattern[str], str], ...] = (
@@ -34,7 +40,9 @@ _RULES: tuple[tuple[re.Pattern[str], str], ...] = (
 # In command lines and scripts a bare number is a PID, size or counter; elsewhere (event.code,
 # destination.port) numbers carry meaning and are kept.
 _BARE_NUMBER = re.compile(r"(?<![\w.-])\d{3,}(?![\w.-])")
-_COMMAND_FIELDS = frozenset(
+# Unix times (2017-2033) inside names, such as the `__1759489200.37` output file of remote execution tools.
+_EPOCH = re.compile(r"(?<!\d)1[5-9]\d{8}(?:\.\d+)?(?!\d)")
+COMMAND_FIELDS = frozenset(
     {"process.command_line", "process.parent.command_line", "process.args", "powershell.file.script_block_text"}
 )
 
@@ -45,7 +53,7 @@ def normalise_volatile(value: str, command: bool = False) -> str:
     for pattern, replacement in _RULES:
         value = pattern.sub(replacement, value)
     if command:
-        value = _BARE_NUMBER.sub("<n>", value)
+        value = _BARE_NUMBER.sub("<n>", _EPOCH.sub("<epoch>", value))
     return value
 
 
@@ -58,11 +66,23 @@ def stable_features(features: AlertFeatures) -> dict[str, object]:
         "rule_query": normalise_volatile(features.rule_query) if features.rule_query else None,
         "platform": features.platform,
         "fields": {
-            name: normalise_volatile(value, command=name in _COMMAND_FIELDS)
+            name: normalise_volatile(value, command=name in COMMAND_FIELDS)
             for name, value in sorted(features.fields.items())
             if name not in IDENTITY_FIELDS
         },
     }
+
+
+def decision_part(features: AlertFeatures, decision: Decision) -> dict[str, object]:
+    """What a mapper reads of the decision: its kind, the indicators that fired (less the quoted text),
+    and, when it extends a rule, the rule's techniques (they are carried, not competed with)."""
+    part: dict[str, object] = {
+        "kind": decision.kind.value,
+        "indicators": sorted([h.indicator_id, list(h.techniques), h.field] for h in decision.indicators),
+    }
+    if decision.kind is DecisionKind.EXTEND:
+        part["rule_techniques"] = sorted({r.technique_id for r in features.rule_threat if r.technique_id})
+    return part
 
 
 def cache_key(
@@ -74,8 +94,10 @@ def cache_key(
     prompt_hash: str,
     settings_hash: str = "",
     tenant: str | None = None,
+    decision: Decision | None = None,
 ) -> str:
-    """SHA-256 hex of the canonical JSON described in the README ("Cache key")."""
+    """SHA-256 hex of the canonical JSON described in the README ("Cache key"). Without a decision (tools
+    that count distinct alerts), the key of the features alone."""
     payload: dict[str, object] = {
         "v": KEY_SCHEMA_VERSION,
         "catalog": catalog_version,
@@ -85,6 +107,8 @@ def cache_key(
         "settings": settings_hash,
         "features": stable_features(features),
     }
+    if decision is not None:
+        payload["decision"] = decision_part(features, decision)
     if tenant is not None:  # a mapping's evidence quotes the alert: never served to another tenant
         payload["tenant"] = tenant
     return hashlib.sha256(orjson.dumps(payload, option=orjson.OPT_SORT_KEYS)).hexdigest()

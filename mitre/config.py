@@ -105,8 +105,10 @@ class BudgetSettings(Section):
         "untagged_only", description="past the soft limit, which alerts may still reach the LLM"
     )
     soft_limit_min_risk: float = Field(73, ge=0, le=100, description="raise_risk: the risk score still mapped")
-    ledger: Literal["sqlite", "elasticsearch"] = "sqlite"
+    ledger: Literal["sqlite", "postgresql", "elasticsearch"] = "sqlite"
     ledger_path: Path | None = Field(None, description="sqlite ledger; null: $ATTACKMAP_HOME/ledger.sqlite")
+    ledger_postgres_url: str | None = Field(None, description="postgresql ledger; null: $ATTACKMAP_POSTGRES_URL")
+    ledger_table: str = Field("attackmap_ledger", pattern=r"^[a-z_][a-z0-9_]*$", description="postgresql ledger table")
     ledger_index: str = Field("attackmap-ledger", description="elasticsearch ledger index")
     ledger_es_url: str | None = Field(None, description="elasticsearch ledger URL; null: $ATTACKMAP_ES_URL")
 
@@ -255,6 +257,10 @@ class CacheSettings(Section):
         description="how long an LLM answer is kept: its key already holds the catalog, prompt, model and settings, "
         "so asking again only pays for the same answer",
     )
+    shared: Literal["none", "redis"] = Field(
+        "none", description="redis: a second tier every machine shares behind the directory (see README: Deployment)"
+    )
+    redis_url: str | None = Field(None, description="the shared tier's Redis; null: $ATTACKMAP_REDIS_URL")
 
 
 class ComplianceSettings(Section):
@@ -336,6 +342,8 @@ class Environment(BaseSettings):
     knowledge_base: Path | None = None
     es_url: str | None = None  # Elasticsearch for flows, the worker and an ES ledger
     redact_salt: str | None = None  # LLM redaction: the pseudonym salt (default: $ATTACKMAP_HOME/redact.salt)
+    redis_url: str | None = None  # the shared cache tier, webhook and federation nonces, event claims
+    postgres_url: str | None = None  # a PostgreSQL budget ledger
     # Prefect's own variable, read here for the commands that must refuse to run without it.
     prefect_api_url: str | None = Field(None, validation_alias="PREFECT_API_URL")
 

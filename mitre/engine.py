@@ -21,7 +21,7 @@ from typing import Any, cast
 import orjson
 
 from mitre.cache_guard import Store
-from mitre.cachekey import IDENTITY_FIELDS, cache_key
+from mitre.cachekey import cache_key
 from mitre.catalog import Catalog
 from mitre.compliance import ComplianceMap
 from mitre.config import DecisionSettings, OptOuts, WorkflowsFile
@@ -38,13 +38,7 @@ from mitre.enrich import (
     timestamp,
 )
 from mitre.failures import FailureLog, describe, new_error_id
-from mitre.features import (
-    ALERT_ID_FIELDS,
-    extract_features,
-    features_from_flat,
-    flatten_alert,
-    has_text,
-)
+from mitre.features import extract_features, features_from_flat, flatten_alert
 from mitre.feedback.loop import FeedbackLoop
 from mitre.indicators import IndicatorSet
 from mitre.mappers.base import Mapper, map_all, maps_in_batches
@@ -58,6 +52,7 @@ from mitre.models import (
     RawAlert,
     ValidatedMapping,
 )
+from mitre.signature import OutcomeSignature
 from mitre.tool_events import ToolEvent, ToolEventTable
 from mitre.validate import validate_mapping
 
@@ -109,7 +104,7 @@ class Explanation:
 
 @dataclass(frozen=True)
 class _Remembered:
-    """What every alert with one outcome signature becomes (see Engine._signature): the outcome
+    """What every alert with one outcome signature becomes (see mitre.signature): the outcome
     less its alert and line, and what to add to the alert."""
 
     outcome: Outcome
@@ -134,18 +129,6 @@ class _Todo:
     alert: dict[str, Any]
     flat: dict[str, Any]
     signature: bytes | None
-
-
-def signature_fields(indicators: IndicatorSet) -> tuple[frozenset[str], tuple[str, ...]]:
-    """(feature inputs an outcome cannot depend on, identity fields where only presence counts).
-
-    An outcome (decision, mapping, threat.*, provenance) is a function of the feature inputs,
-    less the alert's own id and the identity fields the cache key leaves out (user, host, source
-    port) — unless an indicator reads one of those, which makes it a decision input again. Whether
-    an identity field is present still counts: it alone can make a document an alert at all."""
-    read = {name for ind in indicators.indicators for name in (*ind.fields, *ind.requires)}
-    presence_only = tuple(sorted(IDENTITY_FIELDS - read))
-    return frozenset({*ALERT_ID_FIELDS, *presence_only}), presence_only
 
 
 def with_tenant(alert: dict[str, Any], tenant: str) -> dict[str, Any]:
@@ -207,8 +190,7 @@ class Engine:
         self._validated_memo: OrderedDict[str, tuple[MappingResult, ValidatedMapping]] = OrderedDict()
         # Outcome signature → outcome, so the thousandth copy of an alert costs a parse and a
         # lookup. Only with a cache: it holds what the cache would return for the same key.
-        self._unsigned_fields, presence = signature_fields(indicators)
-        self._presence_fields = frozenset(presence)
+        self._sign = OutcomeSignature(indicators)
         self._outcomes: OrderedDict[bytes, _Remembered] = OrderedDict()
         self.outcome_memo_seconds = OUTCOME_MEMO_SECONDS
         self._outcomes_since = time.monotonic()
@@ -251,21 +233,8 @@ class Engine:
         return alert
 
     def _signature(self, flat: dict[str, Any]) -> bytes | None:
-        """The inputs an outcome depends on (see signature_fields), as bytes; None when not memoised.
-        `flat` holds only feature inputs (flatten_alert), so it is the signature less a few fields."""
-        if self.cache is None:
-            return None
-        signed = flat
-        if unsigned := flat.keys() & self._unsigned_fields:
-            signed = dict(flat)
-            for name in unsigned:
-                value = signed.pop(name)
-                if name in self._presence_fields:
-                    signed[name] = has_text(value)
-        try:
-            return orjson.dumps(signed, option=orjson.OPT_SORT_KEYS)
-        except TypeError:  # a value JSON cannot hold (alerts handed in as Python objects)
-            return None
+        """What the alert's outcome depends on (mitre.signature); None when outcomes are not remembered."""
+        return None if self.cache is None else self._sign(flat)
 
     def decide(self, features: AlertFeatures) -> Decision:
         """The workflow's hybrid decision for an alert, under its tenant's settings."""
@@ -302,7 +271,7 @@ class Engine:
             enriched = apply_enrichment(alert, remembered.enrichment, cache_hit=True, now=now)
         else:
             enriched = mark_skipped(alert, remembered.skip_provenance or {})
-        return remembered.outcome.model_copy(update={"alert": enriched, "line": line})
+        return remembered.outcome.model_copy(update={"alert": enriched, "line": line, "remembered": True})
 
     def _dead(self, item: RawAlert, reason: str, error_id: str | None = None) -> Outcome:
         """A dead letter keeps its input: the text, and the original bytes when they are not UTF-8."""
@@ -324,8 +293,8 @@ class Engine:
         error_id, reason = self.failures.record(exc, where)
         return self._dead(item, reason, error_id)
 
-    def mapping_key(self, features: AlertFeatures) -> str:
-        """The cache key of an alert's mapping (see mitre.cachekey)."""
+    def mapping_key(self, features: AlertFeatures, decision: Decision) -> str:
+        """The cache key of an alert's mapping under its decision (see mitre.cachekey)."""
         return cache_key(
             features,
             catalog_version=self.catalog.fingerprint,
@@ -334,6 +303,7 @@ class Engine:
             prompt_hash=self.mapper.prompt_hash,
             settings_hash=self._settings_hash,
             tenant=features.tenant,
+            decision=decision,
         )
 
     def _validated(self, key: str | None, result: MappingResult) -> ValidatedMapping:
@@ -348,18 +318,18 @@ class Engine:
                 self._validated_memo.popitem(last=False)
         return found[1]
 
-    def keys_of(self, features: Sequence[AlertFeatures]) -> list[str] | None:
+    def keys_of(self, features: Sequence[AlertFeatures], decisions: Sequence[Decision]) -> list[str] | None:
         """Cache keys of the alerts, when anything is keyed on them (the cache, analysts' corrections)."""
         if self.cache is None and self.feedback is None:
             return None
-        return [self.mapping_key(f) for f in features]
+        return [self.mapping_key(f, d) for f, d in zip(features, decisions, strict=True)]
 
     def map_decided(
         self, features: Sequence[AlertFeatures], decisions: Sequence[Decision]
     ) -> list[tuple[ValidatedMapping, bool]]:
         """(validated mapping, cache hit) for alerts already decided to be mapped: the map and
         validate stages alone, cache first, without the outcome memo. The evals score through this."""
-        return self._map_keyed(features, decisions, self.keys_of(features))
+        return self._map_keyed(features, decisions, self.keys_of(features, decisions))
 
     def _map_keyed(
         self, features: Sequence[AlertFeatures], decisions: Sequence[Decision], keys: list[str] | None
@@ -473,7 +443,7 @@ class Engine:
                 mapped_todo.append(entry)
         if not prepared:
             return
-        keys = self.keys_of([p.features for p in prepared])
+        keys = self.keys_of([p.features for p in prepared], [p.decision for p in prepared])
         mapped = self._map_keyed([p.features for p in prepared], [p.decision for p in prepared], keys)
         for n, (entry, done, (mapping, hit)) in enumerate(zip(mapped_todo, prepared, mapped, strict=True)):
             enrichment = build_enrichment(

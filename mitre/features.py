@@ -116,6 +116,8 @@ SCRIPT_FIELDS = frozenset(
 # dataset contains.
 _FAMILIES: tuple[tuple[str, str], ...] = tuple((needle, family) for family, needle in _EVENTS["families"])
 _FAMILY_FIELDS = ("winlog.channel", "winlog.provider_name", "event.provider", "event.dataset", "event.module")
+# Everything event_type reads (tests hold it to that).
+EVENT_TYPE_INPUTS = ("winlog.event_id", "event.code", *_FAMILY_FIELDS)
 _ALIASES: dict[str, str] = dict(_EVENTS["aliases"])
 _VALUE_NAMES: dict[str, dict[str, str]] = {
     field: {str(k).lower(): str(v) for k, v in names.items()} for field, names in _EVENTS["value_names"].items()
@@ -142,6 +144,15 @@ _RULE_ATTRIBUTES = (
 ALERT_ID_FIELDS = ("kibana.alert.uuid", "_id", "event.id", "id")
 _SCORE_FIELDS = ("kibana.alert.risk_score", "event.risk_score", "kibana.alert.severity", "event.severity")
 _PLATFORM_FIELDS = ("host.os.type", "host.os.platform", "host.os.family", "host.os.name", "agent.os")
+# Everything detect_platform reads, raw (a list and its text differ there): tests hold it to that.
+PLATFORM_INPUTS = (
+    *_PLATFORM_FIELDS,
+    "cloud.provider",
+    "event.module",
+    "network.protocol",
+    "dns.question.name",
+    "event.category",
+)
 _ECS_THREAT_FIELDS = ("threat.technique.id", "threat.technique.subtechnique.id", "threat.tactic.id")
 # Who the alert belongs to, first match wins: a tenant stamped by attackmap (an API key's, a webhook
 # header's), a tool platform's tenant_id, ECS-style tenant.id, then the Kibana space.
@@ -272,6 +283,12 @@ def _is_scalar(value: Any) -> bool:
 def has_text(value: Any) -> bool:
     """Whether a field value counts as present (what makes a document an alert at all)."""
     return _text(value) is not None
+
+
+def observed_text(name: str, value: Any) -> str | None:
+    """The text AlertFeatures.fields keeps of an observable field's value (None when absent)."""
+    text = _text(value)
+    return None if text is None else truncate(name, text)[0]
 
 
 def truncate(name: str, value: str) -> tuple[str, bool]:

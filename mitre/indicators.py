@@ -141,7 +141,36 @@ class IndicatorSet:
             for name in ind.fields:
                 self._by_field.setdefault(name, []).append(index)
         self._memo: OrderedDict[tuple[str, str], dict[int, tuple[str, tuple[str, ...]]]] = OrderedDict()
+        # Per field: every prefilter literal of its indicators, who holds each, and who has none.
+        self._field_literals: dict[str, tuple[tuple[str, ...], dict[str, tuple[int, ...]], tuple[int, ...]]] = {}
+        for name, indices in self._by_field.items():
+            holders: dict[str, list[int]] = {}
+            unfiltered = []
+            for index in indices:
+                literals = self._compiled[index].literals
+                if literals is None:
+                    unfiltered.append(index)
+                for literal in literals or ():
+                    holders.setdefault(literal, []).append(index)
+            self._field_literals[name] = (tuple(holders), {k: tuple(v) for k, v in holders.items()}, tuple(unfiltered))
+        self._requires_by_field: dict[str, list[tuple[int, re.Pattern[str]]]] = {}
+        for index, compiled in enumerate(self._compiled):
+            for name, rx in compiled.requires.items():
+                self._requires_by_field.setdefault(name, []).append((index, rx))
+        # Every field an indicator reads, through its pattern or its `requires`.
+        self.fields_read = frozenset(self._by_field) | frozenset(self._requires_by_field)
         self._active = _ActiveIds(catalog)
+
+    def _candidates(self, name: str, lowered: str | None) -> list[int]:
+        """The indicators of a field that may fire on a value, in catalog order: those whose literal
+        prefilter (mitre.prefilter) finds one of its substrings, and those without one. All the field's
+        literals are tested in one pass, rather than indicator by indicator."""
+        if lowered is None:  # not ASCII: every indicator is searched (see mitre.prefilter)
+            return self._by_field.get(name, [])
+        literals, holders, unfiltered = self._field_literals.get(name, ((), {}, ()))
+        found = {index for literal in literals if literal in lowered for index in holders[literal]}
+        found.update(unfiltered)
+        return sorted(found)
 
     def _field_matches(self, name: str, value: str) -> dict[int, tuple[str, tuple[str, ...]]]:
         """Which indicators fire on this exact field value; remembered, since values recur across alerts."""
@@ -150,7 +179,7 @@ class IndicatorSet:
         if found is None:
             found = {}
             lowered = value.lower() if value.isascii() else None
-            for index in self._by_field.get(name, ()):
+            for index in self._candidates(name, lowered):
                 match = self._compiled[index].match_value(value, lowered)
                 if match is not None:
                     found[index] = match
@@ -158,6 +187,14 @@ class IndicatorSet:
             if len(self._memo) > MEMO_ENTRIES:
                 self._memo.popitem(last=False)
         return found
+
+    def reading(self, name: str, value: str) -> tuple[tuple[tuple[int, tuple[str, ...]], ...], tuple[int, ...]]:
+        """What one field value decides in `evaluate`: the indicators that fire on it (with the techniques
+        they name) and the `requires` patterns it satisfies. Alerts whose fields read alike get the same
+        hits from `evaluate`, but for the quoted text."""
+        fired = tuple((index, techniques) for index, (_, techniques) in self._field_matches(name, value).items())
+        required = tuple(index for index, rx in self._requires_by_field.get(name, ()) if rx.search(value))
+        return fired, required
 
     def evaluate(self, features: AlertFeatures) -> tuple[IndicatorHit, ...]:
         fields = features.fields

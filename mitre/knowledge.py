@@ -283,6 +283,7 @@ class KnowledgeBase:
         self._tactic_labels: list[str] = []
         self._tactic_dual: Any = None
         self._last_kernel: tuple[tuple[str, ...], Any] | None = None
+        self._last_word: tuple[tuple[str, ...], Any] | None = None
 
     def with_catalog(self, catalog: Catalog) -> KnowledgeBase:
         """This knowledge base if it already learnt from the catalog's own examples (as one built by
@@ -296,7 +297,7 @@ class KnowledgeBase:
         """Classifier features: word TF-IDF, plus character 3–4-grams (within word boundaries; those in over 20% of
         examples dropped, which keeps the Gram matrix cheap) when enabled,
         each block L2-normalised and the rows renormalised."""
-        word = self._matrix if fit else self._vectorizer.transform(texts)
+        word = self._matrix if fit else self._word(texts)
         if not self._char_ngrams:
             return word
         if fit:
@@ -315,6 +316,15 @@ class KnowledgeBase:
             assert self._char_vectorizer is not None
             char = self._char_vectorizer.transform(texts)
         return normalize(sparse.hstack([word, char]).tocsr())
+
+    def _word(self, texts: Sequence[str]) -> Any:
+        """Word TF-IDF of a batch; the neighbours and both classifiers read the same batch, so it is
+        transformed once."""
+        key = tuple(texts)
+        last = getattr(self, "_last_word", None)  # absent from copies stored by earlier versions
+        if last is None or last[0] != key:
+            last = self._last_word = (key, self._vectorizer.transform(texts))
+        return last[1]
 
     def _solve(self, label_sets: Sequence[Sequence[str]]) -> tuple[list[str], np.ndarray]:
         """Dual ridge coefficients (examples × labels) for ±1 targets, one column per label."""
@@ -336,9 +346,11 @@ class KnowledgeBase:
     def _scores(self, texts: Sequence[str], dual: np.ndarray) -> np.ndarray:
         # The technique and tactic classifiers score the same batch: featurise it once (the
         # character n-gram transform is the costliest step of mapping an unseen alert).
+        # The kernel is mostly non-zero (character n-grams are shared widely): kept dense, so scoring
+        # it against the dual coefficients is one BLAS product instead of a sparse one.
         key = tuple(texts)
         if self._last_kernel is None or self._last_kernel[0] != key:
-            self._last_kernel = (key, _kernel(self._features(texts), self._class_matrix))
+            self._last_kernel = (key, _kernel(self._features(texts), self._class_matrix).toarray())
         return np.asarray(self._last_kernel[1] @ dual)
 
     def _train(self) -> None:
@@ -353,6 +365,7 @@ class KnowledgeBase:
             self._tactic_labels, self._tactic_dual = self._solve([e.tactics for e in self.examples])
         self._factor = None
         self._last_kernel = None
+        self._last_word = None
 
     def classify_tactics_many(self, texts: Sequence[str]) -> list[dict[str, float]]:
         """Score per tactic (above 0 = predicted). Examples without tactics count as negatives for
@@ -382,11 +395,17 @@ class KnowledgeBase:
         return self.neighbours_many([text], k)[0]
 
     def neighbours_many(self, texts: Sequence[str], k: int = 10) -> list[list[Neighbour]]:
-        query = self._vectorizer.transform(texts)
-        sims = _kernel(query, self._matrix).toarray()
+        sims = _kernel(self._word(texts), self._matrix).toarray()
         result = []
         for row in sims:
             top = np.argpartition(-row, min(k, len(row) - 1))[:k]
             top = top[np.argsort(-row[top])]
-            result.append([Neighbour(example=self.examples[i], similarity=float(row[i])) for i in top if row[i] > 0])
+            # Built without validation: the example is one already validated, the similarity a float.
+            result.append(
+                [
+                    Neighbour.model_construct(example=self.examples[i], similarity=float(row[i]))
+                    for i in top
+                    if row[i] > 0
+                ]
+            )
         return result

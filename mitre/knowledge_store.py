@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import pickle
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -125,9 +126,21 @@ def load_knowledge(
         staging.replace(stored)
         where.notes.write_bytes(orjson.dumps(label_warnings))
         for old in stored.parent.glob("kb-*"):
-            if old not in (stored, where.notes):
+            # Another process may be staging its copy right now (two workers started on one home):
+            # only a staging file nobody has touched for an hour is left over from a crash.
+            if old not in (stored, where.notes) and (old.suffix != ".tmp" or _idle_for(old, STALE_STAGING_SECONDS)):
                 old.unlink(missing_ok=True)
     return knowledge, where.fingerprint, where.warnings + label_warnings
+
+
+STALE_STAGING_SECONDS = 3600.0
+
+
+def _idle_for(path: Path, seconds: float) -> bool:
+    try:
+        return time.time() - path.stat().st_mtime > seconds
+    except FileNotFoundError:
+        return False
 
 
 def defer_knowledge(

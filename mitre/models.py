@@ -185,6 +185,7 @@ class Outcome(Contract):
     decision: Decision | None = None
     mapping: ValidatedMapping | None = None
     cache_hit: bool = False
+    remembered: bool = False  # answered by the engine's outcome memo (a copy of an outcome already made)
     line: int | None = None
     raw: str | None = None
     raw_b64: str | None = None  # the input's bytes, when they are not valid UTF-8 (`raw` is then lossy)
@@ -230,6 +231,7 @@ class RunSummary:
     techniques: Counter[str] = field(default_factory=Counter)
     cache_hits: int = 0
     cache_misses: int = 0
+    remembered: int = 0  # outcomes the engine's memo answered (of any status)
     warnings: list[str] = field(default_factory=list)
     # Who answered each mapped alert (an LLM fallback counts as "local"), fallbacks per reason,
     # alerts holding text that addresses the model, and what the LLM calls behind them cost (each
@@ -241,6 +243,7 @@ class RunSummary:
     cost_usd: float = 0.0
 
     def add(self, outcome: Outcome) -> None:
+        self.remembered += outcome.remembered
         if outcome.decision is not None:
             self.decisions[f"{outcome.decision.kind.value}:{outcome.decision.reason}"] += 1
         if outcome.status is OutcomeStatus.ENRICHED:
@@ -285,6 +288,7 @@ class RunSummary:
         self.techniques.update(other.techniques)
         self.cache_hits += other.cache_hits
         self.cache_misses += other.cache_misses
+        self.remembered += other.remembered
         self.answered_by.update(other.answered_by)
         self.fallbacks.update(other.fallbacks)
         self.injection_suspected += other.injection_suspected
@@ -303,7 +307,7 @@ class RunSummary:
             "skipped": dict(self.skipped),
             "dead_letter": dict(self.dead_letter),
             "decisions": dict(self.decisions),
-            "cache": {"hits": self.cache_hits, "misses": self.cache_misses},
+            "cache": {"hits": self.cache_hits, "misses": self.cache_misses, "remembered": self.remembered},
             "answered_by": dict(self.answered_by),
             "fallbacks": dict(self.fallbacks),
             "prompt_injection_suspected": self.injection_suspected,

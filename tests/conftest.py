@@ -12,7 +12,12 @@ from hypothesis import HealthCheck, settings
 from mitre.catalog import Catalog, load_catalog
 from mitre.indicators import IndicatorSet, load_indicators
 
-pytest_plugins: list[str] = ["tests.es_fixtures", "tests.prefect_fixtures", "tests.export_fixtures"]
+pytest_plugins: list[str] = [
+    "tests.es_fixtures",
+    "tests.prefect_fixtures",
+    "tests.export_fixtures",
+    "tests.datastore_fixtures",
+]
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

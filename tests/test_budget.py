@@ -1,10 +1,13 @@
-"""Prices, the ledger (SQLite and Elasticsearch), budget states, the budgeted mapper, the CLI."""
+"""Prices, the ledger (SQLite, PostgreSQL and Elasticsearch), budget states, the budgeted mapper, the CLI."""
 
 from __future__ import annotations
 
 import json
+import threading
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -249,3 +252,61 @@ def test_elasticsearch_ledger(es_client, es_index_name):
         "trip",
         "resume",
     ]
+
+
+def test_postgresql_ledger(postgres_url):
+    from mitre.budget.ledger_postgres import PostgresLedger
+
+    ledger = PostgresLedger(postgres_url, table=f"ledger_{uuid.uuid4().hex[:8]}")
+    clock = Clock()
+    b = Budget(ledger, BudgetSettings(daily_usd=1.0), "wf", clock=clock, sync_s=0)
+    b.record_call("anthropic", "claude-haiku-4-5", Usage(input_tokens=600_000))
+    b.record_call("anthropic", "claude-haiku-4-5", Usage(input_tokens=500_000))
+    assert ledger.spend("wf", T0 - 10) == pytest.approx(1.1)
+    assert b.check().state == "killed"
+    assert ledger.last_control("wf").kind == "trip"
+    b.resume()
+    assert b.check().state == "soft"
+    assert [e.kind for e in ledger.events(kinds=["llm_call", "trip", "resume"])] == [
+        "llm_call",
+        "llm_call",
+        "trip",
+        "resume",
+    ]
+    assert ledger.events(kinds=["llm_call"])[0].detail["priced"] is True
+
+
+def _ledgers(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> list[Any]:
+    """Eight workers' own connections to one shared ledger."""
+    if kind == "sqlite":
+        return [SQLiteLedger(tmp_path / "shared.sqlite") for _ in range(8)]
+    if kind == "postgresql":
+        from mitre.budget.ledger_postgres import PostgresLedger
+
+        url, table = request.getfixturevalue("postgres_url"), f"ledger_{uuid.uuid4().hex[:8]}"
+        return [PostgresLedger(url, table) for _ in range(8)]
+    client, index = request.getfixturevalue("es_client"), request.getfixturevalue("es_index_name")
+    return [ElasticLedger(client, index) for _ in range(8)]
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql", "elasticsearch"])
+def test_workers_crossing_the_hard_limit_at_once_record_one_trip(kind: str, tmp_path: Path, request):
+    ledgers = _ledgers(kind, tmp_path, request)
+    ledgers[0].append([LedgerEvent(ts=T0, kind="llm_call", workflow="wf", cost_usd=1.5, model="claude-haiku-4-5")])
+    workers = [Budget(ledger, BudgetSettings(daily_usd=1.0), "wf", clock=Clock(), sync_s=0) for ledger in ledgers]
+    barrier = threading.Barrier(len(workers))
+    states: list[str] = []
+
+    def check(b: Budget) -> None:
+        barrier.wait()
+        states.append(b.check().state)
+
+    threads = [threading.Thread(target=check, args=(b,)) for b in workers]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert states == ["killed"] * len(workers)
+    assert len(ledgers[0].events(kinds=["trip"])) == 1
+    assert all(b.check().state == "killed" for b in workers)
+    assert len(ledgers[0].events(kinds=["trip"])) == 1

@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -316,21 +317,41 @@ def test_a_peer_down_and_back_loses_nothing_the_service_enriched(
     assert delivery.stats.dead_lettered == 0
 
 
-def _claim(path: Path, nonce: str, results: multiprocessing.Queue) -> None:
-    results.put(ReceiverStore(path).claim_nonce("east", nonce, time.time(), 60))
+def _store(where: str) -> Any:
+    """A receiver's memory: the SQLite file (one host) or Redis (every host); opened in the receiver's process."""
+    if where.startswith("redis://"):
+        from mitre.cache_redis import redis_client
+        from mitre.io.replay import RedisReceiverStore
+
+        return RedisReceiverStore(redis_client(where))
+    return ReceiverStore(Path(where))
 
 
-def test_the_nonce_store_is_shared_by_receiver_processes(tmp_path: Path) -> None:
-    path = tmp_path / "nonces.sqlite"
-    ReceiverStore(path)
+def _claim(where: str, nonce: str, results: multiprocessing.Queue) -> None:
+    results.put(_store(where).claim_nonce("east", nonce, time.time(), 60))
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+def test_the_nonce_store_is_shared_by_receiver_processes(kind: str, tmp_path: Path, request) -> None:
+    if kind == "redis":
+        request.getfixturevalue("redis_client")  # an empty database
+        where = request.getfixturevalue("redis_url")
+    else:
+        where = str(tmp_path / "nonces.sqlite")
+    _store(where)
     context = multiprocessing.get_context("fork")
     results: multiprocessing.Queue = context.Queue()
-    workers = [context.Process(target=_claim, args=(path, "n-1", results)) for _ in range(4)]
+    workers = [context.Process(target=_claim, args=(where, "n-1", results)) for _ in range(4)]
     for w in workers:
         w.start()
     for w in workers:
         w.join(10)
     assert sorted(results.get(timeout=5) for _ in workers) == [False, False, False, True]
+    store = _store(where)
+    assert store.new_keys("east", ["f1", "f2", "f1"]) == {"f1", "f2"}
+    assert store.new_keys("west", ["f2", "f3"]) == {"f3"}
+    store.forget(["f3"])
+    assert store.new_keys("west", ["f3"]) == {"f3"}
 
 
 def test_cli_keygen_and_send(world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -808,7 +808,8 @@ def test_indicator_catalog_is_part_of_the_cache_key(catalog, tmp_path):
 
     engine = build_engine(WorkflowsFile(), options=EngineOptions(knowledge_base=(), cache_dir=tmp_path))
     features = extract_features({"process": {"command_line": "whoami /all"}})
-    before = engine.mapping_key(features)
+    decision = engine.decide(features)
+    before = engine.mapping_key(features, decision)
     engine.indicators = IndicatorSet(engine.indicators.indicators[1:], catalog)
     rebuilt = type(engine)(catalog, engine.indicators, engine.config, None, engine.mapper, engine.cache)
-    assert rebuilt.mapping_key(features) != before
+    assert rebuilt.mapping_key(features, decision) != before

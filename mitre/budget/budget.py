@@ -95,7 +95,8 @@ class Budget:
         return max(now, last + 1e-3)
 
     def check(self) -> BudgetState:
-        """The state for the next LLM call; crossing a hard limit records a trip (once)."""
+        """The state for the next LLM call; crossing a hard limit records a trip, once for every worker
+        sharing the ledger."""
         with self._lock:
             now = self.clock()
             self._refresh(now)
@@ -120,8 +121,13 @@ class Budget:
                         reason=reason,
                         detail={"period": period, "limit": limit, "spend": spent, "until": bounds[1]},
                     )
-                    self.ledger.append([event])
-                    self._control = event
+                    # Every worker that crosses the limit tries; the key makes one of them record it.
+                    after = ctrl.ts if ctrl is not None else 0.0
+                    key = f"trip:{self.workflow}:{period}:{bounds[1]:.0f}:{after!r}"
+                    if self.ledger.append_once(event, key):
+                        self._control = event
+                    else:
+                        self._control = self.ledger.last_control(self.workflow)
                     return BudgetState("killed", "hard_limit", day, month, reason)
             for period, limit, spent in (("day", s.daily_usd, day), ("month", s.monthly_usd, month)):
                 if limit is not None and spent >= s.soft_limit_ratio * limit:

@@ -1,8 +1,12 @@
 """The ledger: an append-only event log of every billed call (`llm_call`), every budget control (`trip`,
 `kill`, `resume`), local fallbacks (`fallback`) and hybrid-decision / cache telemetry (`decision`,
 `cache`), each with a `count` so telemetry is written aggregated per batch. SQLite at
-$ATTACKMAP_HOME/ledger.sqlite by default; an Elasticsearch index when `budget.ledger: elasticsearch`
-(Kibana dashboard in kibana/), so several workers share one budget."""
+$ATTACKMAP_HOME/ledger.sqlite by default; a PostgreSQL table when `budget.ledger: postgresql`, or an
+Elasticsearch index when `budget.ledger: elasticsearch` (Kibana dashboard in kibana/), so workers on
+several machines share one budget.
+
+A control that many workers may record at once — the trip when spend crosses a hard limit — is
+appended with `append_once` under a key: of every worker that crosses it, exactly one records it."""
 
 from __future__ import annotations
 
@@ -49,6 +53,10 @@ class LedgerEvent:
 class Ledger(Protocol):
     def append(self, events: Sequence[LedgerEvent]) -> None: ...
 
+    def append_once(self, event: LedgerEvent, key: str) -> bool:
+        """Append the event unless one was appended under `key` before; True when this call appended it."""
+        ...
+
     def spend(self, workflow: str, since: float) -> float: ...
 
     def events(
@@ -61,6 +69,7 @@ class Ledger(Protocol):
 
 
 _COLUMNS = tuple(f for f in LedgerEvent.__dataclass_fields__ if f != "detail")
+_INSERT_COLUMNS = (*_COLUMNS, "detail", "once")
 
 
 class SQLiteLedger:
@@ -76,13 +85,24 @@ class SQLiteLedger:
             " cache_read_tokens INTEGER, cost_usd REAL, count INTEGER, reason TEXT, detail TEXT)"
         )
         self._db.execute("CREATE INDEX IF NOT EXISTS events_wf_kind_ts ON events (workflow, kind, ts)")
+        if "once" not in {row[1] for row in self._db.execute("PRAGMA table_info(events)")}:  # older ledgers
+            self._db.execute("ALTER TABLE events ADD COLUMN once TEXT")
+        self._db.execute("CREATE UNIQUE INDEX IF NOT EXISTS events_once ON events (once)")
         self._db.commit()
 
-    def append(self, events: Sequence[LedgerEvent]) -> None:
-        rows = [(*(getattr(e, c) for c in _COLUMNS), orjson.dumps(e.detail).decode()) for e in events]
+    def _insert(self, events: Sequence[LedgerEvent], once: str | None, verb: str = "INSERT") -> int:
+        rows = [(*(getattr(e, c) for c in _COLUMNS), orjson.dumps(e.detail).decode(), once) for e in events]
+        sql = f"{verb} INTO events ({','.join(_INSERT_COLUMNS)}) VALUES ({','.join('?' * len(_INSERT_COLUMNS))})"
         with self._lock:
-            self._db.executemany(f"INSERT INTO events VALUES ({','.join('?' * (len(_COLUMNS) + 1))})", rows)
+            cursor = self._db.executemany(sql, rows)
             self._db.commit()
+            return cursor.rowcount
+
+    def append(self, events: Sequence[LedgerEvent]) -> None:
+        self._insert(events, None)
+
+    def append_once(self, event: LedgerEvent, key: str) -> bool:
+        return self._insert([event], key, "INSERT OR IGNORE") == 1
 
     def spend(self, workflow: str, since: float) -> float:
         with self._lock:
@@ -168,6 +188,13 @@ class ElasticLedger:
         if response.get("errors"):
             raise RuntimeError(f"ledger bulk write to {self.index} had errors")
 
+    def append_once(self, event: LedgerEvent, key: str) -> bool:
+        """The key is the document id, created only if absent (409 otherwise)."""
+        response = self.client.options(ignore_status=409).index(
+            index=self.index, id=key, document=event.as_doc(), op_type="create", refresh=self.refresh
+        )
+        return response.get("result") == "created"
+
     def _filter(self, since: float, kinds: Sequence[str] | None, workflow: str | None) -> dict[str, Any]:
         must: list[dict[str, Any]] = [{"range": {"ts": {"gte": since}}}]
         if kinds:
@@ -224,7 +251,15 @@ class ElasticLedger:
 
 
 def open_ledger(settings: BudgetSettings, home: Path, es_client: Elasticsearch | None = None) -> Ledger:
-    """SQLite at budget.ledger_path or $ATTACKMAP_HOME/ledger.sqlite; Elasticsearch when configured."""
+    """SQLite at budget.ledger_path or $ATTACKMAP_HOME/ledger.sqlite; PostgreSQL or Elasticsearch when configured."""
+    if settings.ledger == "postgresql":
+        from mitre.budget.ledger_postgres import PostgresLedger
+        from mitre.config import Environment
+
+        dsn = settings.ledger_postgres_url or Environment().postgres_url
+        if not dsn:
+            raise ValueError("budget.ledger is postgresql: set budget.ledger_postgres_url or ATTACKMAP_POSTGRES_URL")
+        return PostgresLedger(dsn, settings.ledger_table)
     if settings.ledger == "elasticsearch":
         if es_client is None:
             from mitre.config import Environment

@@ -51,6 +51,9 @@ def _summary_table(summary: RunSummary, engine: Engine, output: str | None, dead
     for reason, n in sorted(summary.dead_letter.items()):
         table.add_row(f"[red]dead-lettered: {reason}[/]", str(n))
     table.add_row("cache hits / misses", f"{summary.cache_hits} / {summary.cache_misses}")
+    if summary.total:
+        share = summary.remembered / summary.total
+        table.add_row("answered by the outcome memo", f"{summary.remembered} ({share:.1%})")
     for tactic in engine.catalog.tactics:
         if summary.tactics.get(tactic.id):
             table.add_row(f"techniques in {tactic.name}", str(summary.tactics[tactic.id]))

@@ -42,6 +42,14 @@ def serve(
     header_timeout: Annotated[
         float, typer.Option("--header-timeout", min=0.1, help="seconds a request head may take to arrive (slowloris)")
     ] = 10.0,
+    replay_store: Annotated[
+        str,
+        typer.Option(
+            "--replay-store",
+            help="where used nonces are remembered: local (this process; federation: a SQLite file per host) "
+            "or redis ($ATTACKMAP_REDIS_URL: every receiver on every machine)",
+        ),
+    ] = "local",
 ) -> None:
     """Serve the webhook (with PREFECT_API_URL: POST /hooks, /hooks/WORKFLOW → one Prefect event per alert),
     the enrichment API and review page (/v1/…, /review; API keys from `attackmap api-key`), and with
@@ -64,9 +72,18 @@ def serve(
         raise fail("--ssl-certfile and --ssl-keyfile go together")
     if ssl_ca_certs is not None and ssl_certfile is None:
         raise fail("mutual TLS (--ssl-ca-certs) needs --ssl-certfile and --ssl-keyfile")
-    webhook = _webhook(config, prefect_api_url, no_signature) if prefect_api_url else None
+    if replay_store not in ("local", "redis"):
+        raise fail("--replay-store is local or redis")
+    redis = None
+    if replay_store == "redis":
+        if not env.redis_url:
+            raise fail("--replay-store redis needs ATTACKMAP_REDIS_URL")
+        from mitre.cache_redis import redis_client
+
+        redis = redis_client(env.redis_url)
+    webhook = _webhook(config, prefect_api_url, no_signature, redis) if prefect_api_url else None
     enrichment = _api(workflows, workflow, env, prefect_api_url) if api else None
-    inbound = _inbound(peers, env) if peers is not None else None
+    inbound = _inbound(peers, env, redis) if peers is not None else None
     app = server_app(api=enrichment, inbound=inbound, webhook=webhook)
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     scheme = "https" if ssl_certfile else "http"
@@ -89,8 +106,9 @@ def serve(
     )
 
 
-def _webhook(config: Any, prefect_api_url: str, no_signature: bool) -> Any:
+def _webhook(config: Any, prefect_api_url: str, no_signature: bool, redis: Any) -> Any:
     from mitre.io.events import PrefectEvents
+    from mitre.io.replay import RedisClaims
     from mitre.io.webhook import create_app
 
     secrets: dict[str, bytes | None] = {}
@@ -104,7 +122,8 @@ def _webhook(config: Any, prefect_api_url: str, no_signature: bool) -> Any:
         if len(value) < 16:
             raise fail(f"workflow {w.name}: set {w.trigger.webhook.secret_env} to the webhook secret (16+ characters)")
         secrets[w.name] = value.encode()
-    return create_app(config, PrefectEvents(prefect_api_url), secrets)
+    claims = None if redis is None else (lambda namespace, window: RedisClaims(redis, namespace, window))
+    return create_app(config, PrefectEvents(prefect_api_url), secrets, claims=claims)
 
 
 def _api(workflows: Path | None, workflow: str | None, env: Environment, prefect_api_url: str | None) -> Any:
@@ -130,11 +149,12 @@ def _api(workflows: Path | None, workflow: str | None, env: Environment, prefect
     )
 
 
-def _inbound(peers: Path, env: Environment) -> Any:
+def _inbound(peers: Path, env: Environment, redis: Any) -> Any:
     from mitre.api.server import InboundFiles
     from mitre.io.federation.inbound import Inbound
     from mitre.io.federation.signing import PeersFile
     from mitre.io.federation.store import ReceiverStore
+    from mitre.io.replay import RedisReceiverStore
 
     if not peers.is_file():
         raise fail(f"{peers}: no such peers file")
@@ -147,7 +167,7 @@ def _inbound(peers: Path, env: Environment) -> Any:
     files = InboundFiles(env.home / "federation" / "inbound")
     return Inbound(
         keyring,
-        ReceiverStore(env.home / "federation" / "receiver.sqlite"),
+        ReceiverStore(env.home / "federation" / "receiver.sqlite") if redis is None else RedisReceiverStore(redis),
         files.findings,
         files.feedback,
         audit=AuditLog(env.home / "audit.ndjson").write,

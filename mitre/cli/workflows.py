@@ -106,6 +106,14 @@ def deploy(
         str | None, typer.Option("--work-pool", help="deploy to this work pool (run by `prefect worker start`)")
     ] = None,
     poller: Annotated[bool, typer.Option("--poller/--no-poller", help="also deploy the scheduled ES poller")] = False,
+    triggers: Annotated[
+        bool,
+        typer.Option(
+            "--triggers/--no-triggers",
+            help="the event trigger (a flow run per alert event); --no-triggers when stream workers "
+            "(python -m flows.worker --claims redis) take the events",
+        ),
+    ] = True,
 ) -> None:
     """Create or update one Prefect deployment per enabled workflow, with its event trigger."""
     if not Environment().prefect_api_url:
@@ -113,7 +121,7 @@ def deploy(
     config, _ = load_config(workflows)
     from flows.deploy import apply_deployments, build_deployments, serve_deployments
 
-    deployments = build_deployments(config, poller=poller)
+    deployments = build_deployments(config, poller=poller, triggers=triggers)
     if serve:
         err.print(f"serving {len(deployments)} deployment(s), limit {limit}")
         serve_deployments(deployments, limit=limit, in_process=in_process)

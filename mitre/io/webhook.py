@@ -10,7 +10,8 @@ Authentication (all checked before anything is emitted):
 - ``X-Attackmap-Signature: sha256=<hex>``: HMAC-SHA256 over ``timestamp + "." + body`` with the secret
   from the environment variable named in the workflow's ``trigger.webhook.secret_env``;
 - ``X-Attackmap-Nonce``: accepted once within the window (a signature is also accepted only once, so a
-  captured request replayed with a fresh nonce is rejected too);
+  captured request replayed with a fresh nonce is rejected too); remembered by this process, or by every
+  receiver when ``claims`` is Redis (`mitre.io.replay`, ``attackmap serve --replay-store redis``);
 - bodies larger than ``max_body_bytes`` get 413 (checked on Content-Length and while streaming);
 - a body that takes longer than ``body_timeout_seconds`` to arrive gets 408, and a request head that
   takes longer than the server's header timeout closes the connection (`SlowClientGuard`): a client
@@ -42,7 +43,8 @@ from starlette.routing import Route
 
 from mitre.config import WebhookSettings, Workflow, WorkflowsFile
 from mitre.io.elastic import get_path, kibana_alerts_index
-from mitre.io.events import AlertRef, EventSink, SeenWithin, alert_event, parse_ref
+from mitre.io.events import AlertRef, EventSink, alert_event, parse_ref
+from mitre.io.replay import Claims, MemoryClaims
 
 log = logging.getLogger("attackmap.webhook")
 
@@ -151,8 +153,8 @@ class Rejected(Exception):
 class WebhookState:
     settings: WebhookSettings
     secret: bytes | None
-    nonces: SeenWithin
-    signatures: SeenWithin
+    nonces: Claims
+    signatures: Claims
 
 
 async def _read_body(request: Request, limit: int, timeout: float) -> bytes:
@@ -208,11 +210,8 @@ def verify(state: WebhookState, headers: Mapping[str, str], body: bytes, now: fl
         raise Rejected(401, "bad_signature", "signature does not match")
     if state.settings.require_nonce and not nonce:
         raise Rejected(401, "no_nonce", f"missing {NONCE_HEADER}")
-    if (nonce and state.nonces.seen(nonce, now)) or state.signatures.seen(expected, now):
+    if (nonce and not state.nonces.claim(nonce, now)) or not state.signatures.claim(expected, now):
         raise Rejected(409, "replay", "nonce or signature already used")
-    if nonce:
-        state.nonces.add(nonce, now)
-    state.signatures.add(expected, now)
 
 
 def create_app(
@@ -221,19 +220,22 @@ def create_app(
     secrets: Mapping[str, bytes | None],
     *,
     clock: Callable[[], float] = time.time,
+    claims: Callable[[str, float], Claims] | None = None,
 ) -> Starlette:
     """The webhook app: ``POST /hooks`` (first enabled workflow) and ``POST /hooks/{workflow}``.
 
     ``secrets`` maps workflow name → HMAC secret (None disables signature checks for that workflow).
+    ``claims(namespace, window_seconds)`` makes the replay memory (default: this process's).
     """
+    make_claims = claims or (lambda _namespace, window: MemoryClaims(window))
     workflows: dict[str, Workflow] = {w.name: w for w in config.workflows if w.enabled}
     default = config.workflow().name
     states = {
         name: WebhookState(
             settings=w.trigger.webhook,
             secret=secrets.get(name),
-            nonces=SeenWithin(2 * w.trigger.webhook.tolerance_seconds),
-            signatures=SeenWithin(2 * w.trigger.webhook.tolerance_seconds),
+            nonces=make_claims(f"hook-nonce:{name}", 2 * w.trigger.webhook.tolerance_seconds),
+            signatures=make_claims(f"hook-signature:{name}", 2 * w.trigger.webhook.tolerance_seconds),
         )
         for name, w in workflows.items()
     }

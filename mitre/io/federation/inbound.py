@@ -33,7 +33,7 @@ from mitre.io.federation.signing import (
     Verifier,
     signed_message,
 )
-from mitre.io.federation.store import ReceiverStore
+from mitre.io.replay import FederationMemory
 
 log = logging.getLogger("attackmap.federation")
 
@@ -77,7 +77,7 @@ class Inbound:
     def __init__(
         self,
         peers: PeersFile,
-        store: ReceiverStore,
+        store: FederationMemory,
         emit_findings: FindingSink,
         emit_feedback: FeedbackSink | None = None,
         *,
