@@ -234,11 +234,9 @@ def test_cli_budget_status_kill_resume(tmp_path, monkeypatch):
     assert table.exit_code == 0 and "cache hit rate" in table.output
 
 
-@pytest.mark.elasticsearch
-def test_elasticsearch_ledger(es_client, es_index_name):
-    ledger = ElasticLedger(es_client, es_index_name)
-    clock = Clock()
-    b = Budget(ledger, BudgetSettings(daily_usd=1.0), "wf", clock=clock, sync_s=0)
+def assert_ledger_trips_and_resumes(ledger: Any) -> None:
+    """A shared ledger sums spend, records the trip once and the resume after it, in order."""
+    b = Budget(ledger, BudgetSettings(daily_usd=1.0), "wf", clock=Clock(), sync_s=0)
     b.record_call("anthropic", "claude-haiku-4-5", Usage(input_tokens=600_000))
     b.record_call("anthropic", "claude-haiku-4-5", Usage(input_tokens=500_000))
     assert ledger.spend("wf", T0 - 10) == pytest.approx(1.1)
@@ -252,27 +250,18 @@ def test_elasticsearch_ledger(es_client, es_index_name):
         "trip",
         "resume",
     ]
+
+
+@pytest.mark.elasticsearch
+def test_elasticsearch_ledger(es_client, es_index_name):
+    assert_ledger_trips_and_resumes(ElasticLedger(es_client, es_index_name))
 
 
 def test_postgresql_ledger(postgres_url):
     from mitre.budget.ledger_postgres import PostgresLedger
 
     ledger = PostgresLedger(postgres_url, table=f"ledger_{uuid.uuid4().hex[:8]}")
-    clock = Clock()
-    b = Budget(ledger, BudgetSettings(daily_usd=1.0), "wf", clock=clock, sync_s=0)
-    b.record_call("anthropic", "claude-haiku-4-5", Usage(input_tokens=600_000))
-    b.record_call("anthropic", "claude-haiku-4-5", Usage(input_tokens=500_000))
-    assert ledger.spend("wf", T0 - 10) == pytest.approx(1.1)
-    assert b.check().state == "killed"
-    assert ledger.last_control("wf").kind == "trip"
-    b.resume()
-    assert b.check().state == "soft"
-    assert [e.kind for e in ledger.events(kinds=["llm_call", "trip", "resume"])] == [
-        "llm_call",
-        "llm_call",
-        "trip",
-        "resume",
-    ]
+    assert_ledger_trips_and_resumes(ledger)
     assert ledger.events(kinds=["llm_call"])[0].detail["priced"] is True
 
 
