@@ -11,8 +11,11 @@ from typing import Any
 import pytest
 
 from devtools.alertgen import RealisticAlerts
+from mitre.assemble import EngineOptions, build_engine
+from mitre.config import WorkflowsFile
 from mitre.features import valid_text
 from mitre.fingerprint import composition, execution_fingerprint
+from mitre.models import OutcomeStatus, RawAlert
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = [json.loads(line) for line in (REPO / "examples" / "alerts.ndjson").read_text().splitlines() if line]
@@ -72,3 +75,17 @@ def test_fingerprint_is_the_documented_digest_on_a_realistic_stream() -> None:
     stream = RealisticAlerts(EXAMPLES, hosts=300, users=40, distinct_commands=0.1, seed=11)
     for doc in stream.stream(600):
         assert execution_fingerprint(doc) == _documented(doc)
+
+
+def test_enriched_alerts_carry_the_documented_fingerprint(tmp_path: Path) -> None:
+    """Through the engine, outcome memo and all: each enriched alert's fingerprint is its input's own."""
+    options = EngineOptions(knowledge_base=(), cache=True, cache_dir=tmp_path / "cache")
+    engine = build_engine(WorkflowsFile(), options=options)
+    alerts = list(RealisticAlerts(EXAMPLES, hosts=200, users=30, distinct_commands=0.05, seed=12).stream(400))
+    items = [RawAlert(line=n, raw=json.dumps(a).encode()) for n, a in enumerate(alerts, start=1)]
+    outcomes = engine.process_batch(items)
+    enriched = [(a, o) for a, o in zip(alerts, outcomes, strict=True) if o.status is OutcomeStatus.ENRICHED]
+    assert len(enriched) > 100 and sum(o.remembered for _, o in enriched) > 50
+    for alert, outcome in enriched:
+        written: dict[str, Any] = outcome.alert or {}
+        assert written["attackmap"]["execution_fingerprint"] == _documented(alert)
