@@ -126,7 +126,9 @@ def main() -> None:
     src = args.workdir / "alerts.ndjson"
     generate(args.examples, src, args.alerts, args.hosts, args.users, args.distinct)
     cache = args.workdir / "cache"
-    subprocess.run(["rm", "-rf", str(cache)], check=True)
+    # Every cache this run fills starts empty: a workdir used before must not make a cold run warm.
+    for used in (cache, args.workdir / "startup-cache", args.workdir / "unique-cache"):
+        subprocess.run(["rm", "-rf", str(used)], check=True)
     env = {**os.environ, "ATTACKMAP_HOME": str(args.workdir / "home")}
     # Start-up (catalog, indicators, knowledge base, BM25 index) is timed separately on empty input:
     # the first run trains and stores the knowledge base, later runs reload it.

@@ -25,15 +25,22 @@ from mitre.models import AlertFeatures, Decision, DecisionKind
 KEY_SCHEMA_VERSION = 2
 IDENTITY_FIELDS = frozenset({"user.name", "user.domain", "user.target.name", "host.name", "source.port"})
 
-_RULES: tuple[tuple[re.Pattern[str], str], ...] = (
-    (re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:[.,]\d+)?(?:Z|[+-]\d{2}:?\d{2})?"), "<ts>"),
-    (re.compile(r"\{?[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\}?"), "<guid>"),
-    (re.compile(r"(?i)\b(?:0x)?[0-9a-f]{16,}\b"), "<hex>"),
-    (re.compile(r"(?i)(\\users\\|/users/|/home/)(?!public\b|default\b|all users\b|shared\b)[^\\/\s\"']+"), r"\1<user>"),
-    (re.compile(r"(?i)\b(tmp|temp)[._-]?[a-z0-9]{4,}(\.tmp)?\b"), r"\1<rand>"),
-    (re.compile(r"(?i)\b[a-z0-9]{8}\.tmp\b"), "<rand>.tmp"),
-    (re.compile(r"(?i)(\bpid[=: ]+|-p(?:id)? )\d+"), r"\1<n>"),
-    (re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}\b"), "<ip>"),
+# (pattern, replacement, substrings one of which any match contains, lower-case; () when none is known).
+# An ASCII value holding none of a rule's substrings cannot match it and is not searched: a value new to
+# the process is normalised in about half the time (case-insensitive searches cost ~1.5 us each).
+_RULES: tuple[tuple[re.Pattern[str], str, tuple[str, ...]], ...] = (
+    (re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}:\d{2}(?:[.,]\d+)?(?:Z|[+-]\d{2}:?\d{2})?"), "<ts>", ()),
+    (re.compile(r"\{?[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\}?"), "<guid>", ()),
+    (re.compile(r"(?i)\b(?:0x)?[0-9a-f]{16,}\b"), "<hex>", ()),
+    (
+        re.compile(r"(?i)(\\users\\|/users/|/home/)(?!public\b|default\b|all users\b|shared\b)[^\\/\s\"']+"),
+        r"\1<user>",
+        ("\\users\\", "/users/", "/home/"),
+    ),
+    (re.compile(r"(?i)\b(tmp|temp)[._-]?[a-z0-9]{4,}(\.tmp)?\b"), r"\1<rand>", ("tmp", "temp")),
+    (re.compile(r"(?i)\b[a-z0-9]{8}\.tmp\b"), "<rand>.tmp", (".tmp",)),
+    (re.compile(r"(?i)(\bpid[=: ]+|-p(?:id)? )\d+"), r"\1<n>", ("pid", "-p ")),
+    (re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}\b"), "<ip>", ()),
 )
 
 
@@ -50,8 +57,16 @@ COMMAND_FIELDS = frozenset(
 @lru_cache(maxsize=65_536)
 def normalise_volatile(value: str, command: bool = False) -> str:
     """Pure, so memoised: one attack seen on many hosts repeats the same values."""
-    for pattern, replacement in _RULES:
-        value = pattern.sub(replacement, value)
+    # Case folding can match a non-ASCII character to an ASCII one (the long s to "s"): those are searched.
+    ascii = value.isascii()
+    lowered = value.lower() if ascii else ""
+    for pattern, replacement, needs in _RULES:
+        if ascii and needs and not any(need in lowered for need in needs):
+            continue
+        replaced = pattern.sub(replacement, value)
+        if replaced != value:
+            value = replaced
+            lowered = value.lower() if ascii else ""
     if command:
         value = _BARE_NUMBER.sub("<n>", _EPOCH.sub("<epoch>", value))
     return value

@@ -190,7 +190,7 @@ def apply_enrichment(alert: Mapping[str, Any], enrichment: Enrichment, *, cache_
     """A copy of the alert carrying the enrichment. Only the ATT&CK tags under threat.* are
     rewritten (they were merged into the enrichment); other threat data, such as an indicator
     match rule's threat.enrichments or threat.indicator, is kept as it was."""
-    enriched = {k: v for k, v in alert.items() if not _is_attack_tag(k)}
+    enriched = _without_attack_tags(alert)
     existing = alert.get("threat")
     threat = dict(enrichment.threat)
     if isinstance(existing, Mapping):
@@ -204,6 +204,19 @@ def apply_enrichment(alert: Mapping[str, Any], enrichment: Enrichment, *, cache_
     provenance["execution_fingerprint"] = execution_fingerprint(alert)
     enriched[PROVENANCE_FIELD] = provenance
     return enriched
+
+
+def _without_attack_tags(alert: Mapping[str, Any]) -> dict[str, Any]:
+    """A copy of the alert less its top-level flat ATT&CK tag keys. Most alerts have no top-level key
+    starting with ``threat.`` at all, which one search of their joined keys tells at C speed; testing
+    key by key cost about a tenth of a warm alert."""
+    try:
+        any_flat_threat = "\0threat." in "\0" + "\0".join(alert)
+    except TypeError:  # a key that is not text: the key-by-key test says what to do with it
+        any_flat_threat = True
+    if not any_flat_threat:
+        return dict(alert)
+    return {k: v for k, v in alert.items() if not _is_attack_tag(k)}
 
 
 def _is_attack_tag(key: str) -> bool:

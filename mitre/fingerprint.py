@@ -88,23 +88,28 @@ def composition(doc: Mapping[str, Any]) -> dict[str, Any]:
 def _compose(flat: Mapping[str, Any]) -> dict[str, Any]:
     user = first_text(flat, _USER)
     domain = first_text(flat, _DOMAIN)
+    # Built in sorted key order: the digest's canonical JSON is this dict written as it stands.
     return {
-        "v": FINGERPRINT_SCHEMA,
-        "host": _lower(first_text(flat, _HOST)),
-        "process": first_text(flat, _ENTITY) or _joined(first_text(flat, _PID), first_text(flat, _START)),
-        "executable": first_text(flat, _EXECUTABLE),
         "command_line": first_text(flat, _COMMAND),
+        "executable": first_text(flat, _EXECUTABLE),
+        "host": _lower(first_text(flat, _HOST)),
         "parent": first_text(flat, _PARENT_ENTITY)
         or _joined(first_text(flat, _PARENT_PID), first_text(flat, _PARENT_EXE)),
-        "user": _lower(f"{domain}\\{user}" if domain and user else user),
+        "process": first_text(flat, _ENTITY) or _joined(first_text(flat, _PID), first_text(flat, _START)),
         "rule": first_text(flat, _RULE),
+        "user": _lower(f"{domain}\\{user}" if domain and user else user),
+        "v": FINGERPRINT_SCHEMA,
     }
 
 
 def execution_fingerprint(doc: Mapping[str, Any]) -> str:
     """The document's own fingerprint when it brings one, else SHA-256 over `composition`."""
     flat = _READER.read(doc)
-    if given := first_text(flat, GIVEN):
+    if (GIVEN[0] in flat or GIVEN[1] in flat) and (given := first_text(flat, GIVEN)):
         return given
-    parts = {k: valid_text(v) if isinstance(v, str) else v for k, v in _compose(flat).items()}
-    return hashlib.sha256(orjson.dumps(parts, option=orjson.OPT_SORT_KEYS)).hexdigest()
+    parts = _compose(flat)
+    for name, value in parts.items():
+        if type(value) is str and not value.isascii():
+            parts[name] = valid_text(value)
+    # Keys already in sorted order (see _compose): the same bytes as OPT_SORT_KEYS, without the sort.
+    return hashlib.sha256(orjson.dumps(parts)).hexdigest()
