@@ -95,7 +95,13 @@ def test_two_workers_share_the_pool_the_stream_the_cache_and_the_budget(
                         "trigger": {"index_pattern": es_index, "batch_size": 500},
                         "decision": {"mode": "always"},
                         "mapper": {"provider": "anthropic", "model": "claude-haiku-4-5", "knowledge_base": []},
-                        "budget": {"daily_usd": DAILY_USD, "ledger": "postgresql", "ledger_table": ledger_table},
+                        # No soft limit before the hard one: under load, throttled spend could stall short of it.
+                        "budget": {
+                            "daily_usd": DAILY_USD,
+                            "soft_limit_ratio": 1.0,
+                            "ledger": "postgresql",
+                            "ledger_table": ledger_table,
+                        },
                         "outputs": {"elasticsearch_write_back": True},
                     }
                 ],
