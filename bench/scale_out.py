@@ -176,17 +176,39 @@ def timed_runs(env: dict[str, str], refs: list[list[str]]) -> float:
         "            states = [await client.read_flow_run(r.id) for r in runs]\n"
         "            if all(s.state.is_final() for s in states):\n"
         "                assert all(s.state.is_completed() for s in states), [s.state.name for s in states]\n"
-        "                return min(s.start_time for s in states), max(s.end_time for s in states)\n"
+        "                history = [await client.read_flow_run_states(r.id) for r in runs]\n"
+        "                return states, history\n"
         "            time.sleep(0.5)\n"
-        "start, end = asyncio.run(wait())\n"
-        "print(json.dumps([start.isoformat(), end.isoformat()]))\n"
+        "states, history = asyncio.run(wait())\n"
+        "at = [{h.type.value: h.timestamp.timestamp() for h in hs} for hs in history]\n"
+        "start, end = min(s.start_time for s in states), max(s.end_time for s in states)\n"
+        "print(json.dumps([start.isoformat(), end.isoformat(), at]))\n"
     )
     out = subprocess.run(
         [sys.executable, "-c", script], env=env, cwd=REPO, check=True, input=json.dumps(refs).encode(),
         capture_output=True, timeout=1800,
     )  # fmt: skip
-    start, end = json.loads(out.stdout.decode().strip().splitlines()[-1])
+    start, end, at = json.loads(out.stdout.decode().strip().splitlines()[-1])
+    print(f"  per run (median of {len(at)}): {run_phases(at)}", flush=True)
     return (datetime.fromisoformat(end) - datetime.fromisoformat(start)).total_seconds()
+
+
+def run_phases(at: list[dict[str, float]]) -> str:
+    """Where a batch run's time goes, from its state history: claimed (Scheduled → Pending), engine start
+    (Pending → Running), work (Running → Completed); and the pool's idle time, the seconds in which no
+    run was Running between the first start and the last end (a worker between runs)."""
+    claimed = statistics.median(a["PENDING"] - a["SCHEDULED"] for a in at)
+    starting = statistics.median(a["RUNNING"] - a["PENDING"] for a in at)
+    working = statistics.median(a["COMPLETED"] - a["RUNNING"] for a in at)
+    spans = sorted((a["RUNNING"], a["COMPLETED"]) for a in at)
+    idle, reached = 0.0, spans[0][0]
+    for begin, end in spans:
+        idle += max(0.0, begin - reached)
+        reached = max(reached, end)
+    return (
+        f"queued {claimed:.2f} s, Pending -> Running {starting:.3f} s, Running -> Completed {working:.3f} s;"
+        f" no run Running for {idle:.2f} s in all"
+    )
 
 
 def batch(args: argparse.Namespace, es: Any, es_url: str, redis_url: str, postgres_url: str, tmp: Path) -> None:

@@ -26,6 +26,8 @@ class Runtimes:
             found = self._by_workflow.get(workflow)
             if found is None:
                 found = self._by_workflow[workflow] = self._build(workflow)
+                # The default workflow is also asked for by name (a deployment's parameters): one engine.
+                self._by_workflow.setdefault(found.workflow.name, found)
             return found
 
     def install(self, runtime: Runtime, workflow: str | None = None) -> None:
