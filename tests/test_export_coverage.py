@@ -15,20 +15,10 @@ from mitre.io.exports.coverage import Coverage, coverage_of_events
 from mitre.io.exports.event import from_enriched
 from mitre.io.exports.matrix import render_matrix
 from mitre.io.exports.navigator import build_layers
+from tests.browser import CHROMIUM, CHROMIUM_FLAGS, chromium_or_skip
 from tests.helpers import SIGMA_ROW
 
 REPO = Path(__file__).resolve().parents[1]
-CHROMIUM = os.environ.get("ATTACKMAP_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 KIBANA_RULE = {
     "name": "Scheduled task created",
     "rule_id": "r-1",
@@ -70,10 +60,7 @@ def test_navigator_layers_load_with_mitreattack(
 
 
 def test_html_matrix_in_a_real_browser(enriched_examples: list[dict[str, Any]], catalog: Catalog) -> None:
-    if not Path(CHROMIUM).is_file():
-        if os.environ.get("ATTACKMAP_REQUIRE_BROWSER") == "1":
-            pytest.fail(f"ATTACKMAP_REQUIRE_BROWSER=1 but {CHROMIUM} is missing (apt-get install chromium)")
-        pytest.skip(f"no Chromium at {CHROMIUM} (Debian package chromium; .ci/run installs it)")
+    chromium_or_skip()
     from playwright.sync_api import sync_playwright
 
     coverage = coverage_of_events(catalog, (from_enriched(a) for a in enriched_examples), "enriched alerts")

@@ -3,12 +3,9 @@ correct a mapping, see the correction stored and applied, opt the rule out."""
 
 from __future__ import annotations
 
-import os
-import shutil
 from pathlib import Path
 
 import httpx
-import pytest
 
 from devtools.asgi import serving
 from mitre.api.app import EnrichmentApi
@@ -17,31 +14,12 @@ from mitre.api.keys import ApiKeys
 from mitre.api.server import server_app
 from mitre.assemble import EngineOptions, build_engine
 from mitre.config import Environment, WorkflowsFile
+from tests.browser import CHROMIUM, CHROMIUM_FLAGS, chromium_or_skip
 from tests.helpers import kibana_alert
-
-CHROMIUM = os.environ.get("ATTACKMAP_CHROMIUM", "/usr/bin/chromium")
-CHROMIUM_FLAGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-
-
-def _browser_or_skip() -> None:
-    if not shutil.which(CHROMIUM) and not Path(CHROMIUM).is_file():
-        if os.environ.get("CI"):
-            pytest.fail(f"{CHROMIUM} missing: .ci/run installs Debian's chromium")
-        pytest.skip(f"no Chromium at {CHROMIUM} (apt-get install chromium)")
-    pytest.importorskip("playwright.sync_api")
 
 
 def test_correct_a_mapping_and_opt_a_rule_out_from_the_page(tmp_path: Path) -> None:
-    _browser_or_skip()
+    chromium_or_skip()
     from playwright.sync_api import expect, sync_playwright
 
     env = Environment(home=tmp_path)
